@@ -1,0 +1,46 @@
+"""The project's exceptions. Each carries a message a user can act on.
+
+Exit codes (CONTRACT.md): 0 ok, 3 partial, 1 fatal, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+
+class InventoryError(Exception):
+    """Base class. `exit_code` is what the CLI exits with when this escapes a command."""
+
+    exit_code = 1
+
+
+class UsageError(InventoryError):
+    """A flag, a value or a file the user gave is wrong. Names the field and the value."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """The accounts file is wrong: names the file, the field (and line when known) and value."""
+
+    def __init__(self, path: str | None, field: str, value: object, problem: str, line: int | None = None):
+        self.path, self.field, self.value, self.problem, self.line = path, field, value, problem, line
+        where = path or "<config>"
+        if line is not None:
+            where += f":{line}"
+        super().__init__(f"{where}: {field} = {value!r}: {problem}")
+
+
+class StoreError(InventoryError):
+    """The database or lake cannot be used (corrupt, foreign, locked, unwritable)."""
+
+    exit_code = 1
+
+
+class StoreLocked(StoreError):
+    """Another process holds the writer lock on the database."""
+
+    def __init__(self, db_path: str, holder: str):
+        self.db_path, self.holder = db_path, holder
+        super().__init__(
+            f"{db_path} is being written by another collect ({holder}); "
+            "wait for it to finish, or pass --wait to queue behind it"
+        )

@@ -1,0 +1,108 @@
+"""Plain data passed between the stages: the plan in, one result per account × region out."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """One AWS account to inventory. `role_arn` None means: use the base credentials as they are."""
+
+    id: str
+    name: str | None = None
+    role_arn: str | None = None
+    external_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How a collect behaves. Defaults are the contract's."""
+
+    concurrency: int = 64
+    rate: float = 200.0  # API calls per second, all accounts and regions together
+    timeout: float = 10.0  # one API call, seconds (connect and read)
+    target_deadline: float | None = None  # one account × region with its retries; None: derived
+    max_attempts: int = 8
+    include_env_values: bool = False
+    session_name: str = "lightsail-inventory"
+    workers: int = 1
+
+    @property
+    def deadline(self) -> float:
+        """Seconds one account × region may take, retries and backoff included."""
+        if self.target_deadline is not None:
+            return self.target_deadline
+        return self.timeout * 3 + 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class OrgDiscovery:
+    """Find accounts with Organizations instead of (or besides) listing them."""
+
+    role_name: str  # assumed in every discovered account
+    external_id: str | None = None
+    ous: tuple[str, ...] = ()  # only accounts under these OUs (recursively); () = whole org
+    skip: tuple[str, ...] = ()  # account ids never inventoried
+    management_role_arn: str | None = None  # None: base credentials call Organizations
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Accounts × regions × options: what one run will do. Frozen and validated by config.py.
+
+    `own_account`: no accounts file; the caller's own account (GetCallerIdentity), no role.
+    `org`: accounts are discovered from Organizations at run time (added to `accounts`).
+    """
+
+    accounts: tuple[Account, ...]
+    regions: tuple[str, ...]
+    options: Options = field(default_factory=Options)
+    source: str | None = None  # the accounts file it came from, for messages
+    own_account: bool = False
+    org: OrgDiscovery | None = None
+
+    @property
+    def targets(self) -> int:
+        return len(self.accounts) * len(self.regions)
+
+
+@dataclass(slots=True)
+class ErrorRecord:
+    """A final failure or an anomaly: one row of `errors`."""
+
+    occurred_at: dt.datetime
+    account_id: str
+    region: str | None
+    operation: str
+    error_code: str
+    message: str
+    attempts: int
+
+
+@dataclass(slots=True)
+class TargetResult:
+    """What one account × region produced: its services (API dicts) or its error."""
+
+    account: Account
+    region: str
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    attempts: int  # API calls made for it (0 when the account's AssumeRole failed)
+    services: list[dict[str, Any]] | None  # None when failed
+    error: ErrorRecord | None = None
+    retries: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.services is not None
+
+    @property
+    def collected_at(self) -> dt.datetime:
+        return self.finished_at
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

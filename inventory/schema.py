@@ -1,0 +1,173 @@
+"""The tables, declared once as Arrow schemas. DuckDB DDL and Parquet files derive from them.
+
+Bump SCHEMA_VERSION whenever a column is added; store.py migrates older databases on open
+and lake readers read columns by name.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+TS = pa.timestamp("us", tz="UTC")
+STR = pa.string()
+I32 = pa.int32()
+I64 = pa.int64()
+BOOL = pa.bool_()
+STR_MAP = pa.map_(pa.string(), pa.string())
+STR_LIST = pa.list_(pa.string())
+STR_LIST_MAP = pa.map_(pa.string(), pa.list_(pa.string()))
+
+
+def _schema(*cols: tuple[str, pa.DataType]) -> pa.Schema:
+    return pa.schema([pa.field(name, typ) for name, typ in cols])
+
+
+CONTAINER_SERVICES = _schema(
+    ("run_id", STR),
+    ("collected_at", TS),
+    ("account_id", STR),
+    ("account_name", STR),
+    ("region", STR),
+    ("service_name", STR),
+    ("arn", STR),
+    ("created_at", TS),
+    ("availability_zone", STR),
+    ("resource_type", STR),
+    ("power", STR),
+    ("power_id", STR),
+    ("state", STR),
+    ("state_detail_code", STR),
+    ("state_detail_message", STR),
+    ("scale", I32),
+    ("is_disabled", BOOL),
+    ("principal_arn", STR),
+    ("private_domain_name", STR),
+    ("url", STR),
+    ("tags", STR_MAP),
+    ("public_domain_names", STR_LIST_MAP),
+    ("ecr_image_puller_role_active", BOOL),
+    ("ecr_image_puller_role_principal_arn", STR),
+)
+
+DEPLOYMENTS = _schema(
+    ("run_id", STR),
+    ("collected_at", TS),
+    ("account_id", STR),
+    ("region", STR),
+    ("service_name", STR),
+    ("service_arn", STR),
+    ("slot", STR),
+    ("version", I32),
+    ("state", STR),
+    ("created_at", TS),
+    ("public_endpoint_container_name", STR),
+    ("public_endpoint_container_port", I32),
+    ("health_check_healthy_threshold", I32),
+    ("health_check_unhealthy_threshold", I32),
+    ("health_check_timeout_seconds", I32),
+    ("health_check_interval_seconds", I32),
+    ("health_check_path", STR),
+    ("health_check_success_codes", STR),
+)
+
+CONTAINERS = _schema(
+    ("run_id", STR),
+    ("collected_at", TS),
+    ("account_id", STR),
+    ("region", STR),
+    ("service_name", STR),
+    ("service_arn", STR),
+    ("slot", STR),
+    ("deployment_version", I32),
+    ("container_name", STR),
+    ("image", STR),
+    ("image_source", STR),
+    ("command", STR_LIST),
+    ("environment", STR_MAP),
+    ("ports", STR_MAP),
+)
+
+SCANS = _schema(
+    ("run_id", STR),
+    ("account_id", STR),
+    ("region", STR),
+    ("status", STR),
+    ("started_at", TS),
+    ("finished_at", TS),
+    ("attempts", I32),
+    ("services", I32),
+    ("error_code", STR),
+)
+
+ERRORS = _schema(
+    ("run_id", STR),
+    ("occurred_at", TS),
+    ("account_id", STR),
+    ("region", STR),
+    ("operation", STR),
+    ("error_code", STR),
+    ("message", STR),
+    ("attempts", I32),
+)
+
+RUNS = _schema(
+    ("run_id", STR),
+    ("started_at", TS),
+    ("finished_at", TS),
+    ("status", STR),
+    ("accounts", I32),
+    ("targets", I32),
+    ("targets_ok", I32),
+    ("targets_failed", I32),
+    ("api_calls", I64),
+    ("retries", I64),
+    ("services", I64),
+    ("deployments", I64),
+    ("containers", I64),
+    ("tool_version", STR),
+    ("schema_version", I32),
+)
+
+# The inventory tables (one row per thing found) and the bookkeeping tables, by name.
+INVENTORY_TABLES: dict[str, pa.Schema] = {
+    "container_services": CONTAINER_SERVICES,
+    "deployments": DEPLOYMENTS,
+    "containers": CONTAINERS,
+}
+TABLES: dict[str, pa.Schema] = {
+    **INVENTORY_TABLES,
+    "scans": SCANS,
+    "errors": ERRORS,
+    "runs": RUNS,
+}
+
+
+def duckdb_type(t: pa.DataType) -> str:
+    """The DuckDB type for an Arrow type used in our schemas."""
+    if pa.types.is_string(t):
+        return "VARCHAR"
+    if pa.types.is_int32(t):
+        return "INTEGER"
+    if pa.types.is_int64(t):
+        return "BIGINT"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMP WITH TIME ZONE" if t.tz else "TIMESTAMP"
+    if pa.types.is_map(t):
+        return f"MAP({duckdb_type(t.key_type)}, {duckdb_type(t.item_type)})"
+    if pa.types.is_list(t):
+        return f"{duckdb_type(t.value_type)}[]"
+    raise TypeError(f"no DuckDB type for Arrow type {t}")
+
+
+def create_table_sql(name: str, schema: pa.Schema | None = None) -> str:
+    schema = schema or TABLES[name]
+    cols = ",\n  ".join(f"{f.name} {duckdb_type(f.type)}" for f in schema)
+    return f"CREATE TABLE IF NOT EXISTS {name} (\n  {cols}\n)"
+
+
+def empty_table(name: str) -> pa.Table:
+    return TABLES[name].empty_table()
