@@ -1,5 +1,267 @@
-"""Placeholder until the CLI lands."""
+"""The `inventory` command: thin Typer commands that parse, call and render."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import re
+import sys
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from inventory import __version__, render
+from inventory.errors import InventoryError, UsageError
+from inventory.model import Options
+
+app = typer.Typer(
+    name="inventory",
+    help="Inventory of AWS Lightsail container services across accounts and regions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEFAULT_DB = Path("data/inventory.duckdb")
+DEFAULT_PARQUET = "data/parquet"
+SQL_DIR = Path(os.environ.get("INVENTORY_SQL_DIR", Path(__file__).resolve().parent.parent / "sql"))
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _errors_to_exit(fn: F) -> F:
+    """Our exceptions become a one-line message and the exit code the contract gives."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except InventoryError as exc:
+            render.console(stderr=True).print(f"[red]error:[/] {exc}", markup=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Fmt(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+DbOpt = Annotated[Path, typer.Option("--db", help="The DuckDB file.")]
+
+
+@app.command()
+@_errors_to_exit
+def collect(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Accounts file (TOML).")
+    ] = None,
+    regions: Annotated[
+        str | None, typer.Option(help="Comma-separated regions, or 'all' (default).")
+    ] = None,
+    db: DbOpt = DEFAULT_DB,
+    parquet_dir: Annotated[
+        str, typer.Option(help="Parquet lake: a folder or s3://bucket/prefix.")
+    ] = DEFAULT_PARQUET,
+    no_parquet: Annotated[
+        bool, typer.Option("--no-parquet", help="Skip the Parquet export.")
+    ] = False,
+    concurrency: Annotated[int, typer.Option(help="Calls in flight at once.")] = 64,
+    rate: Annotated[float, typer.Option(help="API calls per second, in all.")] = 200.0,
+    timeout: Annotated[float, typer.Option(help="Seconds for one API call.")] = 10.0,
+    max_attempts: Annotated[int, typer.Option(help="Attempts per call (retries + 1).")] = 8,
+    target_deadline: Annotated[
+        float | None,
+        typer.Option(help="Seconds one account × region may take, retries included."),
+    ] = None,
+    include_env_values: Annotated[
+        bool,
+        typer.Option(help="Store container environment VALUES (secrets!). Default: fingerprints."),
+    ] = False,
+    wait: Annotated[bool, typer.Option(help="Wait for another collect on the same --db.")] = False,
+) -> None:
+    """Collect every container service of every account and region into DuckDB and Parquet.
+
+    Example: inventory collect --config accounts.toml --regions us-east-1,eu-west-2
+    """
+    from inventory import config as config_mod
+    from inventory.pipeline import run_collect
+
+    options = Options(
+        concurrency=concurrency,
+        rate=rate,
+        timeout=timeout,
+        max_attempts=max_attempts,
+        target_deadline=target_deadline,
+        include_env_values=include_env_values,
+    )
+    plan = config_mod.load_plan(config, regions=regions, options=options)
+    dest = None if no_parquet else parquet_dir
+    with render.ProgressView() as progress:
+        summary = asyncio.run(
+            run_collect(
+                plan,
+                db,
+                dest,
+                on_start=progress.start,
+                on_result=progress.advance,
+                wait_for_lock=wait,
+            )
+        )
+    out = render.console()
+    out.print(render.summary_table(summary))
+    failures = render.failures_table(summary)
+    if failures is not None:
+        out.print(failures)
+    raise typer.Exit(summary.exit_code)
+
+
+def _resolve_sql(sql_or_name: str) -> tuple[str, str | None]:
+    """A named query (sql/queries/NAME.sql) or literal SQL; returns (sql, name)."""
+    if re.fullmatch(r"[A-Za-z0-9_\-]+", sql_or_name):
+        path = SQL_DIR / "queries" / f"{sql_or_name}.sql"
+        if path.is_file():
+            return path.read_text(), sql_or_name
+        raise UsageError(
+            f"no named query {sql_or_name!r} in {SQL_DIR / 'queries'} (see: inventory query --list)"
+        )
+    return sql_or_name, None
+
+
+def _params(values: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        key, sep, val = v.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise UsageError(f"--param {v!r}: expected NAME=VALUE")
+        out[key] = val
+    return out
+
+
+@app.command()
+@_errors_to_exit
+def query(
+    sql: Annotated[
+        str | None, typer.Argument(help="SQL text, or the name of a named query.")
+    ] = None,
+    db: DbOpt = DEFAULT_DB,
+    format: Annotated[Fmt, typer.Option("--format", "-f")] = Fmt.table,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE, bound as $NAME.")
+    ] = None,
+) -> None:
+    """Ask the store a question in SQL, or run a named query from sql/queries/.
+
+    Example: inventory query "select region, count(*) from latest_container_services group by 1"
+    """
+    from inventory.store import Store
+
+    if sql is None:
+        raise UsageError("give SQL text or a query name")
+    text, name = _resolve_sql(sql)
+    store = Store.open(db, read_only=True)
+    try:
+        columns, rows = store.query(text, _params(param or []) or None)
+    finally:
+        store.close()
+    _print_rows(columns, rows, format, name)
+
+
+def _print_rows(
+    columns: list[str], rows: list[tuple[Any, ...]], fmt: Fmt, title: str | None
+) -> None:
+    if fmt is Fmt.table:
+        render.console().print(render.rows_table(columns, rows, title))
+    else:
+        sys.stdout.write(render.format_rows(columns, rows, fmt.value))
+        if fmt is Fmt.json:
+            sys.stdout.write("\n")
+
+
+@app.command()
+@_errors_to_exit
+def runs(
+    db: DbOpt = DEFAULT_DB,
+    format: Annotated[Fmt, typer.Option("--format", "-f")] = Fmt.table,
+) -> None:
+    """List the stored runs, newest first.
+
+    Example: inventory runs --db data/inventory.duckdb
+    """
+    from inventory.store import Store
+
+    store = Store.open(db, read_only=True)
+    try:
+        columns, rows = store.query(
+            "select run_id, status, started_at, finished_at, accounts, targets, targets_ok, "
+            "targets_failed, api_calls, retries, services, deployments, containers "
+            "from runs order by run_id desc"
+        )
+    finally:
+        store.close()
+    _print_rows(columns, rows, format, "runs")
+
+
+@app.command()
+@_errors_to_exit
+def export(
+    run: Annotated[str, typer.Option("--run", help="The run id to export.")],
+    to: Annotated[str, typer.Option("--to", help="A folder or s3://bucket/prefix.")],
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Write one stored run to the Parquet lake (replacing that run's files there).
+
+    Example: inventory export --run 20261127T053650Z-3f9a1c --to s3://lake/lightsail
+    """
+    from inventory import lake
+    from inventory.store import Store
+
+    store = Store.open(db, read_only=True)
+    try:
+        written = lake.export_run(store, run, to)
+    finally:
+        store.close()
+    render.console().print(f"exported run {run}: {len(written)} files under {to}")
+
+
+@app.command()
+@_errors_to_exit
+def demo(
+    accounts: Annotated[int, typer.Option(help="Simulated accounts.")] = 25,
+    db: DbOpt = Path("data/demo.duckdb"),
+    parquet_dir: Annotated[str, typer.Option()] = "data/demo-parquet",
+    latency_ms: Annotated[float, typer.Option(help="Simulated API latency.")] = 30.0,
+) -> None:
+    """The whole pipeline against the bundled simulator: no AWS account needed.
+
+    Example: inventory demo --accounts 25
+    """
+    from inventory import demo as demo_mod
+
+    code = demo_mod.run(accounts=accounts, db=db, parquet_dir=parquet_dir, latency_ms=latency_ms)
+    raise typer.Exit(code)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool | None, typer.Option("--version", callback=version_callback, is_eager=True)
+    ] = None,
+) -> None:
+    """Inventory of AWS Lightsail container services across accounts and regions."""
 
 
 def main() -> None:
-    raise SystemExit("not yet")
+    app()

@@ -94,6 +94,7 @@ class TargetResult:
     services: list[dict[str, Any]] | None  # None when failed
     error: ErrorRecord | None = None
     retries: int = 0
+    anomalies: list[ErrorRecord] = field(default_factory=list)  # stored, but worth a look
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,149 @@
+"""Terminal output: the progress bar, the end-of-run summary and query results."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import sys
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from inventory.model import TargetResult
+from inventory.pipeline import RunSummary
+
+
+def console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+class ProgressView:
+    """A rich progress bar on a terminal; silent when stderr is not one."""
+
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self.failed = 0
+
+    def __enter__(self) -> ProgressView:
+        if self.enabled:
+            self._progress = Progress(
+                TextColumn("[bold]collecting"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("targets · {task.fields[failed]} failed"),
+                TimeElapsedColumn(),
+                console=console(stderr=True),
+                transient=True,
+            )
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
+
+    def start(self, total: int) -> None:
+        if self._progress is not None:
+            self._task = self._progress.add_task("collect", total=total, failed=0)
+
+    def advance(self, result: TargetResult) -> None:
+        if not result.ok:
+            self.failed += 1
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, advance=1, failed=self.failed)
+
+
+def summary_table(s: RunSummary) -> Table:
+    colour = {"complete": "green", "partial": "yellow"}.get(s.status, "red")
+    t = Table(title=f"run {s.run_id}: [{colour}]{s.status}[/]", show_header=False, box=None)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    calls_s = s.api_calls / s.wall_seconds if s.wall_seconds > 0 else 0.0
+    rows = [
+        ("accounts", f"{s.accounts:,}"),
+        ("targets (account × region)", f"{s.targets:,}"),
+        ("  ok", f"{s.targets_ok:,}"),
+        ("  failed", f"{s.targets_failed:,}"),
+        ("services", f"{s.services:,}"),
+        ("deployments", f"{s.deployments:,}"),
+        ("containers", f"{s.containers:,}"),
+        ("API calls", f"{s.api_calls:,}  ({calls_s:,.0f}/s)"),
+        ("retries", f"{s.retries:,}"),
+        ("anomalies", f"{s.anomalies:,}"),
+        ("wall time", f"{s.wall_seconds:.2f} s"),
+        ("database", s.db_path),
+    ]
+    if s.parquet_dest:
+        rows.append(("parquet", f"{s.parquet_dest} ({len(s.parquet_files)} files)"))
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+def failures_table(s: RunSummary, limit: int = 10) -> Table | None:
+    if not s.failures:
+        return None
+    t = Table(title=f"failures ({len(s.failures)}; all of them are in the errors table)")
+    for col in ("account", "region", "operation", "error", "attempts", "message"):
+        t.add_column(col)
+    for e in s.failures[:limit]:
+        t.add_row(
+            e.account_id,
+            e.region or "(all)",
+            e.operation,
+            e.error_code,
+            str(e.attempts),
+            e.message[:80],
+        )
+    return t
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dt.datetime):
+        return v.astimezone(dt.UTC).isoformat() if v.tzinfo else v.isoformat()
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    if isinstance(v, Decimal):
+        return float(v)
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    return v
+
+
+def format_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> str:
+    """Rows as csv or json text (the table format is rendered by `rows_table`)."""
+    if fmt == "json":
+        return json.dumps([dict(zip(columns, map(_plain, r), strict=True)) for r in rows], indent=2)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow([json.dumps(_plain(v)) if isinstance(v, dict | list) else _plain(v) for v in r])
+    return buf.getvalue()
+
+
+def rows_table(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
+) -> Table:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*("" if v is None else str(_plain(v)) for v in r))
+    return t
