@@ -1,0 +1,268 @@
+"""Parquet for a data lake: `<dest>/<table>/run_date=YYYY-MM-DD/<run_id>[-<part>].parquet`.
+
+`dest` is a local directory or `s3://bucket/prefix`. Files are zstd-compressed with the
+schema.py schema exactly, so `read_parquet('<dest>/<table>/*/*.parquet',
+hive_partitioning=true)` in DuckDB gives back the store's types (plus `run_date`).
+
+A reader never sees a half or temporary file: locally a file is written to a hidden
+temporary name in its final directory (`.<name>.tmp-<pid>`, ignored by DuckDB's `*.parquet`
+globs and by pyarrow datasets), fsynced, then renamed over the final name; on S3 the whole
+object is uploaded in one request, which S3 makes visible atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from inventory import schema
+from inventory.errors import StoreError
+
+if TYPE_CHECKING:
+    from inventory.store import Store
+
+COMPRESSION = "zstd"
+ROW_GROUP_ROWS = 128 * 1024
+_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+TableData: TypeAlias = "pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch]"
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenFile:
+    """One Parquet file written: where (a local path or an s3:// URI), which table, rows."""
+
+    path: str
+    table: str
+    rows: int
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def partition_dir(dest: str | os.PathLike[str], table: str, started_at: dt.datetime) -> str:
+    """`<dest>/<table>/run_date=YYYY-MM-DD` for a run that started at `started_at` (UTC date)."""
+    if started_at.tzinfo is None:
+        raise ValueError("started_at must be timezone-aware")
+    day = started_at.astimezone(dt.UTC).date().isoformat()
+    return f"{str(dest).rstrip('/')}/{table}/run_date={day}"
+
+
+def file_name(run_id: str, part: str | int | None = None) -> str:
+    if not _PART.match(run_id):
+        raise ValueError(f"run_id {run_id!r} cannot name a file")
+    if part is None:
+        return f"{run_id}.parquet"
+    if not _PART.match(str(part)):
+        raise ValueError(f"part {part!r} cannot name a file")
+    return f"{run_id}-{part}.parquet"
+
+
+def write_table(
+    table: TableData,
+    dest: str | os.PathLike[str],
+    table_name: str,
+    run_id: str,
+    started_at: dt.datetime,
+    part: str | int | None = None,
+) -> WrittenFile:
+    """Write `table` (a Table, a RecordBatchReader or batches; streamed) as the Parquet file
+    of `table_name` for run `run_id`: `<run_id>.parquet`, or `<run_id>-<part>.parquet`
+    (e.g. part="shard-3"). Replaces a file of that name whole. The data is cast to the
+    schema.py schema (columns by name; one it lacks is written as nulls)."""
+    if table_name not in schema.TABLES:
+        raise ValueError(f"unknown table {table_name!r}; one of {', '.join(schema.TABLES)}")
+    target = schema.TABLES[table_name]
+    directory = partition_dir(dest, table_name, started_at)
+    name = file_name(run_id, part)
+    batches = _conformed(table, target)
+    fs, root = _filesystem(directory)
+    if fs is None:
+        rows = _write_local(Path(root), name, target, batches)
+        return WrittenFile(str(Path(root) / name), table_name, rows)
+    rows = _write_remote(fs, f"{root}/{name}", target, batches)
+    return WrittenFile(f"{directory}/{name}", table_name, rows)
+
+
+def export_run(store: Store, run_id: str, dest: str | os.PathLike[str]) -> list[WrittenFile]:
+    """Write run `run_id` of `store` to `dest`: one `<run_id>.parquet` per table (all six,
+    empty ones included), streamed from DuckDB. Exporting a run again replaces its files and
+    removes its old `<run_id>-<n>.parquet` parts (after the new file is in place, so the
+    data never disappears; a reader may briefly see both)."""
+    run = store.run(run_id)
+    if run is None:
+        raise StoreError(f"{store.path}: no run {run_id}")
+    if run["status"] == "running":
+        raise StoreError(
+            f"{store.path}: run {run_id} is still running (or was interrupted and not yet "
+            "marked failed); export it once it has finished"
+        )
+    started_at: dt.datetime = run["started_at"]
+    written = []
+    for table_name in schema.TABLES:
+        reader = store.read_run(run_id, table_name)
+        try:
+            w = write_table(reader, dest, table_name, run_id, started_at)
+        finally:
+            reader.close()
+        remove_parts(dest, table_name, run_id, started_at)
+        written.append(w)
+    return written
+
+
+def remove_parts(
+    dest: str | os.PathLike[str], table_name: str, run_id: str, started_at: dt.datetime
+) -> list[str]:
+    """Delete `<run_id>-<part>.parquet` files of a run's table; returns what was removed."""
+    directory = partition_dir(dest, table_name, started_at)
+    fs, root = _filesystem(directory)
+    prefix, removed = f"{run_id}-", []
+    if fs is None:
+        base = Path(root)
+        if not base.is_dir():
+            return []
+        for p in base.iterdir():
+            if p.name.startswith(prefix) and p.name.endswith(".parquet"):
+                p.unlink(missing_ok=True)
+                removed.append(str(p))
+        return removed
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    for info in infos:
+        if info.base_name.startswith(prefix) and info.base_name.endswith(".parquet"):
+            fs.delete_file(info.path)
+            removed.append(f"s3://{info.path}")
+    return removed
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _conformed(data: TableData, target: pa.Schema) -> Iterable[pa.RecordBatch]:
+    if isinstance(data, pa.Table):
+        source: Iterable[pa.RecordBatch] = data.to_batches(max_chunksize=ROW_GROUP_ROWS)
+    else:
+        source = data
+    for batch in source:
+        yield _conform_batch(batch, target)
+
+
+def _conform_batch(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
+    if batch.schema == target:
+        return batch
+    unknown = [c for c in batch.schema.names if target.get_field_index(c) < 0]
+    if unknown:
+        raise ValueError(f"columns not in schema.py: {', '.join(unknown)}")
+    arrays = []
+    for field in target:
+        i = batch.schema.get_field_index(field.name)
+        col = batch.column(i) if i >= 0 else pa.nulls(batch.num_rows, field.type)
+        arrays.append(col if col.type == field.type else col.cast(field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=target)
+
+
+def _filesystem(directory: str) -> tuple[pafs.FileSystem | None, str]:
+    """(None, local path) or (S3 filesystem, 'bucket/key...') for a destination directory."""
+    if directory.startswith("s3://"):
+        return s3_filesystem(), directory[len("s3://") :]
+    if "://" in directory:
+        raise StoreError(f"{directory}: only local directories and s3:// URIs are supported")
+    return None, directory
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """An S3 filesystem honouring AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL and AWS_REGION /
+    AWS_DEFAULT_REGION; credentials come from the standard AWS chain."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    kwargs: dict[str, object] = {}
+    if endpoint:
+        scheme, sep, rest = endpoint.partition("://")
+        if sep:
+            kwargs["scheme"] = scheme
+            kwargs["endpoint_override"] = rest.rstrip("/")
+        else:
+            kwargs["endpoint_override"] = endpoint.rstrip("/")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
+
+
+def _writer(sink: object, target: pa.Schema) -> pq.ParquetWriter:
+    return pq.ParquetWriter(sink, target, compression=COMPRESSION)
+
+
+def _write_batches(writer: pq.ParquetWriter, batches: Iterable[pa.RecordBatch]) -> int:
+    rows = 0
+    for batch in batches:
+        if batch.num_rows:
+            writer.write_batch(batch, row_group_size=ROW_GROUP_ROWS)
+            rows += batch.num_rows
+    return rows
+
+
+def _write_local(
+    directory: Path, name: str, target: pa.Schema, batches: Iterable[pa.RecordBatch]
+) -> int:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"{directory}: cannot create it: {e}") from e
+    final = directory / name
+    tmp = directory / f".{name}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            writer = _writer(f, target)
+            try:
+                rows = _write_batches(writer, batches)
+            finally:
+                writer.close()
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(directory)
+    return rows
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_remote(
+    fs: pafs.FileSystem, key: str, target: pa.Schema, batches: Iterable[pa.RecordBatch]
+) -> int:
+    # Built in memory (compressed Parquet is small), then uploaded in one request: an S3
+    # output stream that fails half way would otherwise still publish what it had on close.
+    sink = pa.BufferOutputStream()
+    writer = _writer(sink, target)
+    try:
+        rows = _write_batches(writer, batches)
+    finally:
+        writer.close()
+    body = sink.getvalue()
+    try:
+        with fs.open_output_stream(key) as out:
+            out.write(body)
+    except OSError as e:
+        raise StoreError(f"s3://{key}: cannot write it: {e}") from e
+    return rows

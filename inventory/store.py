@@ -1,0 +1,711 @@
+"""The DuckDB store: one database file, one writer at a time, runs visible only when finished.
+
+Layout of a database (all derived from schema.py):
+  - the six tables of schema.TABLES, plus `meta` (key, value): `app` marks the file as ours,
+    `schema_version` is the schema.py version it was last migrated to;
+  - the views `latest_container_services`, `latest_deployments`, `latest_containers` (and
+    the helper `latest_scans` they share): for each account × region, the rows of the newest
+    run with status 'complete' or 'partial' in which that account × region scanned ok.
+
+Concurrency. DuckDB lets one process open a file read-write, and then refuses every other
+process, readers included. So a writer holds an exclusive `flock` on `<db>.lock` for the
+whole run (one collect at a time), but opens the DuckDB file only for each write
+(`begin_run`, `append`, `finish_run`) and closes it again, so readers get in between.
+Readers open the file read-only per call, and retry for a few seconds while a writer holds
+it. A lock that cannot be had ends with `StoreLocked` / `StoreError`, never a raw DuckDB
+traceback.
+
+Crash safety. `begin_run` commits a `runs` row with status 'running'; each `append` is one
+transaction; `finish_run` sets the final status. The views read only finished runs, so a
+half-written run is never visible, and a process killed at any instant leaves the earlier
+runs intact (DuckDB's WAL). The next `begin_run` marks an interrupted run 'failed' and
+deletes its inventory rows (keeping its scans and errors), so "a failed run has no
+inventory rows" always holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from inventory import schema
+from inventory.errors import StoreError, StoreLocked
+
+log = logging.getLogger(__name__)
+
+APP = "lightsail-inventory"
+LOCK_SUFFIX = ".lock"
+READER_BUSY_TIMEOUT = 5.0  # seconds a reader retries while a writer holds the file
+WRITER_BUSY_TIMEOUT = 60.0  # seconds a writer retries while a reader holds the file
+DEFAULT_WAIT_TIMEOUT = 3600.0  # seconds `wait=True` queues behind another writer
+RUN_STATUSES = ("complete", "partial", "failed")
+APPENDABLE = tuple(name for name in schema.TABLES if name != "runs")
+LATEST_VIEWS = {f"latest_{name}": name for name in schema.INVENTORY_TABLES}
+_DUCKDB_MAGIC = b"DUCK"  # bytes 8..12 of every DuckDB database file
+_POLL = 0.1
+
+# finish_run's counters, in runs-table order. None leaves the column as begin_run set it
+# (accounts, targets) or derives it from the stored rows (the others).
+COUNTERS = (
+    "accounts",
+    "targets",
+    "targets_ok",
+    "targets_failed",
+    "api_calls",
+    "retries",
+    "services",
+    "deployments",
+    "containers",
+)
+
+
+# --------------------------------------------------------------------------- the writer lock
+
+
+@dataclass(frozen=True, slots=True)
+class LockHolder:
+    """What a writer writes into `<db>.lock` (one JSON object) while it holds it."""
+
+    pid: int
+    host: str
+    started_at: str  # ISO 8601, UTC
+    command: str
+
+    def describe(self) -> str:
+        return f"PID {self.pid} on {self.host}, since {self.started_at}: {self.command}"
+
+    @classmethod
+    def current(cls) -> LockHolder:
+        return cls(
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            command=" ".join([Path(sys.argv[0]).name if sys.argv else "python", *sys.argv[1:]]),
+        )
+
+    @classmethod
+    def read(cls, lock_path: Path) -> LockHolder | None:
+        """The holder a lock file names, or None when it is absent, empty or unreadable."""
+        try:
+            data = json.loads(lock_path.read_text())
+            return cls(
+                int(data["pid"]), str(data["host"]), str(data["started_at"]), str(data["command"])
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+class WriterLock:
+    """An exclusive `flock` on `<db>.lock`. Released by `release()` or by the process dying.
+
+    After taking the flock it checks that the path still names the file it locked: a
+    releasing writer unlinks the file, and a process that opened it just before must then
+    retry on the new file instead of "holding" an unlinked one.
+    """
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self._fd = path, fd
+
+    @classmethod
+    def acquire(cls, path: Path, wait: bool = False, timeout: float | None = None) -> WriterLock:
+        db_name = str(path)[: -len(LOCK_SUFFIX)] if str(path).endswith(LOCK_SUFFIX) else str(path)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if not wait or (deadline is not None and time.monotonic() >= deadline):
+                    holder = LockHolder.read(path)
+                    raise StoreLocked(
+                        db_name, holder.describe() if holder else "another process"
+                    ) from None
+                time.sleep(_POLL * 2)
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)  # locked a file another writer just unlinked: try the new one
+                continue
+            lock = cls(path, fd)
+            lock._write(LockHolder.current())
+            return lock
+
+    def _write(self, holder: LockHolder) -> None:
+        data = json.dumps(
+            {
+                "pid": holder.pid,
+                "host": holder.host,
+                "started_at": holder.started_at,
+                "command": holder.command,
+            }
+        ).encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data + b"\n", 0)
+
+    @property
+    def held(self) -> bool:
+        return self._fd >= 0
+
+    def release(self) -> None:
+        if self._fd < 0:
+            return
+        fd, self._fd = self._fd, -1
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)  # still ours: we hold the flock
+        os.close(fd)  # releases the flock
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _view_sql(view: str, table: str) -> str:
+    cols = ", ".join(f"t.{_quote(f.name)}" for f in schema.TABLES[table])
+    return (
+        f"CREATE OR REPLACE VIEW {view} AS SELECT {cols} FROM {table} AS t "
+        "JOIN latest_scans AS l "
+        "ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region"
+    )
+
+
+LATEST_SCANS_SQL = """
+CREATE OR REPLACE VIEW latest_scans AS
+SELECT account_id, region, run_id, run_started_at
+FROM (
+    SELECT s.account_id, s.region, s.run_id, r.started_at AS run_started_at,
+           row_number() OVER (
+               PARTITION BY s.account_id, s.region
+               ORDER BY r.started_at DESC, s.run_id DESC
+           ) AS rank
+    FROM scans AS s JOIN runs AS r ON r.run_id = s.run_id
+    WHERE s.status = 'ok' AND r.status IN ('complete', 'partial')
+)
+WHERE rank = 1
+"""
+
+
+def _is_lock_conflict(exc: BaseException) -> bool:
+    text = str(exc)
+    return (
+        "Could not set lock" in text
+        or "Conflicting lock" in text
+        or "different configuration than existing connections" in text
+    )
+
+
+class Store:
+    """An inventory database. Open it with `Store.open`; close it (or use `with`)."""
+
+    def __init__(
+        self,
+        path: Path,
+        read_only: bool,
+        lock: WriterLock | None,
+        busy_timeout: float,
+    ):
+        self.path = path
+        self.read_only = read_only
+        self.busy_timeout = busy_timeout
+        self._lock = lock
+        self._mutex = threading.RLock()  # one DuckDB connection at a time from this Store
+        self._closed = False
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        read_only: bool = False,
+        wait: bool = False,
+        wait_timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+        busy_timeout: float | None = None,
+    ) -> Store:
+        """Open (a writer: create or migrate) the database at `path`.
+
+        A writer takes the lock `<path>.lock`; another writer holding it raises `StoreLocked`
+        at once, or after `wait_timeout` seconds with `wait=True` (None: wait for ever).
+        `busy_timeout`: how long one DuckDB open retries while another process has the file
+        open (default 5 s for readers, 60 s for writers).
+        A file that is not a DuckDB database, or a DuckDB database that is not ours, raises
+        `StoreError` and is left untouched.
+        """
+        db = Path(path).absolute()
+        if busy_timeout is None:
+            busy_timeout = READER_BUSY_TIMEOUT if read_only else WRITER_BUSY_TIMEOUT
+        exists = db.exists()
+        if exists:
+            _check_header(db)
+        elif read_only:
+            raise StoreError(f"{db}: no inventory database there; run `inventory collect` first")
+        if read_only:
+            store = cls(db, True, None, busy_timeout)
+            with store.connection() as con:
+                version = _inspect(con, db)
+            if version is None:
+                raise StoreError(
+                    f"{db}: an empty DuckDB database, not an inventory yet; run `inventory collect`"
+                )
+            return store
+
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"{db}: cannot create its directory: {e}") from e
+        lock_path = db.with_name(db.name + LOCK_SUFFIX)
+        try:
+            lock = WriterLock.acquire(lock_path, wait=wait, timeout=wait_timeout)
+        except OSError as e:
+            raise StoreError(f"{db}: cannot take the writer lock {lock_path}: {e}") from e
+        store = cls(db, False, lock, busy_timeout)
+        try:
+            if exists:
+                # Look before touching: a read-only open changes nothing in a foreign file.
+                with store.connection(read_only=True) as con:
+                    _inspect(con, db)
+            with store.connection() as con:
+                _setup(con, db)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        """Release the writer lock. The Store cannot be used afterwards."""
+        self._closed = True
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + LOCK_SUFFIX)
+
+    # -- connections -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def connection(self, read_only: bool | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A DuckDB connection for the length of a `with` block (TimeZone UTC).
+
+        A reader Store always gets a read-only one. Hold it briefly: while it is open, no
+        other process can write (or, for a writer's connection, read) the database.
+        """
+        if self._closed:
+            raise StoreError(f"{self.path}: the store is closed")
+        ro = True if self.read_only else bool(read_only)
+        with self._mutex:
+            con = self._connect(ro)
+            try:
+                con.execute("SET TimeZone = 'UTC'")
+                yield con
+            finally:
+                con.close()
+
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.02
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except duckdb.Error as e:
+                if not _is_lock_conflict(e):
+                    raise StoreError(f"{self.path}: cannot open the database: {e}") from e
+                if time.monotonic() >= deadline:
+                    raise StoreError(self._busy_message(e)) from e
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+
+    def _busy_message(self, exc: BaseException) -> str:
+        holder = LockHolder.read(self.lock_path)
+        if holder is not None and (self._lock is None or holder.pid != os.getpid()):
+            return (
+                f"{self.path} is being written by collect PID {holder.pid} on {holder.host} "
+                f"(since {holder.started_at}); retry shortly"
+            )
+        m = re.search(r"PID (\d+)", str(exc))
+        who = f"process PID {m.group(1)}" if m else "another connection"
+        return (
+            f"{self.path} is open in {who} (waited {self.busy_timeout:g} s); "
+            "retry shortly, or close the other program"
+        )
+
+    def _require_writer(self) -> None:
+        if self.read_only or self._lock is None:
+            raise StoreError(f"{self.path}: opened read-only (or closed); cannot write")
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def begin_run(
+        self,
+        run_id: str,
+        started_at: dt.datetime,
+        accounts: int,
+        targets: int,
+        tool_version: str,
+    ) -> list[str]:
+        """Record the start of a run (status 'running', committed).
+
+        Any other run still 'running' was interrupted (we hold the writer lock, so nobody
+        else runs): it becomes 'failed' (finished_at = its last scan's, else now) and its
+        inventory rows are deleted; its scans and errors stay. Returns those runs' ids.
+        """
+        self._require_writer()
+        now = dt.datetime.now(dt.UTC)
+        with self.connection() as con:
+            con.execute("BEGIN")
+            try:
+                if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall():
+                    raise StoreError(f"{self.path}: run {run_id} already exists")
+                stale = [
+                    r[0]
+                    for r in con.execute(
+                        "SELECT run_id FROM runs WHERE status = 'running' ORDER BY run_id"
+                    ).fetchall()
+                ]
+                for old in stale:
+                    for table in schema.INVENTORY_TABLES:
+                        con.execute(f"DELETE FROM {table} WHERE run_id = ?", [old])
+                    con.execute(
+                        "UPDATE runs SET status = 'failed', finished_at = coalesce("
+                        "(SELECT max(finished_at) FROM scans WHERE run_id = $id), $now) "
+                        "WHERE run_id = $id",
+                        {"id": old, "now": now},
+                    )
+                con.execute(
+                    "INSERT INTO runs (run_id, started_at, status, accounts, targets, "
+                    "tool_version, schema_version) VALUES (?, ?, 'running', ?, ?, ?, ?)",
+                    [run_id, started_at, accounts, targets, tool_version, schema.SCHEMA_VERSION],
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        for old in stale:
+            log.warning("run %s was interrupted; marked failed, its inventory rows removed", old)
+        return stale
+
+    def append(self, run_id: str, tables: Mapping[str, pa.Table]) -> dict[str, int]:
+        """Insert Arrow tables (any of container_services, deployments, containers, scans,
+        errors) into run `run_id`, all in one transaction. Columns are matched by name;
+        a column left out is NULL; a missing `run_id` column is filled in. Returns the rows
+        inserted per table."""
+        self._require_writer()
+        prepared = {name: _conform(name, t, run_id) for name, t in tables.items()}
+        prepared = {name: t for name, t in prepared.items() if t.num_rows}
+        if not prepared:
+            return {}
+        with self.connection() as con:
+            con.execute("BEGIN")
+            try:
+                self._check_running(con, run_id)
+                for name, table in prepared.items():
+                    view = f"_append_{name}"
+                    con.register(view, table)
+                    try:
+                        con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM {view}")
+                    finally:
+                        con.unregister(view)
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                raise
+        return {name: t.num_rows for name, t in prepared.items()}
+
+    def _check_running(self, con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+        rows = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchall()
+        row = rows[0] if rows else None
+        if row is None:
+            raise StoreError(f"{self.path}: run {run_id} was never begun (call begin_run)")
+        if row[0] != "running":
+            raise StoreError(f"{self.path}: run {run_id} is {row[0]}, not running")
+
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        finished_at: dt.datetime | None = None,
+        *,
+        accounts: int | None = None,
+        targets: int | None = None,
+        targets_ok: int | None = None,
+        targets_failed: int | None = None,
+        api_calls: int | None = None,
+        retries: int | None = None,
+        services: int | None = None,
+        deployments: int | None = None,
+        containers: int | None = None,
+    ) -> dict[str, Any]:
+        """Close run `run_id` with `status` ('complete' | 'partial' | 'failed'): from now on
+        the views see it. A counter left None keeps begin_run's value (accounts, targets),
+        is counted from the stored rows (targets_ok/failed from scans, services, deployments,
+        containers) or stays NULL (api_calls, retries). Returns the final runs row."""
+        self._require_writer()
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+        given = {
+            "accounts": accounts,
+            "targets": targets,
+            "targets_ok": targets_ok,
+            "targets_failed": targets_failed,
+            "api_calls": api_calls,
+            "retries": retries,
+            "services": services,
+            "deployments": deployments,
+            "containers": containers,
+        }
+        derived = {
+            "accounts": "accounts",
+            "targets": "targets",
+            "targets_ok": "(SELECT count(*) FROM scans WHERE run_id = $id AND status = 'ok')",
+            "targets_failed": "(SELECT count(*) FROM scans WHERE run_id = $id AND status <> 'ok')",
+            "api_calls": "api_calls",
+            "retries": "retries",
+            "services": "(SELECT count(*) FROM container_services WHERE run_id = $id)",
+            "deployments": "(SELECT count(*) FROM deployments WHERE run_id = $id)",
+            "containers": "(SELECT count(*) FROM containers WHERE run_id = $id)",
+        }
+        params: dict[str, Any] = {
+            "id": run_id,
+            "status": status,
+            "finished_at": finished_at or dt.datetime.now(dt.UTC),
+            "version": schema.SCHEMA_VERSION,
+        }
+        sets = ["status = $status", "finished_at = $finished_at", "schema_version = $version"]
+        for name in COUNTERS:
+            if given[name] is None:
+                sets.append(f"{name} = {derived[name]}")
+            else:
+                sets.append(f"{name} = ${name}")
+                params[name] = given[name]
+        with self.connection() as con:
+            con.execute("BEGIN")
+            try:
+                self._check_running(con, run_id)
+                con.execute(f"UPDATE runs SET {', '.join(sets)} WHERE run_id = $id", params)
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                raise
+        run = self.run(run_id)
+        assert run is not None
+        return run
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def query(self, sql: str, params: Any = None) -> pa.Table:
+        """Run one SQL statement; `params` binds `?` (a sequence) or `$name` (a mapping)."""
+        with self.connection() as con:
+            return con.sql(sql, params=params).to_arrow_table()
+
+    def query_rows(self, sql: str, params: Any = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Like `query`, as (column names, rows of Python values)."""
+        with self.connection() as con:
+            cur = con.execute(sql, params)
+            cols = [d[0] for d in cur.description or []]
+            return cols, cur.fetchall()
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run, newest first, as dicts of the runs columns."""
+        cols, rows = self.query_rows(
+            f"SELECT {_columns('runs')} FROM runs ORDER BY started_at DESC, run_id DESC"
+        )
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        """The runs row of `run_id`, or None."""
+        cols, rows = self.query_rows(
+            f"SELECT {_columns('runs')} FROM runs WHERE run_id = ?", [run_id]
+        )
+        return dict(zip(cols, rows[0], strict=True)) if rows else None
+
+    def read_run(self, run_id: str, table: str, batch_size: int = 65_536) -> pa.RecordBatchReader:
+        """Stream the rows of `table` for run `run_id` as Arrow batches with the schema.py
+        schema exactly (columns in schema order; one a migration has not added yet is NULL).
+
+        The DuckDB connection stays open until the reader is exhausted or closed: consume it
+        promptly."""
+        if table not in schema.TABLES:
+            raise ValueError(f"unknown table {table!r}; one of {', '.join(schema.TABLES)}")
+        target = schema.TABLES[table]
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            with self.connection() as con:
+                present = _table_columns(con, table)
+                cols = ", ".join(
+                    _quote(f.name)
+                    if f.name in present
+                    else f"CAST(NULL AS {schema.duckdb_type(f.type)}) AS {_quote(f.name)}"
+                    for f in target
+                )
+                reader = con.sql(
+                    f"SELECT {cols} FROM {table} WHERE run_id = $id", params={"id": run_id}
+                ).to_arrow_reader(batch_size)
+                for batch in reader:
+                    yield batch.cast(target)
+
+        return pa.RecordBatchReader.from_batches(target, batches())
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _columns(table: str) -> str:
+    return ", ".join(_quote(f.name) for f in schema.TABLES[table])
+
+
+def _table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    rows = con.execute(
+        "SELECT column_name, data_type FROM duckdb_columns() "
+        "WHERE schema_name = 'main' AND table_name = ? ORDER BY column_index",
+        [table],
+    ).fetchall()
+    return {name: typ for name, typ in rows}
+
+
+def _check_header(db: Path) -> None:
+    """Refuse, without opening it, a file that cannot be a DuckDB database."""
+    if db.is_dir():
+        raise StoreError(f"{db}: is a directory, not a DuckDB database")
+    try:
+        with db.open("rb") as f:
+            head = f.read(12)
+    except OSError as e:
+        raise StoreError(f"{db}: cannot read it: {e}") from e
+    if len(head) < 12 or head[8:12] != _DUCKDB_MAGIC:
+        raise StoreError(
+            f"{db}: not a DuckDB database (left untouched); pass --db with another path"
+        )
+
+
+def _inspect(con: duckdb.DuckDBPyConnection, db: Path) -> int | None:
+    """The schema version of our database; None for an empty one; StoreError when foreign."""
+    tables = {
+        r[0]
+        for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+        ).fetchall()
+    }
+    views = {
+        r[0]
+        for r in con.execute(
+            "SELECT view_name FROM duckdb_views() "
+            "WHERE database_name = current_database() AND NOT internal"
+        ).fetchall()
+    }
+    if not tables and not views:
+        return None
+    meta: dict[str, str] = {}
+    if "meta" in tables:
+        with contextlib.suppress(duckdb.Error):
+            meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+    if meta.get("app") != APP:
+        raise StoreError(
+            f"{db}: a DuckDB database that is not a lightsail-inventory store "
+            f"(tables: {', '.join(sorted(tables | views))}); left untouched, use another --db"
+        )
+    try:
+        version = int(meta.get("schema_version", "0"))
+    except ValueError:
+        version = 0
+    return version
+
+
+def _setup(con: duckdb.DuckDBPyConnection, db: Path) -> None:
+    """Create or migrate (additively) the tables, then (re)create the views, in one
+    transaction."""
+    con.execute("BEGIN")
+    try:
+        version = _inspect(con, db)
+        if version is not None and version > schema.SCHEMA_VERSION:
+            raise StoreError(
+                f"{db}: written by a newer lightsail-inventory (schema version {version}, "
+                f"this one knows {schema.SCHEMA_VERSION}); upgrade to write to it"
+            )
+        con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+        for name, table_schema in schema.TABLES.items():
+            present = _table_columns(con, name)
+            if not present:
+                con.execute(schema.create_table_sql(name, table_schema))
+                continue
+            for field in table_schema:
+                if field.name not in present:
+                    typ = schema.duckdb_type(field.type)
+                    log.info("migrating %s: adding %s.%s %s", db, name, field.name, typ)
+                    con.execute(f"ALTER TABLE {name} ADD COLUMN {_quote(field.name)} {typ}")
+        con.execute(LATEST_SCANS_SQL)
+        for view, table in LATEST_VIEWS.items():
+            con.execute(_view_sql(view, table))
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        con.execute(
+            "INSERT INTO meta VALUES ('app', ?), ('created_at', ?) ON CONFLICT DO NOTHING",
+            [APP, now],
+        )
+        con.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+            [str(schema.SCHEMA_VERSION)],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
+
+
+def _conform(name: str, table: pa.Table, run_id: str) -> pa.Table:
+    """`table` checked against and cast to schema.py's `name` schema (columns by name)."""
+    if name not in APPENDABLE:
+        raise ValueError(
+            f"cannot append to {name!r}; one of {', '.join(APPENDABLE)} (runs: begin/finish_run)"
+        )
+    target = schema.TABLES[name]
+    unknown = [c for c in table.column_names if target.get_field_index(c) < 0]
+    if unknown:
+        raise ValueError(f"{name}: columns not in schema.py: {', '.join(unknown)}")
+    if "run_id" not in table.column_names:
+        table = table.append_column("run_id", pa.array([run_id] * table.num_rows, pa.string()))
+    else:
+        ids = table.column("run_id").unique().to_pylist()
+        if ids and ids != [run_id]:
+            raise ValueError(f"{name}: rows of run(s) {ids} appended to run {run_id}")
+    fields = [target.field(c) for c in table.column_names]
+    wanted = pa.schema(fields)
+    if table.schema != wanted:
+        try:
+            table = table.cast(wanted)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+            raise ValueError(f"{name}: does not fit schema.py's types: {e}") from e
+    return table
