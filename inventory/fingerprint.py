@@ -1,0 +1,117 @@
+"""Fingerprints of environment values: the only form in which a value may leave the collector.
+
+`hmac-sha256:` + the first 16 hex digits of HMAC-SHA256(key, value): a changed value shows as a
+changed fingerprint across runs, the value itself is never stored.
+
+The key (CONTRACT.md) comes from the environment variable `INVENTORY_FINGERPRINT_KEY` when it is
+set (shards of one fleet share it; its UTF-8 bytes are the key), else from a file beside the
+database, `<db>.fingerprint-key`, created on first use with 32 random bytes and mode 0600.
+
+Decisions:
+- The file is created atomically: written in full to a private temporary file (O_CREAT|O_EXCL,
+  mode 0600), then hard-linked into place, so a concurrent collect never reads a half-written key
+  and two collects racing on first use end up with the same key (the loser reads the winner's).
+- A key file that group or others may read or write is refused with a StoreError naming the file
+  and the fix (`chmod 600`): a key others can read makes fingerprints of short values guessable.
+- An empty key file, or `INVENTORY_FINGERPRINT_KEY` set but empty, is refused too (an empty key
+  would silently make every shard's fingerprints differ from the fleet's, or be trivially known).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from inventory.errors import StoreError, UsageError
+
+KEY_ENV = "INVENTORY_FINGERPRINT_KEY"
+KEY_SUFFIX = ".fingerprint-key"
+KEY_BYTES = 32
+PREFIX = "hmac-sha256:"
+DIGITS = 16
+
+
+def key_path(db_path: str | os.PathLike[str]) -> Path:
+    """The key file beside a database: `data/inventory.duckdb` -> `data/inventory.duckdb.fingerprint-key`."""
+    p = Path(db_path)
+    return p.with_name(p.name + KEY_SUFFIX)
+
+
+def load_key(db_path: str | os.PathLike[str]) -> bytes:
+    """The fingerprint key: `INVENTORY_FINGERPRINT_KEY` when set, else the file beside `db_path`
+    (created on first use, mode 0600)."""
+    env = os.environ.get(KEY_ENV)
+    if env is not None:
+        if not env:
+            raise UsageError(f"{KEY_ENV} is set but empty; unset it or give it a secret key")
+        return env.encode("utf-8", "surrogatepass")
+    path = key_path(db_path)
+    try:
+        return _read_key(path)
+    except FileNotFoundError:
+        pass
+    _create_key(path)
+    return _read_key(path)
+
+
+def _read_key(path: Path) -> bytes:
+    """Read an existing key file, refusing one that is not private. FileNotFoundError if absent."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{path}: fingerprint key is not a regular file")
+        if st.st_mode & 0o077:
+            raise StoreError(
+                f"{path}: fingerprint key is readable or writable by others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}` and retry"
+            )
+        chunks = []
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    key = b"".join(chunks)
+    if not key:
+        raise StoreError(f"{path}: fingerprint key file is empty; remove it to create a new key")
+    return key
+
+
+def _create_key(path: Path) -> None:
+    """Create the key file with 32 random bytes, mode 0600, atomically; keep one that appeared."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        try:
+            os.write(fd, secrets.token_bytes(KEY_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # atomic, never replaces: whoever links first wins
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Fingerprinter:
+    """`Fingerprinter(key)(value)` -> 'hmac-sha256:' + the first 16 hex digits of HMAC-SHA256."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        if not key:
+            raise ValueError("fingerprint key must not be empty")
+        self._key = bytes(key)
+
+    def __call__(self, value: str) -> str:
+        # surrogatepass: a value with a lone surrogate (valid JSON) still gets a stable fingerprint
+        digest = hmac.digest(self._key, value.encode("utf-8", "surrogatepass"), "sha256")
+        return PREFIX + digest[: DIGITS // 2].hex()
+
+    def __repr__(self) -> str:  # never show the key
+        return "Fingerprinter(<key>)"

@@ -1,0 +1,769 @@
+"""Lightsail `GetContainerServices` answers -> Arrow tables `container_services`, `deployments`,
+`containers` (CONTRACT.md). Pure: no I/O, no globals but the cached botocore enum lists.
+
+Streaming use (the collector): one `Flattener` per writer; `add()` each account × region answer
+as it arrives (cheap: appends to Python lists, one per column), `take()` a batch of Arrow tables
+whenever `rows` says it is worth writing (builds one Arrow array per column, then resets).
+
+Input: the `containerServices` list, dicts with the API's camelCase keys, as botocore parses them
+(timestamps: `datetime`) or as `json.loads` gives them (timestamps: epoch seconds). Naive
+datetimes are UTC; ISO 8601 strings are accepted too.
+
+Values mirror the API: a field it left out (or sent as null) is NULL; one it sent empty stays
+empty. An answer of unexpected shape never raises: the bad part becomes NULL (an unknown enum
+string is kept as it is), the rest is stored, and `add()` returns one `Anomaly` per problem.
+Anomaly messages name the service, the field path and the type or enum value, never an
+environment value (for environment problems only the variable's name).
+
+Environment values are replaced by `fingerprint(value)` unless `fingerprint` is None (that is
+`--include-env-values`): the value never reaches an Arrow buffer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from types import MappingProxyType
+from typing import Any
+
+import pyarrow as pa
+
+from inventory.model import ErrorRecord, TargetResult
+from inventory.schema import INVENTORY_TABLES
+
+__all__ = [
+    "FLATTEN_ERROR",
+    "UNEXPECTED_SHAPE",
+    "UNKNOWN_ENUM_VALUE",
+    "Anomaly",
+    "Flattener",
+    "TargetContext",
+    "flatten",
+    "known_enums",
+]
+
+UNEXPECTED_SHAPE = "UnexpectedShape"
+UNKNOWN_ENUM_VALUE = "UnknownEnumValue"
+FLATTEN_ERROR = "FlattenError"  # a service that could not be flattened at all (a bug): skipped
+OPERATION = "GetContainerServices"
+
+# botocore shape names of the enums we check.
+POWER = "ContainerServicePowerName"
+STATE = "ContainerServiceState"
+STATE_DETAIL_CODE = "ContainerServiceStateDetailCode"
+DEPLOYMENT_STATE = "ContainerServiceDeploymentState"
+PROTOCOL = "ContainerServiceProtocol"
+_ENUM_SHAPES = (POWER, STATE, STATE_DETAIL_CODE, DEPLOYMENT_STATE, PROTOCOL)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetContext:
+    """Where one answer came from; fills the context columns of every row it yields."""
+
+    run_id: str
+    collected_at: dt.datetime  # when the answer arrived; naive = UTC
+    account_id: str
+    account_name: str | None
+    region: str
+
+    @classmethod
+    def of(cls, run_id: str, result: TargetResult) -> TargetContext:
+        return cls(
+            run_id, result.collected_at, result.account.id, result.account.name, result.region
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """A problem in an answer that was stored as well as it could be. Never holds a secret."""
+
+    error_code: str  # UNEXPECTED_SHAPE | UNKNOWN_ENUM_VALUE | FLATTEN_ERROR
+    message: str
+
+    def to_error(self, ctx: TargetContext, attempts: int = 1) -> ErrorRecord:
+        """The `errors` row for this anomaly (operation GetContainerServices)."""
+        return ErrorRecord(
+            occurred_at=ctx.collected_at,
+            account_id=ctx.account_id,
+            region=ctx.region,
+            operation=OPERATION,
+            error_code=self.error_code,
+            message=self.message,
+            attempts=attempts,
+        )
+
+
+@cache
+def known_enums() -> Mapping[str, frozenset[str]]:
+    """The enum values the installed botocore Lightsail model knows, by shape name (loaded once)."""
+    import botocore.loaders
+
+    shapes = botocore.loaders.create_loader().load_service_model("lightsail", "service-2")["shapes"]
+    return MappingProxyType(
+        {name: frozenset(shapes.get(name, {}).get("enum", ())) for name in _ENUM_SHAPES}
+    )
+
+
+# --- value checks -----------------------------------------------------------------------------
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_US = dt.timedelta(microseconds=1)
+_MIN_S = -62135596800  # 0001-01-01T00:00:00Z
+_MAX_S = 253402300799  # 9999-12-31T23:59:59Z
+_I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
+
+
+def _utf8_ok(s: str) -> bool:
+    """False for strings Arrow cannot store (lone surrogates, which json.loads lets through)."""
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _describe(v: object) -> str:
+    """What a bad value is, without what it says."""
+    if isinstance(v, str) and not _utf8_ok(v):
+        return "a string that is not valid Unicode"
+    if v is None:
+        return "null"
+    return type(v).__name__
+
+
+def _r(v: object, limit: int = 80) -> str:
+    """A short repr for names and enum values in messages."""
+    if isinstance(v, str) and len(v) > limit:
+        return repr(v[:limit]) + "…"
+    s = repr(v) if isinstance(v, str | int | float | bool) else type(v).__name__
+    return s if len(s) <= limit + 2 else s[:limit] + "…"
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _us(v: dt.datetime) -> int:
+    if v.utcoffset() is None:
+        v = v.replace(tzinfo=dt.UTC)
+    return (v - _EPOCH) // _US
+
+
+class _Check:
+    """Reads fields of one service, checking types; records an Anomaly per problem."""
+
+    __slots__ = ("anomalies", "enums", "where")
+
+    def __init__(self, anomalies: list[Anomaly], enums: Mapping[str, frozenset[str]]) -> None:
+        self.anomalies = anomalies
+        self.enums = enums
+        self.where = ""
+
+    def bad(self, path: str, expected: str, v: object) -> None:
+        self.anomalies.append(
+            Anomaly(
+                UNEXPECTED_SHAPE, f"{self.where}: {path}: expected {expected}, got {_describe(v)}"
+            )
+        )
+
+    def note(self, code: str, path: str, text: str) -> None:
+        where = f"{self.where}: {path}" if path else self.where
+        self.anomalies.append(Anomaly(code, f"{where}: {text}"))
+
+    def str_(self, d: Mapping[str, Any], key: str, prefix: str = "") -> str | None:
+        v = d.get(key)
+        if v is None or (isinstance(v, str) and _utf8_ok(v)):
+            return v
+        self.bad(_join(prefix, key), "string", v)
+        return None
+
+    def item_str(self, v: object, path: str) -> str | None:
+        """An element of a list or a map value."""
+        if v is None or (isinstance(v, str) and _utf8_ok(v)):
+            return v
+        self.bad(path, "string", v)
+        return None
+
+    def int32(self, d: Mapping[str, Any], key: str, prefix: str = "") -> int | None:
+        v = d.get(key)
+        if v is None:
+            return None
+        if type(v) is int:
+            if _I32_MIN <= v <= _I32_MAX:
+                return v
+            self.note(UNEXPECTED_SHAPE, _join(prefix, key), "integer out of 32-bit range")
+            return None
+        self.bad(_join(prefix, key), "integer", v)
+        return None
+
+    def bool_(self, d: Mapping[str, Any], key: str, prefix: str = "") -> bool | None:
+        v = d.get(key)
+        if v is None or type(v) is bool:
+            return v
+        self.bad(_join(prefix, key), "boolean", v)
+        return None
+
+    def ts(self, d: Mapping[str, Any], key: str, prefix: str = "") -> int | None:
+        """A timestamp as microseconds since the epoch (UTC)."""
+        v = d.get(key)
+        if v is None:
+            return None
+        t = type(v)
+        if t is int or t is float:
+            if not (math.isfinite(v) and _MIN_S <= v <= _MAX_S):
+                self.note(UNEXPECTED_SHAPE, _join(prefix, key), "timestamp out of range")
+                return None
+            return v * 1_000_000 if t is int else round(v * 1_000_000)
+        if isinstance(v, dt.datetime):
+            return _us(v)
+        if t is str:
+            try:
+                return _us(dt.datetime.fromisoformat(v))
+            except ValueError:
+                pass
+        self.bad(_join(prefix, key), "timestamp", v)
+        return None
+
+    def enum(self, d: Mapping[str, Any], key: str, shape: str, prefix: str = "") -> str | None:
+        v = self.str_(d, key, prefix)
+        if v is not None:
+            self.check_enum(v, shape, _join(prefix, key))
+        return v
+
+    def check_enum(self, v: str, shape: str, path: str) -> None:
+        known = self.enums[shape]
+        if known and v not in known:
+            self.note(
+                UNKNOWN_ENUM_VALUE,
+                path,
+                f"unknown {shape} value {_r(v)} (known: {', '.join(sorted(known))})",
+            )
+
+    def obj(self, d: Mapping[str, Any], key: str, prefix: str = "") -> Mapping[str, Any]:
+        """A nested structure; {} when absent or of the wrong type (its fields become NULL)."""
+        v = d.get(key)
+        if v is None:
+            return _EMPTY
+        if isinstance(v, dict):
+            return v
+        self.bad(_join(prefix, key), "object", v)
+        return _EMPTY
+
+
+# --- column buffers ---------------------------------------------------------------------------
+
+
+class _ListCol:
+    """A LIST column built from offsets: append values, then `end()` (or `null()`) per row."""
+
+    __slots__ = ("nulls", "offsets", "values")
+
+    def __init__(self) -> None:
+        self.offsets: list[int] = [0]
+        self.values: list[Any] = []
+        self.nulls: list[bool] = []
+
+    def __len__(self) -> int:
+        return len(self.nulls)
+
+    def end(self) -> None:
+        self.offsets.append(len(self.values))
+        self.nulls.append(False)
+
+    def null(self) -> None:
+        self.offsets.append(len(self.values))
+        self.nulls.append(True)
+
+    def truncate(self, rows: int) -> None:
+        del self.values[self.offsets[rows] :]
+        del self.offsets[rows + 1 :]
+        del self.nulls[rows:]
+
+    def build(self, typ: pa.ListType) -> pa.Array:
+        return pa.ListArray.from_arrays(
+            pa.array(self.offsets, pa.int32()),
+            pa.array(self.values, type=typ.value_type),
+            type=typ,
+            mask=pa.array(self.nulls, pa.bool_()) if True in self.nulls else None,
+        )
+
+
+class _MapCol:
+    """A MAP column built from offsets: append keys and items, then `end()` (or `null()`)."""
+
+    __slots__ = ("items", "keys", "nulls", "offsets")
+
+    def __init__(self, items: list[Any] | _ListCol) -> None:
+        self.offsets: list[int] = [0]
+        self.keys: list[str] = []
+        self.items = items
+        self.nulls: list[bool] = []
+
+    def __len__(self) -> int:
+        return len(self.nulls)
+
+    def end(self) -> None:
+        self.offsets.append(len(self.keys))
+        self.nulls.append(False)
+
+    def null(self) -> None:
+        self.offsets.append(len(self.keys))
+        self.nulls.append(True)
+
+    def truncate(self, rows: int) -> None:
+        entries = self.offsets[rows]
+        del self.keys[entries:]
+        if isinstance(self.items, _ListCol):
+            self.items.truncate(entries)
+        else:
+            del self.items[entries:]
+        del self.offsets[rows + 1 :]
+        del self.nulls[rows:]
+
+    def build(self, typ: pa.MapType) -> pa.Array:
+        items = (
+            self.items.build(typ.item_type)
+            if isinstance(self.items, _ListCol)
+            else pa.array(self.items, type=typ.item_type)
+        )
+        return pa.MapArray.from_arrays(
+            pa.array(self.offsets, pa.int32()),
+            pa.array(self.keys, type=typ.key_type),
+            items,
+            type=typ,
+            mask=pa.array(self.nulls, pa.bool_()) if True in self.nulls else None,
+        )
+
+
+_Column = list[Any] | _ListCol | _MapCol
+
+_CTX_COLS = ("run_id", "collected_at", "account_id", "account_name", "region")
+
+# The per-row scalar columns of each table, in the order add() produces them.
+_CS_ROW = (
+    "service_name",
+    "arn",
+    "created_at",
+    "availability_zone",
+    "resource_type",
+    "power",
+    "power_id",
+    "state",
+    "state_detail_code",
+    "state_detail_message",
+    "scale",
+    "is_disabled",
+    "principal_arn",
+    "private_domain_name",
+    "url",
+    "ecr_image_puller_role_active",
+    "ecr_image_puller_role_principal_arn",
+)
+_DEP_ROW = (
+    "service_name",
+    "service_arn",
+    "slot",
+    "version",
+    "state",
+    "created_at",
+    "public_endpoint_container_name",
+    "public_endpoint_container_port",
+    "health_check_healthy_threshold",
+    "health_check_unhealthy_threshold",
+    "health_check_timeout_seconds",
+    "health_check_interval_seconds",
+    "health_check_path",
+    "health_check_success_codes",
+)
+_CON_ROW = (
+    "service_name",
+    "service_arn",
+    "slot",
+    "deployment_version",
+    "container_name",
+    "image",
+    "image_source",
+)
+_SLOTS = (("current", "currentDeployment"), ("next", "nextDeployment"))
+
+
+def _new_buffers(schema: pa.Schema) -> dict[str, _Column]:
+    cols: dict[str, _Column] = {}
+    for f in schema:
+        if pa.types.is_map(f.type):
+            item_list = pa.types.is_list(f.type.item_type)
+            cols[f.name] = _MapCol(_ListCol() if item_list else [])
+        elif pa.types.is_list(f.type):
+            cols[f.name] = _ListCol()
+        else:
+            cols[f.name] = []
+    return cols
+
+
+def _plain(col: _Column) -> list[Any]:
+    assert isinstance(col, list)
+    return col
+
+
+def _truncate(cols: Mapping[str, _Column], rows: int) -> None:
+    for col in cols.values():
+        if isinstance(col, list):
+            del col[rows:]
+        else:
+            col.truncate(rows)
+
+
+def _build(schema: pa.Schema, cols: Mapping[str, _Column]) -> pa.Table:
+    arrays = []
+    for f in schema:
+        col = cols[f.name]
+        if isinstance(col, _ListCol | _MapCol):
+            arrays.append(col.build(f.type))
+        else:
+            arrays.append(pa.array(col, type=f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+class Flattener:
+    """Accumulates the rows of the three inventory tables, column by column; `take()` builds them.
+
+    `fingerprint`: applied to every environment value (see inventory.fingerprint.Fingerprinter);
+    None stores values as they are (`--include-env-values` only). Deliberately no default.
+    """
+
+    def __init__(self, fingerprint: Callable[[str], str] | None) -> None:
+        self._fingerprint = fingerprint
+        self._enums = known_enums()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cs = _new_buffers(INVENTORY_TABLES["container_services"])
+        self._dep = _new_buffers(INVENTORY_TABLES["deployments"])
+        self._con = _new_buffers(INVENTORY_TABLES["containers"])
+        self._cs_row = [_plain(self._cs[n]) for n in _CS_ROW]
+        self._dep_row = [_plain(self._dep[n]) for n in _DEP_ROW]
+        self._con_row = [_plain(self._con[n]) for n in _CON_ROW]
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """Rows waiting in the buffers, per table."""
+        return {
+            "container_services": len(self._cs["run_id"]),
+            "deployments": len(self._dep["run_id"]),
+            "containers": len(self._con["run_id"]),
+        }
+
+    def take(self) -> dict[str, pa.Table]:
+        """The buffered rows as Arrow tables (schema.py's schemas), then empty buffers."""
+        tables = {
+            "container_services": _build(INVENTORY_TABLES["container_services"], self._cs),
+            "deployments": _build(INVENTORY_TABLES["deployments"], self._dep),
+            "containers": _build(INVENTORY_TABLES["containers"], self._con),
+        }
+        self._reset()
+        return tables
+
+    def add(self, ctx: TargetContext, services: object) -> list[Anomaly]:
+        """Buffer the rows of one account × region answer; return its anomalies (never raises
+        on the answer's shape)."""
+        anomalies: list[Anomaly] = []
+        chk = _Check(anomalies, self._enums)
+        counts = self._counts()
+        if isinstance(services, list | tuple):
+            for i, svc in enumerate(services):
+                if isinstance(svc, dict):
+                    mark = self._counts()
+                    try:
+                        self._service(chk, i, svc)
+                    except Exception as e:  # a bug or a hostile mapping: drop this service only
+                        self._rollback(mark)
+                        # the exception's type only: its text might quote an environment value
+                        chk.note(FLATTEN_ERROR, "", f"not stored: {type(e).__name__}")
+                else:
+                    chk.where = "containerServices"
+                    chk.bad(f"[{i}]", "object", svc)
+        elif services is not None:
+            chk.where = "GetContainerServices"
+            chk.bad("containerServices", "list", services)
+        self._fill_context(ctx, counts)
+        return anomalies
+
+    def _counts(self) -> list[int]:
+        # service_name is a row column of every table: it counts the rows of the current add()
+        return [len(b["service_name"]) for b in (self._cs, self._dep, self._con)]
+
+    def _rollback(self, counts: list[int]) -> None:
+        for bufs, n in zip((self._cs, self._dep, self._con), counts, strict=True):
+            _truncate(bufs, n)
+
+    def _fill_context(self, ctx: TargetContext, before: list[int]) -> None:
+        collected = _us(ctx.collected_at)
+        values = (ctx.run_id, collected, ctx.account_id, ctx.account_name, ctx.region)
+        for bufs, n0 in zip((self._cs, self._dep, self._con), before, strict=True):
+            n = len(bufs["service_name"]) - n0
+            for name, v in zip(_CTX_COLS, values, strict=True):
+                col = bufs.get(name)
+                if isinstance(col, list):
+                    col.extend([v] * n)
+
+    def _service(self, chk: _Check, i: int, svc: dict[str, Any]) -> None:
+        name = svc.get("containerServiceName")
+        if isinstance(name, str) and _utf8_ok(name):
+            chk.where = f"service {_r(name)}"
+        else:
+            arn = svc.get("arn")
+            chk.where = f"service #{i}" + (f" ({_r(arn)})" if isinstance(arn, str) else "")
+            if name is None:
+                chk.note(UNEXPECTED_SHAPE, "containerServiceName", "missing")
+            else:
+                chk.bad("containerServiceName", "string", name)
+            name = None
+        arn = chk.str_(svc, "arn")
+        location = chk.obj(svc, "location")
+        detail = chk.obj(svc, "stateDetail")
+        registry = chk.obj(svc, "privateRegistryAccess")
+        puller = chk.obj(registry, "ecrImagePullerRole", "privateRegistryAccess")
+        row = (
+            name,
+            arn,
+            chk.ts(svc, "createdAt"),
+            chk.str_(location, "availabilityZone", "location"),
+            chk.str_(svc, "resourceType"),
+            chk.enum(svc, "power", POWER),
+            chk.str_(svc, "powerId"),
+            chk.enum(svc, "state", STATE),
+            chk.enum(detail, "code", STATE_DETAIL_CODE, "stateDetail"),
+            chk.str_(detail, "message", "stateDetail"),
+            chk.int32(svc, "scale"),
+            chk.bool_(svc, "isDisabled"),
+            chk.str_(svc, "principalArn"),
+            chk.str_(svc, "privateDomainName"),
+            chk.str_(svc, "url"),
+            chk.bool_(puller, "isActive", "privateRegistryAccess.ecrImagePullerRole"),
+            chk.str_(puller, "principalArn", "privateRegistryAccess.ecrImagePullerRole"),
+        )
+        for col, v in zip(self._cs_row, row, strict=True):
+            col.append(v)
+        self._tags(chk, svc.get("tags"))
+        self._domains(chk, svc.get("publicDomainNames"))
+        for slot, key in _SLOTS:
+            dep = svc.get(key)
+            if dep is None:
+                continue
+            if isinstance(dep, dict):
+                self._deployment(chk, name, arn, slot, key, dep)
+            else:
+                chk.bad(key, "object", dep)
+
+    def _tags(self, chk: _Check, tags: object) -> None:
+        col = self._cs["tags"]
+        assert isinstance(col, _MapCol)
+        if tags is None:
+            col.null()
+            return
+        if not isinstance(tags, list):
+            chk.bad("tags", "list", tags)
+            col.null()
+            return
+        out: dict[str, str | None] = {}
+        for j, tag in enumerate(tags):
+            path = f"tags[{j}]"
+            if not isinstance(tag, dict):
+                chk.bad(path, "object", tag)
+                continue
+            key = chk.str_(tag, "key", path)
+            if key is None:
+                if tag.get("key") is None:
+                    chk.note(UNEXPECTED_SHAPE, f"{path}.key", "missing")
+                continue
+            if key in out:
+                chk.note(UNEXPECTED_SHAPE, path, f"duplicate tag key {_r(key)}, last one kept")
+            out[key] = chk.str_(tag, "value", path)
+        col.keys.extend(out)
+        assert isinstance(col.items, list)
+        col.items.extend(out.values())
+        col.end()
+
+    def _domains(self, chk: _Check, domains: object) -> None:
+        col = self._cs["public_domain_names"]
+        assert isinstance(col, _MapCol) and isinstance(col.items, _ListCol)
+        if domains is None:
+            col.null()
+            return
+        if not isinstance(domains, dict):
+            chk.bad("publicDomainNames", "object", domains)
+            col.null()
+            return
+        items = col.items
+        for cert, names in domains.items():
+            if not (isinstance(cert, str) and _utf8_ok(cert)):
+                chk.bad("publicDomainNames key", "string", cert)
+                continue
+            col.keys.append(cert)
+            path = f"publicDomainNames[{_r(cert)}]"
+            if names is None:
+                items.null()
+            elif isinstance(names, list):
+                for k, dn in enumerate(names):
+                    items.values.append(chk.item_str(dn, f"{path}[{k}]"))
+                items.end()
+            else:
+                chk.bad(path, "list", names)
+                items.null()
+        col.end()
+
+    def _deployment(
+        self,
+        chk: _Check,
+        name: str | None,
+        arn: str | None,
+        slot: str,
+        key: str,
+        dep: dict[str, Any],
+    ) -> None:
+        endpoint = chk.obj(dep, "publicEndpoint", key)
+        ep = f"{key}.publicEndpoint"
+        health = chk.obj(endpoint, "healthCheck", ep)
+        hc = f"{ep}.healthCheck"
+        version = chk.int32(dep, "version", key)
+        row = (
+            name,
+            arn,
+            slot,
+            version,
+            chk.enum(dep, "state", DEPLOYMENT_STATE, key),
+            chk.ts(dep, "createdAt", key),
+            chk.str_(endpoint, "containerName", ep),
+            chk.int32(endpoint, "containerPort", ep),
+            chk.int32(health, "healthyThreshold", hc),
+            chk.int32(health, "unhealthyThreshold", hc),
+            chk.int32(health, "timeoutSeconds", hc),
+            chk.int32(health, "intervalSeconds", hc),
+            chk.str_(health, "path", hc),
+            chk.str_(health, "successCodes", hc),
+        )
+        for col, v in zip(self._dep_row, row, strict=True):
+            col.append(v)
+        containers = dep.get("containers")
+        if containers is None:
+            return
+        if not isinstance(containers, dict):
+            chk.bad(f"{key}.containers", "object", containers)
+            return
+        for cname, spec in containers.items():
+            if not (isinstance(cname, str) and _utf8_ok(cname)):
+                chk.bad(f"{key}.containers key", "string", cname)
+                continue
+            self._container(chk, name, arn, slot, version, cname, spec, f"{key}.containers")
+
+    def _container(
+        self,
+        chk: _Check,
+        name: str | None,
+        arn: str | None,
+        slot: str,
+        version: int | None,
+        cname: str,
+        spec: object,
+        prefix: str,
+    ) -> None:
+        path = f"{prefix}[{_r(cname)}]"
+        if not isinstance(spec, dict):
+            chk.bad(path, "object", spec)
+            spec = _EMPTY
+        assert isinstance(spec, Mapping)
+        image = chk.str_(spec, "image", path)
+        if image is None:
+            if spec.get("image") is None:
+                chk.note(UNEXPECTED_SHAPE, f"{path}.image", "missing")
+            source = None
+        else:
+            source = "lightsail" if image.startswith(":") else "registry"
+        for col, v in zip(
+            self._con_row, (name, arn, slot, version, cname, image, source), strict=True
+        ):
+            col.append(v)
+        self._command(chk, spec.get("command"), f"{path}.command")
+        self._environment(chk, spec.get("environment"), f"{path}.environment")
+        self._ports(chk, spec.get("ports"), f"{path}.ports")
+
+    def _command(self, chk: _Check, command: object, path: str) -> None:
+        col = self._con["command"]
+        assert isinstance(col, _ListCol)
+        if command is None:
+            col.null()
+        elif isinstance(command, list):
+            for k, arg in enumerate(command):
+                col.values.append(chk.item_str(arg, f"{path}[{k}]"))
+            col.end()
+        else:
+            chk.bad(path, "list", command)
+            col.null()
+
+    def _environment(self, chk: _Check, env: object, path: str) -> None:
+        # Never put a value (or any part of one) into a message: names only.
+        col = self._con["environment"]
+        assert isinstance(col, _MapCol) and isinstance(col.items, list)
+        if env is None:
+            col.null()
+            return
+        if not isinstance(env, dict):
+            chk.bad(path, "object", env)
+            col.null()
+            return
+        fingerprint = self._fingerprint
+        keys, items = col.keys, col.items
+        for k, v in env.items():
+            if not (isinstance(k, str) and _utf8_ok(k)):
+                chk.bad(f"{path} key", "string", k)
+                continue
+            if v is None:
+                pass
+            elif not isinstance(v, str):
+                chk.bad(f"{path}[{_r(k)}]", "string", v)
+                v = None
+            elif fingerprint is not None:
+                v = fingerprint(v)
+            elif not _utf8_ok(v):
+                chk.bad(f"{path}[{_r(k)}]", "string", v)
+                v = None
+            keys.append(k)
+            items.append(v)
+        col.end()
+
+    def _ports(self, chk: _Check, ports: object, path: str) -> None:
+        col = self._con["ports"]
+        assert isinstance(col, _MapCol) and isinstance(col.items, list)
+        if ports is None:
+            col.null()
+            return
+        if not isinstance(ports, dict):
+            chk.bad(path, "object", ports)
+            col.null()
+            return
+        for port, proto in ports.items():
+            if not (isinstance(port, str) and _utf8_ok(port)):
+                chk.bad(f"{path} key", "string", port)
+                continue
+            p = f"{path}[{_r(port)}]"
+            value = chk.item_str(proto, p)
+            if value is not None:
+                chk.check_enum(value, PROTOCOL, p)
+            col.keys.append(port)
+            col.items.append(value)
+        col.end()
+
+
+def flatten(
+    ctx: TargetContext, services: object, fingerprint: Callable[[str], str] | None
+) -> tuple[dict[str, pa.Table], list[Anomaly]]:
+    """One answer -> the three tables and its anomalies (a one-shot Flattener)."""
+    f = Flattener(fingerprint)
+    anomalies = f.add(ctx, services)
+    return f.take(), anomalies
