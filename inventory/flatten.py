@@ -145,56 +145,88 @@ def _r(v: object, limit: int = 80) -> str:
     return s if len(s) <= limit + 2 else s[:limit] + "…"
 
 
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
 def _us(v: dt.datetime) -> int:
     if v.utcoffset() is None:
         v = v.replace(tzinfo=dt.UTC)
     return (v - _EPOCH) // _US
 
 
-class _Check:
-    """Reads fields of one service, checking types; records an Anomaly per problem."""
+class _Path:
+    """A container's path, rendered only when a message needs it: `currentDeployment.containers['web']`."""
 
-    __slots__ = ("anomalies", "enums", "where")
+    __slots__ = ("key", "name")
+
+    def __init__(self, key: str, name: str) -> None:
+        self.key, self.name = key, name
+
+    def __str__(self) -> str:
+        return f"{self.key}.containers[{_r(self.name)}]"
+
+
+_Prefix = str | _Path
+
+
+def _join(prefix: _Prefix, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+class _Check:
+    """Reads fields of one service, checking types; records an Anomaly per problem.
+
+    Fast paths first (ASCII str, exact int/bool): the slow checks and every message string are
+    only built when something is wrong.
+    """
+
+    __slots__ = ("anomalies", "enums", "index", "scope", "svc")
 
     def __init__(self, anomalies: list[Anomaly], enums: Mapping[str, frozenset[str]]) -> None:
         self.anomalies = anomalies
         self.enums = enums
-        self.where = ""
+        self.scope = ""  # set when the problem is not inside one service
+        self.index = 0  # the service's position in the answer
+        self.svc: dict[str, Any] = {}  # the service, for its name and arn in messages
 
-    def bad(self, path: str, expected: str, v: object) -> None:
+    @property
+    def where(self) -> str:
+        if self.scope:
+            return self.scope
+        name, arn = self.svc.get("containerServiceName"), self.svc.get("arn")
+        if isinstance(name, str) and _utf8_ok(name):
+            return f"service {_r(name)}"
+        return f"service #{self.index}" + (f" ({_r(arn)})" if isinstance(arn, str) else "")
+
+    def bad(self, path: _Prefix, expected: str, v: object) -> None:
         self.anomalies.append(
             Anomaly(
                 UNEXPECTED_SHAPE, f"{self.where}: {path}: expected {expected}, got {_describe(v)}"
             )
         )
 
-    def note(self, code: str, path: str, text: str) -> None:
+    def note(self, code: str, path: _Prefix, text: str) -> None:
         where = f"{self.where}: {path}" if path else self.where
         self.anomalies.append(Anomaly(code, f"{where}: {text}"))
 
-    def str_(self, d: Mapping[str, Any], key: str, prefix: str = "") -> str | None:
+    def str_(self, d: Mapping[str, Any], key: str, prefix: _Prefix = "") -> str | None:
         v = d.get(key)
-        if v is None or (isinstance(v, str) and _utf8_ok(v)):
+        if v is None or (v.__class__ is str and v.isascii()):
+            return v
+        if isinstance(v, str) and _utf8_ok(v):
             return v
         self.bad(_join(prefix, key), "string", v)
         return None
 
-    def item_str(self, v: object, path: str) -> str | None:
-        """An element of a list or a map value."""
+    def item_str(self, v: object, path: _Prefix, index: object) -> str | None:
+        """An element of a list (index: int) or a map's value (index: its key)."""
         if v is None or (isinstance(v, str) and _utf8_ok(v)):
             return v
-        self.bad(path, "string", v)
+        self.bad(f"{path}[{_r(index)}]", "string", v)
         return None
 
-    def int32(self, d: Mapping[str, Any], key: str, prefix: str = "") -> int | None:
+    def int32(self, d: Mapping[str, Any], key: str, prefix: _Prefix = "") -> int | None:
         v = d.get(key)
         if v is None:
             return None
-        if type(v) is int:
+        if v.__class__ is int:
             if _I32_MIN <= v <= _I32_MAX:
                 return v
             self.note(UNEXPECTED_SHAPE, _join(prefix, key), "integer out of 32-bit range")
@@ -202,19 +234,19 @@ class _Check:
         self.bad(_join(prefix, key), "integer", v)
         return None
 
-    def bool_(self, d: Mapping[str, Any], key: str, prefix: str = "") -> bool | None:
+    def bool_(self, d: Mapping[str, Any], key: str, prefix: _Prefix = "") -> bool | None:
         v = d.get(key)
-        if v is None or type(v) is bool:
+        if v is None or v.__class__ is bool:
             return v
         self.bad(_join(prefix, key), "boolean", v)
         return None
 
-    def ts(self, d: Mapping[str, Any], key: str, prefix: str = "") -> int | None:
+    def ts(self, d: Mapping[str, Any], key: str, prefix: _Prefix = "") -> int | None:
         """A timestamp as microseconds since the epoch (UTC)."""
         v = d.get(key)
         if v is None:
             return None
-        t = type(v)
+        t = v.__class__
         if t is int or t is float:
             if not (math.isfinite(v) and _MIN_S <= v <= _MAX_S):
                 self.note(UNEXPECTED_SHAPE, _join(prefix, key), "timestamp out of range")
@@ -222,7 +254,7 @@ class _Check:
             return v * 1_000_000 if t is int else round(v * 1_000_000)
         if isinstance(v, dt.datetime):
             return _us(v)
-        if t is str:
+        if isinstance(v, str):
             try:
                 return _us(dt.datetime.fromisoformat(v))
             except ValueError:
@@ -230,22 +262,22 @@ class _Check:
         self.bad(_join(prefix, key), "timestamp", v)
         return None
 
-    def enum(self, d: Mapping[str, Any], key: str, shape: str, prefix: str = "") -> str | None:
+    def enum(self, d: Mapping[str, Any], key: str, shape: str, prefix: _Prefix = "") -> str | None:
         v = self.str_(d, key, prefix)
-        if v is not None:
-            self.check_enum(v, shape, _join(prefix, key))
+        if v is not None and v not in self.enums[shape]:
+            self.unknown(v, shape, _join(prefix, key))
         return v
 
-    def check_enum(self, v: str, shape: str, path: str) -> None:
+    def unknown(self, v: str, shape: str, path: _Prefix) -> None:
         known = self.enums[shape]
-        if known and v not in known:
+        if known:  # an empty list: the model does not say; nothing to check against
             self.note(
                 UNKNOWN_ENUM_VALUE,
                 path,
                 f"unknown {shape} value {_r(v)} (known: {', '.join(sorted(known))})",
             )
 
-    def obj(self, d: Mapping[str, Any], key: str, prefix: str = "") -> Mapping[str, Any]:
+    def obj(self, d: Mapping[str, Any], key: str, prefix: _Prefix = "") -> Mapping[str, Any]:
         """A nested structure; {} when absent or of the wrong type (its fields become NULL)."""
         v = d.get(key)
         if v is None:
@@ -254,6 +286,11 @@ class _Check:
             return v
         self.bad(_join(prefix, key), "object", v)
         return _EMPTY
+
+
+def _is_key(k: object) -> bool:
+    """A usable map key: a string Arrow can store."""
+    return isinstance(k, str) and (k.isascii() or _utf8_ok(k))
 
 
 # --- column buffers ---------------------------------------------------------------------------
@@ -391,6 +428,10 @@ _CON_ROW = (
     "image_source",
 )
 _SLOTS = (("current", "currentDeployment"), ("next", "nextDeployment"))
+_DEP_PATHS = {
+    key: (f"{key}.publicEndpoint", f"{key}.publicEndpoint.healthCheck", f"{key}.containers")
+    for _, key in _SLOTS
+}
 
 
 def _new_buffers(schema: pa.Schema) -> dict[str, _Column]:
@@ -409,6 +450,29 @@ def _new_buffers(schema: pa.Schema) -> dict[str, _Column]:
 def _plain(col: _Column) -> list[Any]:
     assert isinstance(col, list)
     return col
+
+
+def _list(col: _Column) -> _ListCol:
+    assert isinstance(col, _ListCol)
+    return col
+
+
+class _StrMap(_MapCol):
+    items: list[Any]
+
+
+class _ListMap(_MapCol):
+    items: _ListCol
+
+
+def _map_of_str(col: _Column) -> _StrMap:
+    assert isinstance(col, _MapCol) and isinstance(col.items, list)
+    return col  # type: ignore[return-value]
+
+
+def _map_of_list(col: _Column) -> _ListMap:
+    assert isinstance(col, _MapCol) and isinstance(col.items, _ListCol)
+    return col  # type: ignore[return-value]
 
 
 def _truncate(cols: Mapping[str, _Column], rows: int) -> None:
@@ -449,6 +513,11 @@ class Flattener:
         self._cs_row = [_plain(self._cs[n]) for n in _CS_ROW]
         self._dep_row = [_plain(self._dep[n]) for n in _DEP_ROW]
         self._con_row = [_plain(self._con[n]) for n in _CON_ROW]
+        self._tags_col = _map_of_str(self._cs["tags"])
+        self._domains_col = _map_of_list(self._cs["public_domain_names"])
+        self._command_col = _list(self._con["command"])
+        self._env_col = _map_of_str(self._con["environment"])
+        self._ports_col = _map_of_str(self._con["ports"])
 
     @property
     def rows(self) -> dict[str, int]:
@@ -478,18 +547,20 @@ class Flattener:
         if isinstance(services, list | tuple):
             for i, svc in enumerate(services):
                 if isinstance(svc, dict):
+                    chk.index, chk.svc = i, svc
                     mark = self._counts()
                     try:
-                        self._service(chk, i, svc)
+                        self._service(chk, svc)
                     except Exception as e:  # a bug or a hostile mapping: drop this service only
                         self._rollback(mark)
                         # the exception's type only: its text might quote an environment value
                         chk.note(FLATTEN_ERROR, "", f"not stored: {type(e).__name__}")
                 else:
-                    chk.where = "containerServices"
+                    chk.scope = "containerServices"
                     chk.bad(f"[{i}]", "object", svc)
+                    chk.scope = ""
         elif services is not None:
-            chk.where = "GetContainerServices"
+            chk.scope = "GetContainerServices"
             chk.bad("containerServices", "list", services)
         self._fill_context(ctx, counts)
         return anomalies
@@ -512,17 +583,12 @@ class Flattener:
                 if isinstance(col, list):
                     col.extend([v] * n)
 
-    def _service(self, chk: _Check, i: int, svc: dict[str, Any]) -> None:
+    def _service(self, chk: _Check, svc: dict[str, Any]) -> None:
         name = svc.get("containerServiceName")
-        if isinstance(name, str) and _utf8_ok(name):
-            chk.where = f"service {_r(name)}"
-        else:
-            arn = svc.get("arn")
-            chk.where = f"service #{i}" + (f" ({_r(arn)})" if isinstance(arn, str) else "")
-            if name is None:
-                chk.note(UNEXPECTED_SHAPE, "containerServiceName", "missing")
-            else:
-                chk.bad("containerServiceName", "string", name)
+        if name is None:
+            chk.note(UNEXPECTED_SHAPE, "containerServiceName", "missing")
+        elif not _is_key(name):
+            chk.bad("containerServiceName", "string", name)
             name = None
         arn = chk.str_(svc, "arn")
         location = chk.obj(svc, "location")
@@ -562,8 +628,7 @@ class Flattener:
                 chk.bad(key, "object", dep)
 
     def _tags(self, chk: _Check, tags: object) -> None:
-        col = self._cs["tags"]
-        assert isinstance(col, _MapCol)
+        col = self._tags_col
         if tags is None:
             col.null()
             return
@@ -586,13 +651,11 @@ class Flattener:
                 chk.note(UNEXPECTED_SHAPE, path, f"duplicate tag key {_r(key)}, last one kept")
             out[key] = chk.str_(tag, "value", path)
         col.keys.extend(out)
-        assert isinstance(col.items, list)
         col.items.extend(out.values())
         col.end()
 
     def _domains(self, chk: _Check, domains: object) -> None:
-        col = self._cs["public_domain_names"]
-        assert isinstance(col, _MapCol) and isinstance(col.items, _ListCol)
+        col = self._domains_col
         if domains is None:
             col.null()
             return
@@ -602,19 +665,18 @@ class Flattener:
             return
         items = col.items
         for cert, names in domains.items():
-            if not (isinstance(cert, str) and _utf8_ok(cert)):
+            if not _is_key(cert):
                 chk.bad("publicDomainNames key", "string", cert)
                 continue
             col.keys.append(cert)
-            path = f"publicDomainNames[{_r(cert)}]"
             if names is None:
                 items.null()
             elif isinstance(names, list):
                 for k, dn in enumerate(names):
-                    items.values.append(chk.item_str(dn, f"{path}[{k}]"))
+                    items.values.append(chk.item_str(dn, f"publicDomainNames[{_r(cert)}]", k))
                 items.end()
             else:
-                chk.bad(path, "list", names)
+                chk.bad(f"publicDomainNames[{_r(cert)}]", "list", names)
                 items.null()
         col.end()
 
@@ -627,10 +689,9 @@ class Flattener:
         key: str,
         dep: dict[str, Any],
     ) -> None:
+        ep, hc, cp = _DEP_PATHS[key]
         endpoint = chk.obj(dep, "publicEndpoint", key)
-        ep = f"{key}.publicEndpoint"
         health = chk.obj(endpoint, "healthCheck", ep)
-        hc = f"{ep}.healthCheck"
         version = chk.int32(dep, "version", key)
         row = (
             name,
@@ -654,26 +715,24 @@ class Flattener:
         if containers is None:
             return
         if not isinstance(containers, dict):
-            chk.bad(f"{key}.containers", "object", containers)
+            chk.bad(cp, "object", containers)
             return
+        head = (name, arn, slot, version)
         for cname, spec in containers.items():
-            if not (isinstance(cname, str) and _utf8_ok(cname)):
-                chk.bad(f"{key}.containers key", "string", cname)
-                continue
-            self._container(chk, name, arn, slot, version, cname, spec, f"{key}.containers")
+            if _is_key(cname):
+                self._container(chk, head, key, cname, spec)
+            else:
+                chk.bad(f"{cp} key", "string", cname)
 
     def _container(
         self,
         chk: _Check,
-        name: str | None,
-        arn: str | None,
-        slot: str,
-        version: int | None,
+        head: tuple[str | None, str | None, str, int | None],
+        key: str,
         cname: str,
         spec: object,
-        prefix: str,
     ) -> None:
-        path = f"{prefix}[{_r(cname)}]"
+        path = _Path(key, cname)
         if not isinstance(spec, dict):
             chk.bad(path, "object", spec)
             spec = _EMPTY
@@ -685,78 +744,79 @@ class Flattener:
             source = None
         else:
             source = "lightsail" if image.startswith(":") else "registry"
-        for col, v in zip(
-            self._con_row, (name, arn, slot, version, cname, image, source), strict=True
-        ):
+        for col, v in zip(self._con_row, (*head, cname, image, source), strict=True):
             col.append(v)
-        self._command(chk, spec.get("command"), f"{path}.command")
-        self._environment(chk, spec.get("environment"), f"{path}.environment")
-        self._ports(chk, spec.get("ports"), f"{path}.ports")
+        self._command(chk, spec.get("command"), path)
+        self._environment(chk, spec.get("environment"), path)
+        self._ports(chk, spec.get("ports"), path)
 
-    def _command(self, chk: _Check, command: object, path: str) -> None:
-        col = self._con["command"]
-        assert isinstance(col, _ListCol)
+    def _command(self, chk: _Check, command: object, path: _Path) -> None:
+        col = self._command_col
         if command is None:
             col.null()
         elif isinstance(command, list):
-            for k, arg in enumerate(command):
-                col.values.append(chk.item_str(arg, f"{path}[{k}]"))
+            values = col.values
+            for arg in command:
+                if arg.__class__ is str and arg.isascii():
+                    values.append(arg)
+                else:
+                    values.append(
+                        chk.item_str(arg, f"{path}.command", len(values) - col.offsets[-1])
+                    )
             col.end()
         else:
-            chk.bad(path, "list", command)
+            chk.bad(f"{path}.command", "list", command)
             col.null()
 
-    def _environment(self, chk: _Check, env: object, path: str) -> None:
+    def _environment(self, chk: _Check, env: object, path: _Path) -> None:
         # Never put a value (or any part of one) into a message: names only.
-        col = self._con["environment"]
-        assert isinstance(col, _MapCol) and isinstance(col.items, list)
+        col = self._env_col
         if env is None:
             col.null()
             return
         if not isinstance(env, dict):
-            chk.bad(path, "object", env)
+            chk.bad(f"{path}.environment", "object", env)
             col.null()
             return
         fingerprint = self._fingerprint
         keys, items = col.keys, col.items
         for k, v in env.items():
-            if not (isinstance(k, str) and _utf8_ok(k)):
-                chk.bad(f"{path} key", "string", k)
+            if not _is_key(k):
+                chk.bad(f"{path}.environment key", "string", k)
                 continue
-            if v is None:
-                pass
-            elif not isinstance(v, str):
-                chk.bad(f"{path}[{_r(k)}]", "string", v)
-                v = None
-            elif fingerprint is not None:
-                v = fingerprint(v)
-            elif not _utf8_ok(v):
-                chk.bad(f"{path}[{_r(k)}]", "string", v)
+            if isinstance(v, str):
+                if fingerprint is not None:
+                    v = fingerprint(v)
+                elif not (v.isascii() or _utf8_ok(v)):
+                    chk.bad(f"{path}.environment[{_r(k)}]", "string", v)
+                    v = None
+            elif v is not None:
+                chk.bad(f"{path}.environment[{_r(k)}]", "string", v)
                 v = None
             keys.append(k)
             items.append(v)
         col.end()
 
-    def _ports(self, chk: _Check, ports: object, path: str) -> None:
-        col = self._con["ports"]
-        assert isinstance(col, _MapCol) and isinstance(col.items, list)
+    def _ports(self, chk: _Check, ports: object, path: _Path) -> None:
+        col = self._ports_col
         if ports is None:
             col.null()
             return
         if not isinstance(ports, dict):
-            chk.bad(path, "object", ports)
+            chk.bad(f"{path}.ports", "object", ports)
             col.null()
             return
+        known = self._enums[PROTOCOL]
         for port, proto in ports.items():
-            if not (isinstance(port, str) and _utf8_ok(port)):
-                chk.bad(f"{path} key", "string", port)
+            if not _is_key(port):
+                chk.bad(f"{path}.ports key", "string", port)
                 continue
-            p = f"{path}[{_r(port)}]"
-            value = chk.item_str(proto, p)
-            if value is not None:
-                chk.check_enum(value, PROTOCOL, p)
+            if proto not in known:  # the common case is one known protocol string: done
+                proto = chk.item_str(proto, f"{path}.ports", port)
+                if proto is not None:
+                    chk.unknown(proto, PROTOCOL, f"{path}.ports[{_r(port)}]")
             col.keys.append(port)
-            col.items.append(value)
+            col.items.append(proto)
         col.end()
 
 
