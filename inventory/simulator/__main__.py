@@ -1,0 +1,98 @@
+"""Run the simulator as its own process.
+
+    python -m inventory.simulator --port 0 --accounts 1000 --seed 1 --latency-ms 50
+
+Prints one line, `listening on http://127.0.0.1:PORT`, then serves until SIGTERM / SIGINT.
+Pair options (`--hang-region`, `--deny-region`, `--unenabled-region`, `--malformed`) take
+`REGION` (every account) or `ACCOUNT:REGION`, and may be repeated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from inventory.simulator.faults import Faults, Pair
+from inventory.simulator.fleet import HUB_ACCOUNT_ID, Fleet
+from inventory.simulator.server import Simulator
+
+
+def _pair(value: str) -> Pair:
+    account, sep, region = value.rpartition(":")
+    return (account if sep else "*", region)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m inventory.simulator", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0: a free port")
+    p.add_argument("--accounts", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--regions", default=None, help="comma-separated; default every region")
+    p.add_argument("--services-per-account", type=float, default=1.5)
+    p.add_argument("--hub-account", default=HUB_ACCOUNT_ID)
+    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument("--throttle-rate", type=float, default=0.0)
+    p.add_argument("--error-rate", type=float, default=0.0, help="5xx answers")
+    p.add_argument("--drop-rate", type=float, default=0.0)
+    p.add_argument("--deny-account", action="append", default=[], metavar="ID")
+    p.add_argument("--deny-region", action="append", default=[], type=_pair)
+    p.add_argument("--unenabled-region", action="append", default=[], type=_pair)
+    p.add_argument("--hang-region", action="append", default=[], type=_pair)
+    p.add_argument("--malformed", action="append", default=[], type=_pair)
+    p.add_argument("--credential-ttl", type=float, default=3600.0, metavar="SECONDS")
+    p.add_argument("--external-id", default=None)
+    p.add_argument("--fault-seed", type=int, default=0)
+    p.add_argument("--print-env", action="store_true", help="also print export lines")
+    return p.parse_args(argv)
+
+
+def build(args: argparse.Namespace) -> Simulator:
+    regions = [r.strip() for r in args.regions.split(",") if r.strip()] if args.regions else None
+    fleet = Fleet(
+        args.accounts,
+        seed=args.seed,
+        regions=regions,
+        services_per_account=args.services_per_account,
+        hub_account_id=args.hub_account,
+    )
+    faults = Faults(
+        latency_ms=args.latency_ms,
+        throttle_rate=args.throttle_rate,
+        error_5xx_rate=args.error_rate,
+        drop_rate=args.drop_rate,
+        denied_accounts=set(args.deny_account),
+        denied_regions=set(args.deny_region),
+        unenabled_regions=set(args.unenabled_region),
+        hang_regions=set(args.hang_region),
+        malformed=set(args.malformed),
+        credential_ttl_s=args.credential_ttl,
+        external_id=args.external_id,
+        seed=args.fault_seed,
+    )
+    return Simulator(fleet, faults, host=args.host, port=args.port)
+
+
+async def serve(sim: Simulator, print_env: bool = False) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with sim:
+        print(f"listening on {sim.url}", flush=True)
+        if print_env:
+            for k, v in sim.env().items():
+                print(f"export {k}={v}", flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    asyncio.run(serve(build(args), args.print_env))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,810 @@
+"""A deterministic, seeded synthetic fleet: the ground truth the simulator serves.
+
+`Fleet(accounts, seed)` invents `accounts` member accounts plus one *hub* account (the base
+identity's own account, `fleet.hub_account_id`, never in `fleet.account_ids`), their
+Lightsail container services per region, in wire shape (camelCase keys as in botocore's
+Lightsail model, timestamps as epoch seconds floats), and an Organizations tree.
+
+Coverage: the first member account (`fleet.showcase_account_id`) always holds 16 services
+spread over three regions whose attributes cycle through every service state, power,
+deployment state, image kind and absent-versus-empty field, so even a tiny fleet exercises
+every case. The other accounts are random: most account × region pairs empty, a few with
+many services (at most `MAX_PER_REGION`).
+
+Services are generated lazily per account and cached, so a 10,000-account fleet costs
+nothing until asked. `fleet.evolve(seed)` returns the next generation with known changes
+(`fleet.changes`), for diff tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import random
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from inventory.regions import all_regions
+
+HUB_ACCOUNT_ID = "123456789012"
+MAX_PER_REGION = 20
+EPOCH_BASE = 1_700_000_000.0  # 2023-11-14; every timestamp is before EPOCH_NOW
+EPOCH_NOW = 1_764_000_000.0  # 2025-11-24: "now" for the fleet (deterministic)
+
+STATES = ("PENDING", "READY", "RUNNING", "UPDATING", "DELETING", "DISABLED", "DEPLOYING")
+POWERS = ("nano", "micro", "small", "medium", "large", "xlarge")
+DEPLOYMENT_STATES = ("ACTIVATING", "ACTIVE", "INACTIVE", "FAILED")
+PROTOCOLS = ("HTTP", "HTTPS", "TCP", "UDP")
+STATE_DETAIL = {
+    "PENDING": ("CREATING_SYSTEM_RESOURCES", "CREATING_NETWORK_INFRASTRUCTURE"),
+    "DEPLOYING": ("CREATING_DEPLOYMENT", "EVALUATING_HEALTH_CHECK", "ACTIVATING_DEPLOYMENT"),
+    "UPDATING": ("PROVISIONING_CERTIFICATE", "PROVISIONING_SERVICE"),
+    "RUNNING": ("CERTIFICATE_LIMIT_EXCEEDED", "UNKNOWN_ERROR"),
+}
+DEFAULT_HEALTH_CHECK = {
+    "healthyThreshold": 2,
+    "unhealthyThreshold": 2,
+    "timeoutSeconds": 2,
+    "intervalSeconds": 5,
+    "path": "/",
+    "successCodes": "200-499",
+}
+_WORDS = (
+    "api", "web", "worker", "billing", "auth", "search", "cart", "media", "ingest", "report",
+    "gateway", "notify", "admin", "shop", "blog", "metrics", "chat", "queue", "cache", "cron",
+)  # fmt: skip
+_TEAMS = ("platform", "payments", "growth", "data", "mobile", "infra", "sales", "support")
+_REGISTRY_IMAGES = (
+    "nginx:latest",
+    "public.ecr.aws/bitnami/redis:7.2",
+    "redis",
+    "httpd:2.4-alpine",
+    "public.ecr.aws/nginx/nginx:1.27",
+    "ghcr.io/acme/worker@sha256:",
+    "docker.io/library/postgres:16",
+    "python",
+)
+_ENV_NAMES = (
+    "DATABASE_URL", "API_KEY", "SECRET_KEY", "REDIS_URL", "SENTRY_DSN", "STRIPE_KEY",
+    "JWT_SECRET", "SMTP_PASSWORD", "AWS_SECRET", "LOG_LEVEL_TOKEN",
+)  # fmt: skip
+_REGION_CONTINENT = {"us": "NA", "ca": "NA", "eu": "EU", "ap": "AP", "sa": "SA", "me": "ME"}
+
+
+def _ts(rng: random.Random, lo: float = EPOCH_BASE, hi: float = EPOCH_NOW) -> float:
+    """An epoch-seconds timestamp with millisecond precision, like the API sends."""
+    return round(rng.uniform(lo, hi), 3)
+
+
+def _hex(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice("0123456789abcdef") for _ in range(n))
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _secret(rng: random.Random) -> str:
+    """An environment value: 24 hex digits (what tests scan written bytes for)."""
+    return f"{rng.getrandbits(96):024x}"
+
+
+def _sub_rng(*parts: object) -> random.Random:
+    return random.Random(":".join(str(p) for p in parts))
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One known difference between a generation and the one before it.
+
+    kind: service_added | service_removed | state | power | scale | tags | domains |
+    deployment_version | deployment_state | image | ports | env_added | env_removed |
+    env_value. `field` is a dotted path into the service (e.g. `currentDeployment.version`,
+    `currentDeployment.containers.app.image`); `old`/`new` are the wire values.
+    """
+
+    kind: str
+    account_id: str
+    region: str
+    service_name: str
+    field: str | None = None
+    old: Any = None
+    new: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrgUnit:
+    id: str
+    name: str
+    parent_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrgAccount:
+    """An account as Organizations describes it (ListAccounts)."""
+
+    id: str
+    name: str
+    email: str
+    status: str  # ACTIVE | SUSPENDED
+    joined_method: str  # CREATED | INVITED
+    joined_timestamp: float
+    parent_id: str  # the root or an OU
+
+    def wire(self, org_id: str, management_id: str) -> dict[str, Any]:
+        return {
+            "Id": self.id,
+            "Arn": f"arn:aws:organizations::{management_id}:account/{org_id}/{self.id}",
+            "Email": self.email,
+            "Name": self.name,
+            "Status": self.status,
+            "State": self.status,
+            "JoinedMethod": self.joined_method,
+            "JoinedTimestamp": self.joined_timestamp,
+        }
+
+
+class Fleet:
+    """A seeded synthetic fleet of accounts, their container services and their organization.
+
+    `account_ids`: the member accounts (12-digit strings, about one in eight starting with
+    '0'). `hub_account_id`: the base identity's own account (GetCallerIdentity without an
+    assumed role, and the organization's management account); it has services too but is
+    NOT in `account_ids`. `all_account_ids` is hub + members.
+    """
+
+    def __init__(
+        self,
+        accounts: int,
+        seed: int = 0,
+        regions: Sequence[str] | None = None,
+        services_per_account: float = 1.5,
+        hub_account_id: str = HUB_ACCOUNT_ID,
+    ) -> None:
+        if accounts < 0:
+            raise ValueError("accounts must be >= 0")
+        self.seed = seed
+        self.regions: tuple[str, ...] = tuple(regions) if regions is not None else all_regions()
+        if not self.regions:
+            raise ValueError("a fleet needs at least one region")
+        self.services_per_account = services_per_account
+        self.hub_account_id = hub_account_id
+        self.generation = 0
+        self.changes: list[Change] = []
+        self._parent: Fleet | None = None
+        rng = random.Random(f"fleet:{seed}")
+        ids: list[str] = []
+        seen = {hub_account_id}
+        while len(ids) < accounts:
+            if len(ids) % 8 == 3:
+                acct = "0" + str(rng.randrange(10**10, 10**11)).zfill(11)
+            else:
+                acct = str(rng.randrange(10**11, 10**12))
+            if acct not in seen:
+                seen.add(acct)
+                ids.append(acct)
+        self.account_ids: tuple[str, ...] = tuple(ids)
+        self._index = {a: i for i, a in enumerate(ids)}
+        self._cache: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self._mean = _solve_mean(services_per_account)
+        self._build_org(rng)
+
+    # ----------------------------------------------------------------- accounts
+    @property
+    def showcase_account_id(self) -> str | None:
+        """The member account whose 16 services cover every variant (None: no members)."""
+        return self.account_ids[0] if self.account_ids else None
+
+    @property
+    def all_account_ids(self) -> tuple[str, ...]:
+        return (self.hub_account_id, *self.account_ids)
+
+    def has_account(self, account_id: str) -> bool:
+        return account_id == self.hub_account_id or account_id in self._index
+
+    @property
+    def active_account_ids(self) -> tuple[str, ...]:
+        """Member accounts whose Organizations status is ACTIVE."""
+        return tuple(a for a in self.account_ids if self.org_accounts[a].status == "ACTIVE")
+
+    # ----------------------------------------------------------------- services
+    def services(self, account_id: str, region: str) -> list[dict[str, Any]]:
+        """The ground truth: exactly the `containerServices` list GetContainerServices returns.
+
+        Returns the cached list itself: do not mutate it (deep-copy first).
+        """
+        return self._account(account_id).get(region, [])
+
+    def regions_of(self, account_id: str) -> dict[str, int]:
+        """{region: service count} for the regions where `account_id` has services."""
+        return {r: len(s) for r, s in self._account(account_id).items() if s}
+
+    def iter_services(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """(account_id, region, service) for every service of the fleet, hub first."""
+        for acct in self.all_account_ids:
+            for region, svcs in self._account(acct).items():
+                for svc in svcs:
+                    yield acct, region, svc
+
+    def service_count(self) -> int:
+        return sum(1 for _ in self.iter_services())
+
+    def secrets(self) -> set[str]:
+        """Every environment value anywhere in the fleet (current and next deployments)."""
+        out: set[str] = set()
+        for _, _, svc in self.iter_services():
+            for slot in ("currentDeployment", "nextDeployment"):
+                for c in (svc.get(slot) or {}).get("containers", {}).values():
+                    out.update(v for v in (c.get("environment") or {}).values() if v)
+        for acct, region, svc in list(self.iter_services()):
+            for d in self.deployments(acct, region, svc["containerServiceName"])["deployments"]:
+                for c in d.get("containers", {}).values():
+                    out.update(v for v in (c.get("environment") or {}).values() if v)
+        return out
+
+    def malformed_services(self, account_id: str, region: str) -> list[dict[str, Any]]:
+        """What a `Faults.malformed` pair serves: the true list (or one invented service when
+        the pair has none) where the first service has `scale` as a string ("3"), `state`
+        an unknown value ("EXPLODING") and a current deployment whose first container has
+        no `image`."""
+        services = copy.deepcopy(self.services(account_id, region))
+        if not services:
+            rng = _sub_rng(self.seed, "malformed", account_id, region)
+            services = [make_service(rng, account_id, region, 2, set())]
+        svc = services[0]
+        svc["scale"] = str(svc.get("scale", 1))
+        svc["state"] = "EXPLODING"
+        dep = svc.get("currentDeployment")
+        if dep and dep.get("containers"):
+            next(iter(dep["containers"].values())).pop("image", None)
+        else:
+            svc["currentDeployment"] = {
+                "version": 1,
+                "state": "ACTIVE",
+                "containers": {"app": {"command": [], "ports": {"80": "HTTP"}}},
+                "createdAt": svc["createdAt"],
+            }
+        return services
+
+    def find_service(self, account_id: str, region: str, name: str) -> dict[str, Any] | None:
+        for svc in self.services(account_id, region):
+            if svc["containerServiceName"] == name:
+                return svc
+        return None
+
+    def deployments(self, account_id: str, region: str, service_name: str) -> dict[str, Any]:
+        """GetContainerServiceDeployments' answer: next, current and up to 3 past versions.
+
+        Raises KeyError when the service does not exist.
+        """
+        svc = self.find_service(account_id, region, service_name)
+        if svc is None:
+            raise KeyError(service_name)
+        out: list[dict[str, Any]] = []
+        nxt, cur = svc.get("nextDeployment"), svc.get("currentDeployment")
+        if nxt:
+            out.append(nxt)
+        if cur:
+            out.append(cur)
+            rng = _sub_rng(self.seed, "history", account_id, region, service_name, cur["version"])
+            created = cur["createdAt"]
+            for version in range(cur["version"] - 1, max(0, cur["version"] - 4), -1):
+                created = round(created - rng.uniform(3600, 30 * 86400), 3)
+                past = copy.deepcopy(cur)
+                past["version"] = version
+                past["state"] = "FAILED" if rng.random() < 0.2 else "INACTIVE"
+                past["createdAt"] = created
+                for c in past["containers"].values():
+                    img = c.get("image")
+                    if isinstance(img, str) and img.startswith(":") and img[-1].isdigit():
+                        head, _, n = img.rpartition(".")
+                        c["image"] = f"{head}.{max(1, int(n) - (cur['version'] - version))}"
+                    if c.get("environment"):
+                        c["environment"] = {k: _secret(rng) for k in c["environment"]}
+                out.append(past)
+        return {"deployments": out}
+
+    def images(self, account_id: str, region: str, service_name: str) -> dict[str, Any]:
+        """GetContainerImages' answer: the Lightsail-registered images of the service.
+
+        Raises KeyError when the service does not exist.
+        """
+        svc = self.find_service(account_id, region, service_name)
+        if svc is None:
+            raise KeyError(service_name)
+        seen: dict[str, None] = {}
+        for d in self.deployments(account_id, region, service_name)["deployments"]:
+            for c in d.get("containers", {}).values():
+                img = c.get("image")
+                if isinstance(img, str) and img.startswith(":"):
+                    seen[img] = None
+        rng = _sub_rng(self.seed, "images", account_id, region, service_name)
+        out = []
+        created = svc["createdAt"]
+        for img in sorted(seen, reverse=True):
+            digest = hashlib.sha256(f"{self.seed}:{account_id}:{region}:{img}".encode()).hexdigest()
+            created = round(created + rng.uniform(60, 86400), 3)
+            out.append({"image": img, "digest": f"sha256:{digest}", "createdAt": created})
+        return {"containerImages": out}
+
+    def region_wire(self) -> list[dict[str, Any]]:
+        """GetRegions' `regions` list (without availability zones)."""
+        return [
+            {
+                "continentCode": _REGION_CONTINENT.get(r.split("-")[0], "NA"),
+                "description": f"This region is recommended to serve users in {r}",
+                "displayName": r,
+                "name": r,
+            }
+            for r in self.regions
+        ]
+
+    def truth(self) -> dict[str, Any]:
+        """A JSON-able summary: accounts and per account × region service counts."""
+        return {
+            "seed": self.seed,
+            "generation": self.generation,
+            "hub_account_id": self.hub_account_id,
+            "account_ids": list(self.account_ids),
+            "regions": list(self.regions),
+            "services": {a: self.regions_of(a) for a in self.all_account_ids},
+            "total_services": self.service_count(),
+        }
+
+    # ------------------------------------------------------------------ evolve
+    def evolve(self, seed: int | None = None) -> Fleet:
+        """The next generation: same accounts, with known changes listed in `.changes`.
+
+        Every change kind of `Change` happens at least once when the fleet has enough
+        services (the showcase account alone is enough). Eager: it walks every account.
+        """
+        child = copy.copy(self)
+        child._parent = self
+        child.generation = self.generation + 1
+        child._cache = {}
+        child.changes = []
+        rng = random.Random(f"evolve:{self.seed}:{child.generation}:{seed}")
+        _evolve_into(self, child, rng)
+        return child
+
+    def changes_since(self, previous: Fleet) -> list[Change]:
+        """The known changes from `previous` (an ancestor generation) to this one."""
+        chain: list[Fleet] = []
+        node: Fleet | None = self
+        while node is not None and node is not previous:
+            chain.append(node)
+            node = node._parent
+        if node is None:
+            raise ValueError("previous is not an ancestor of this fleet")
+        return [c for f in reversed(chain) for c in f.changes]
+
+    # -------------------------------------------------------------- generation
+    def _account(self, account_id: str) -> dict[str, list[dict[str, Any]]]:
+        got = self._cache.get(account_id)
+        if got is None:
+            if self._parent is not None:
+                # evolve() fills every account eagerly; unknown accounts have nothing.
+                got = {}
+            elif account_id == self.hub_account_id:
+                got = self._generate(account_id, showcase=False, hub=True)
+            elif account_id in self._index:
+                got = self._generate(account_id, showcase=self._index[account_id] == 0)
+            else:
+                got = {}
+            self._cache[account_id] = got
+        return got
+
+    def _generate(
+        self, account_id: str, showcase: bool = False, hub: bool = False
+    ) -> dict[str, list[dict[str, Any]]]:
+        rng = _sub_rng(self.seed, "account", account_id)
+        regions = list(self.regions)
+        if showcase:
+            r0 = regions[0]
+            r1 = regions[min(5, len(regions) - 1)]
+            r2 = regions[min(14, len(regions) - 1)]
+            placement = [r0] * 10 + [r1] * 4 + [r2] * 2
+        else:
+            if hub:
+                n = 6
+            elif rng.random() < 0.01:
+                n = rng.randint(10, 40)  # a big account
+            else:
+                n = int(rng.expovariate(1.0 / self._mean)) if self._mean > 0 else 0
+            order = regions[:]
+            rng.shuffle(order)
+            weights = [0.45**i for i in range(len(order))]
+            placement = []
+            counts: dict[str, int] = {}
+            for _ in range(n):
+                region = rng.choices(order, weights)[0]
+                if counts.get(region, 0) >= MAX_PER_REGION:
+                    free = [r for r in order if counts.get(r, 0) < MAX_PER_REGION]
+                    if not free:
+                        break
+                    region = free[0]
+                counts[region] = counts.get(region, 0) + 1
+                placement.append(region)
+        out: dict[str, list[dict[str, Any]]] = {}
+        names: set[str] = set()
+        offset = 0 if showcase else rng.randrange(1000)
+        for k, region in enumerate(placement):
+            svc = make_service(rng, account_id, region, k + offset, names)
+            out.setdefault(region, []).append(svc)
+        for svcs in out.values():
+            svcs.sort(key=lambda s: s["containerServiceName"])
+        return out
+
+    def _build_org(self, rng: random.Random) -> None:
+        suffix = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(4))
+        self.org_id = "o-" + "".join(rng.choice("abcdefghij0123456789") for _ in range(10))
+        self.root_id = f"r-{suffix}"
+        tree = [
+            ("Production", None),
+            ("Development", None),
+            ("Sandbox", None),
+            ("Web", "Production"),
+            ("Data", "Production"),
+            ("Team-A", "Development"),
+            ("Legacy", "Web"),
+        ]
+        by_name: dict[str, OrgUnit] = {}
+        for name, parent in tree:
+            ou_id = f"ou-{suffix}-" + "".join(
+                rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(8)
+            )
+            parent_id = self.root_id if parent is None else by_name[parent].id
+            by_name[name] = OrgUnit(ou_id, name, parent_id)
+        self.org_units: dict[str, OrgUnit] = {ou.id: ou for ou in by_name.values()}
+        parents = [self.root_id, *self.org_units]
+        self.org_accounts: dict[str, OrgAccount] = {
+            self.hub_account_id: OrgAccount(
+                self.hub_account_id, "management", "aws-management@example.com", "ACTIVE",
+                "CREATED", round(EPOCH_BASE - 86400 * 400, 3), self.root_id,
+            )
+        }  # fmt: skip
+        for i, acct in enumerate(self.account_ids):
+            team = rng.choice(_TEAMS)
+            env = rng.choice(("prod", "staging", "dev", "sandbox"))
+            status = "SUSPENDED" if (i % 17 == 4 or rng.random() < 0.02) else "ACTIVE"
+            self.org_accounts[acct] = OrgAccount(
+                id=acct,
+                name=f"{team}-{env}-{i}",
+                email=f"aws+{team}-{env}-{i}@example.com",
+                status=status,
+                joined_method="CREATED" if rng.random() < 0.8 else "INVITED",
+                joined_timestamp=_ts(rng, EPOCH_BASE - 86400 * 365, EPOCH_BASE),
+                parent_id=parents[i % len(parents)] if i < len(parents) else rng.choice(parents),
+            )
+
+    def children_ous(self, parent_id: str) -> list[OrgUnit]:
+        return [ou for ou in self.org_units.values() if ou.parent_id == parent_id]
+
+    def accounts_under(self, parent_id: str, recursive: bool = True) -> list[str]:
+        """Account ids directly under `parent_id` (root or OU), or anywhere below it."""
+        parents = {parent_id}
+        if recursive:
+            frontier = [parent_id]
+            while frontier:
+                kids = [ou.id for p in frontier for ou in self.children_ous(p)]
+                parents.update(kids)
+                frontier = kids
+        return [a.id for a in self.org_accounts.values() if a.parent_id in parents]
+
+
+def _solve_mean(target: float) -> float:
+    """The exponential mean m such that 1% big accounts (25 on average) and 99% with
+    floor(Exp(m)) services average `target` services per account."""
+    import math
+
+    rest = (target - 0.01 * 25) / 0.99
+    if rest <= 0:
+        return 0.0
+    # E[floor(Exp(m))] = 1 / (e^(1/m) - 1)  =>  m = 1 / ln(1 + 1/rest)
+    return 1.0 / math.log(1.0 + 1.0 / rest)
+
+
+# --------------------------------------------------------------------- services
+def _image(rng: random.Random, name: str, kind: int) -> str:
+    if kind % 3 == 0:
+        label = rng.choice(("app", "web", "worker", name.split("-")[0]))
+        return f":{name}.{label}.{rng.randint(1, 12)}"
+    img = _REGISTRY_IMAGES[(kind + rng.randrange(len(_REGISTRY_IMAGES))) % len(_REGISTRY_IMAGES)]
+    if img.endswith("@sha256:"):
+        img += _hex(rng, 64)
+    return img
+
+
+def _container(rng: random.Random, name: str, k: int, c: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"image": _image(rng, name, k + c)}
+    v = (k + c) % 4
+    if v == 0:
+        out["command"] = []
+    elif v == 1:
+        out["command"] = ["sh", "-c", f"exec ./{name} --port 8080"]
+    elif v == 2:
+        out["command"] = ["gunicorn", "app:wsgi", "--workers", str(rng.randint(1, 8))]
+    # v == 3: command left out
+    e = (k + 2 * c) % 3
+    if e == 1:
+        out["environment"] = {}
+    elif e == 2:
+        names = rng.sample(_ENV_NAMES, rng.randint(1, 4))
+        out["environment"] = {n: _secret(rng) for n in names}
+    p = (k + c) % 5
+    if p == 1:
+        out["ports"] = {}
+    elif p != 0:
+        ports = {"80": "HTTP", "443": "HTTPS", "5432": "TCP", "53": "UDP", "8080": "HTTP"}
+        keys = rng.sample(sorted(ports), rng.randint(1, 3))
+        if p == 4:
+            keys = ["80", "53"]
+        out["ports"] = {pk: ports[pk] for pk in keys}
+    return out
+
+
+def _deployment(
+    rng: random.Random, name: str, k: int, version: int, state: str, created: float
+) -> dict[str, Any]:
+    n_containers = 1 + (k % 3 == 2) + (k % 7 == 6)
+    cnames = ["app", "sidecar", "proxy"][:n_containers]
+    containers = {cn: _container(rng, name, k, i) for i, cn in enumerate(cnames)}
+    dep: dict[str, Any] = {"version": version, "state": state, "containers": containers}
+    if k % 5 != 4:
+        port_owner = next((cn for cn in cnames if containers[cn].get("ports")), None)
+        if port_owner is not None:
+            port = int(next(iter(containers[port_owner]["ports"])))
+            hc = (
+                dict(DEFAULT_HEALTH_CHECK)
+                if k % 2 == 0
+                else {
+                    "healthyThreshold": rng.randint(2, 10),
+                    "unhealthyThreshold": rng.randint(2, 10),
+                    "timeoutSeconds": rng.randint(2, 60),
+                    "intervalSeconds": rng.randint(5, 300),
+                    "path": rng.choice(("/health", "/healthz", "/status", "/")),
+                    "successCodes": rng.choice(("200", "200-299", "200,301")),
+                }
+            )
+            dep["publicEndpoint"] = {
+                "containerName": port_owner,
+                "containerPort": port,
+                "healthCheck": hc,
+            }
+    dep["createdAt"] = created
+    return dep
+
+
+def make_service(
+    rng: random.Random, account_id: str, region: str, k: int, names: set[str]
+) -> dict[str, Any]:
+    """One container service in wire shape. `k` drives the variant cycles (coverage)."""
+    while True:
+        name = f"{rng.choice(_WORDS)}-{rng.choice(_WORDS)}"
+        if k % 4 == 1:
+            name += f"-{rng.randint(1, 99)}"
+        if name not in names:
+            names.add(name)
+            break
+    state = STATES[k % len(STATES)]
+    power = POWERS[(k + k // 6) % len(POWERS)]
+    created = _ts(rng)
+    svc: dict[str, Any] = {
+        "containerServiceName": name,
+        "arn": f"arn:aws:lightsail:{region}:{account_id}:ContainerService/{_uuid(rng)}",
+        "createdAt": created,
+        "location": {"availabilityZone": "all", "regionName": region},
+        "resourceType": "ContainerService",
+    }
+    t = (k // 7 + k) % 3
+    if t == 1:
+        svc["tags"] = []
+    elif t == 2:
+        tags: list[dict[str, str]] = [
+            {"key": "team", "value": rng.choice(_TEAMS)},
+            {"key": "env", "value": rng.choice(("prod", "staging", "dev"))},
+        ][: rng.randint(1, 2)]
+        if k % 5 == 2:
+            tags.append({"key": "cost-center"})  # a tag without value
+        if k % 5 == 3:
+            tags.append({"key": "owner", "value": ""})
+        svc["tags"] = tags
+    svc["power"] = power
+    svc["powerId"] = f"{power}-1"
+    svc["state"] = state
+    details = STATE_DETAIL.get(state)
+    if details and (state != "RUNNING" or k % 3 == 0):
+        code = details[k % len(details)]
+        svc["stateDetail"] = {"code": code, "message": f"{code.replace('_', ' ').lower()}"}
+    svc["scale"] = 1 + (k * 7) % 20 if k % 3 else 1
+    # current: ACTIVE (INACTIVE when disabled, now and then FAILED); next: ACTIVATING while
+    # deploying, FAILED on some running services.
+    dep_state = "INACTIVE" if state == "DISABLED" else "FAILED" if k % 11 == 10 else "ACTIVE"
+    version = 1 + k % 9
+    if state not in ("PENDING", "READY"):
+        cur_created = _ts(rng, created, EPOCH_NOW)
+        svc["currentDeployment"] = _deployment(rng, name, k, version, dep_state, cur_created)
+        if state == "DEPLOYING" or (state == "RUNNING" and k % 4 == 2):
+            nxt_state = "ACTIVATING" if state == "DEPLOYING" else "FAILED"
+            svc["nextDeployment"] = _deployment(
+                rng, name, k + 1, version + 1, nxt_state, _ts(rng, cur_created, EPOCH_NOW)
+            )
+    elif state == "PENDING" and k % 2 == 0:
+        svc["nextDeployment"] = _deployment(rng, name, k, 1, "ACTIVATING", _ts(rng, created))
+    svc["isDisabled"] = state == "DISABLED"
+    if state != "PENDING":
+        svc["principalArn"] = (
+            f"arn:aws:iam::{rng.randrange(10**11, 10**12)}:role/amazon/lightsail/"
+            f"{region}/containers/{name}/{_hex(rng, 26)}"
+        )
+    svc["privateDomainName"] = f"{name}.service.local"
+    d = (k // 3 + k) % 3
+    if d == 1:
+        svc["publicDomainNames"] = {}
+    elif d == 2:
+        svc["publicDomainNames"] = {
+            f"{name}-cert": [f"{name}.example.com", f"www.{name}.example.com"][: 1 + k % 2]
+        }
+    if state != "PENDING":
+        svc["url"] = f"https://{name}.{_hex(rng, 12)}.{region}.cs.amazonlightsail.com/"
+    if k % 4 != 3:
+        active = k % 2 == 0
+        role = {"isActive": active, "principalArn": ""}
+        if active:
+            role["principalArn"] = (
+                f"arn:aws:iam::{account_id}:role/amazon/lightsail/{region}/containers/"
+                f"{name}/{_hex(rng, 26)}"
+            )
+        svc["privateRegistryAccess"] = {"ecrImagePullerRole": role}
+    return svc
+
+
+# ----------------------------------------------------------------------- evolve
+_MUTATIONS = (
+    "state",
+    "power",
+    "scale",
+    "tags",
+    "domains",
+    "deployment_version",
+    "deployment_state",
+    "image",
+    "ports",
+    "env_added",
+    "env_removed",
+    "env_value",
+    "service_removed",
+)
+
+
+def _evolve_into(parent: Fleet, child: Fleet, rng: random.Random) -> None:
+    regions_of: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    names_of: dict[str, set[str]] = {}
+    pool: list[tuple[str, str, dict[str, Any]]] = []
+    for acct in parent.all_account_ids:
+        regions = copy.deepcopy(parent._account(acct))
+        regions_of[acct] = regions
+        names_of[acct] = {s["containerServiceName"] for v in regions.values() for s in v}
+        pool.extend((acct, region, svc) for region in sorted(regions) for svc in regions[region])
+    rng.shuffle(pool)
+    touched: set[int] = set()
+    removed: set[int] = set()
+
+    def apply(i: int, kind: str) -> bool:
+        acct, region, svc = pool[i]
+        if kind == "service_removed":
+            removed.add(id(svc))
+            name = svc["containerServiceName"]
+            child.changes.append(Change(kind, acct, region, name, None, svc, None))
+            return True
+        change = _mutate(rng, acct, region, svc, kind)
+        if change is not None:
+            child.changes.append(change)
+        return change is not None
+
+    # Every kind at least once (when some service allows it), then ~1 in 4 services more.
+    for kind in _MUTATIONS:
+        for i in range(len(pool)):
+            if i not in touched and apply(i, kind):
+                touched.add(i)
+                break
+    for i in range(len(pool)):
+        if i not in touched and rng.random() < 0.25:
+            touched.add(i)
+            apply(i, rng.choice(_MUTATIONS))
+    for acct in parent.all_account_ids:
+        regions = regions_of[acct]
+        for region in regions:
+            regions[region] = [s for s in regions[region] if id(s) not in removed]
+        if rng.random() < 0.15 or acct in (parent.hub_account_id, parent.showcase_account_id):
+            region = rng.choice(parent.regions)
+            svc = make_service(rng, acct, region, rng.randrange(1000), names_of[acct])
+            regions.setdefault(region, []).append(svc)
+            regions[region].sort(key=lambda s: s["containerServiceName"])
+            child.changes.append(
+                Change("service_added", acct, region, svc["containerServiceName"], None, None, svc)
+            )
+        child._cache[acct] = {r: v for r, v in regions.items() if v}
+
+
+def _mutate(
+    rng: random.Random, acct: str, region: str, svc: dict[str, Any], kind: str
+) -> Change | None:
+    name = svc["containerServiceName"]
+
+    def change(field: str, old: Any, new: Any) -> Change:
+        return Change(kind, acct, region, name, field, old, new)
+
+    dep = svc.get("currentDeployment")
+    if kind == "state":
+        old = svc["state"]
+        new = "RUNNING" if old != "RUNNING" else "UPDATING"
+        svc["state"] = new
+        svc["isDisabled"] = False
+        svc.pop("stateDetail", None)
+        return change("state", old, new)
+    if kind == "power":
+        old = svc["power"]
+        new = POWERS[(POWERS.index(old) + 1) % len(POWERS)]
+        svc["power"], svc["powerId"] = new, f"{new}-1"
+        return change("power", old, new)
+    if kind == "scale":
+        old = svc["scale"]
+        new = old % 20 + 1
+        svc["scale"] = new
+        return change("scale", old, new)
+    if kind == "tags":
+        old_tags = copy.deepcopy(svc.get("tags"))
+        tags = list(svc.get("tags") or [])
+        tags = [t for t in tags if t.get("key") != "release"]
+        tags.append({"key": "release", "value": f"r{rng.randint(100, 999)}"})
+        svc["tags"] = tags
+        return change("tags", old_tags, copy.deepcopy(tags))
+    if kind == "domains":
+        old_d = copy.deepcopy(svc.get("publicDomainNames"))
+        svc["publicDomainNames"] = {f"{name}-cert2": [f"{name}.example.org"]}
+        return change("publicDomainNames", old_d, copy.deepcopy(svc["publicDomainNames"]))
+    if dep is None:
+        return None
+    if kind == "deployment_version":
+        old_v = dep["version"]
+        dep["version"] = old_v + 1
+        dep["state"] = "ACTIVE"
+        dep["createdAt"] = round(EPOCH_NOW + rng.uniform(60, 86400), 3)
+        return change("currentDeployment.version", old_v, old_v + 1)
+    if kind == "deployment_state":
+        old_s = dep["state"]
+        new_s = "FAILED" if old_s != "FAILED" else "ACTIVE"
+        dep["state"] = new_s
+        return change("currentDeployment.state", old_s, new_s)
+    cname, container = next(iter(dep["containers"].items()))
+    base = f"currentDeployment.containers.{cname}"
+    if kind == "image":
+        old_i = container.get("image")
+        new_i = "nginx:1.27" if old_i != "nginx:1.27" else "nginx:1.28"
+        container["image"] = new_i
+        return change(f"{base}.image", old_i, new_i)
+    if kind == "ports":
+        old_p = copy.deepcopy(container.get("ports"))
+        ports = dict(container.get("ports") or {})
+        ports["9090"] = "TCP" if ports.get("9090") != "TCP" else "UDP"
+        container["ports"] = ports
+        return change(f"{base}.ports", old_p, dict(ports))
+    env = container.get("environment") or {}
+    if kind == "env_added":
+        new_name = f"FEATURE_FLAG_{rng.randint(100, 999)}"
+        container["environment"] = {**env, new_name: _secret(rng)}
+        return change(f"{base}.environment.{new_name}", None, container["environment"][new_name])
+    if not env:
+        return None
+    victim = sorted(env)[0]
+    if kind == "env_removed":
+        old_v2 = env.pop(victim)
+        return change(f"{base}.environment.{victim}", old_v2, None)
+    if kind == "env_value":
+        old_v3 = env[victim]
+        env[victim] = _secret(rng)
+        return change(f"{base}.environment.{victim}", old_v3, env[victim])
+    raise ValueError(kind)

@@ -1,0 +1,63 @@
+"""Shared fixtures. Each section belongs to the module it serves; append yours below."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import pytest
+
+from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
+
+# --------------------------------------------------------------------------- simulator
+# `fleet`: 6 member accounts + the hub, seed 1 (member 0 is the showcase account).
+# `simulator`: that fleet served without faults; the AWS env vars point at it.
+# `make_simulator(accounts=6, seed=1, faults=..., fleet=..., ...)`: start more, configured.
+
+
+def use_simulator_env(monkeypatch: pytest.MonkeyPatch, sim: Simulator) -> None:
+    """Point the standard AWS variables of this test at `sim` (undone after the test)."""
+    for name in UNSET_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in sim.env().items():
+        monkeypatch.setenv(name, value)
+
+
+MakeSimulator = Callable[..., Simulator]
+
+
+@pytest.fixture
+def fleet() -> Fleet:
+    return Fleet(6, seed=1)
+
+
+@pytest.fixture
+def make_simulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeSimulator]:
+    started: list[Simulator] = []
+
+    def make(
+        accounts: int = 6,
+        *,
+        seed: int = 1,
+        faults: Faults | None = None,
+        fleet: Fleet | None = None,
+        regions: Sequence[str] | None = None,
+        clock: Callable[[], float] = time.time,
+        set_env: bool = True,
+    ) -> Simulator:
+        if fleet is None:
+            fleet = Fleet(accounts, seed=seed, regions=regions)
+        sim = Simulator(fleet, faults if faults is not None else Faults(), clock=clock).start()
+        started.append(sim)
+        if set_env:
+            use_simulator_env(monkeypatch, sim)
+        return sim
+
+    yield make
+    for sim in started:
+        sim.stop()
+
+
+@pytest.fixture
+def simulator(fleet: Fleet, make_simulator: MakeSimulator) -> Simulator:
+    return make_simulator(fleet=fleet)
