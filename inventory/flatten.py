@@ -434,9 +434,12 @@ _DEP_PATHS = {
 }
 
 
-def _new_buffers(schema: pa.Schema) -> dict[str, _Column]:
+def _new_buffers(schema: pa.Schema, row_names: tuple[str, ...]) -> dict[str, _Column]:
+    """Buffers of the columns not carried by the row tuples: context, list and map columns."""
     cols: dict[str, _Column] = {}
     for f in schema:
+        if f.name in row_names:
+            continue
         if pa.types.is_map(f.type):
             item_list = pa.types.is_list(f.type.item_type)
             cols[f.name] = _MapCol(_ListCol() if item_list else [])
@@ -445,11 +448,6 @@ def _new_buffers(schema: pa.Schema) -> dict[str, _Column]:
         else:
             cols[f.name] = []
     return cols
-
-
-def _plain(col: _Column) -> list[Any]:
-    assert isinstance(col, list)
-    return col
 
 
 def _list(col: _Column) -> _ListCol:
@@ -483,9 +481,19 @@ def _truncate(cols: Mapping[str, _Column], rows: int) -> None:
             col.truncate(rows)
 
 
-def _build(schema: pa.Schema, cols: Mapping[str, _Column]) -> pa.Table:
+def _build(
+    schema: pa.Schema,
+    cols: Mapping[str, _Column],
+    row_names: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
+) -> pa.Table:
+    transposed = zip(*rows, strict=True) if rows else ((),) * len(row_names)
+    row_cols = dict(zip(row_names, transposed, strict=True))
     arrays = []
     for f in schema:
+        if f.name in row_cols:
+            arrays.append(pa.array(row_cols[f.name], type=f.type))
+            continue
         col = cols[f.name]
         if isinstance(col, _ListCol | _MapCol):
             arrays.append(col.build(f.type))
@@ -507,12 +515,14 @@ class Flattener:
         self._reset()
 
     def _reset(self) -> None:
-        self._cs = _new_buffers(INVENTORY_TABLES["container_services"])
-        self._dep = _new_buffers(INVENTORY_TABLES["deployments"])
-        self._con = _new_buffers(INVENTORY_TABLES["containers"])
-        self._cs_row = [_plain(self._cs[n]) for n in _CS_ROW]
-        self._dep_row = [_plain(self._dep[n]) for n in _DEP_ROW]
-        self._con_row = [_plain(self._con[n]) for n in _CON_ROW]
+        self._cs = _new_buffers(INVENTORY_TABLES["container_services"], _CS_ROW)
+        self._dep = _new_buffers(INVENTORY_TABLES["deployments"], _DEP_ROW)
+        self._con = _new_buffers(INVENTORY_TABLES["containers"], _CON_ROW)
+        # The scalar columns of a row arrive as one tuple (one append instead of ~15); take()
+        # turns each table's tuples into its columns in one C-level transposition.
+        self._cs_rows: list[tuple[Any, ...]] = []
+        self._dep_rows: list[tuple[Any, ...]] = []
+        self._con_rows: list[tuple[Any, ...]] = []
         self._tags_col = _map_of_str(self._cs["tags"])
         self._domains_col = _map_of_list(self._cs["public_domain_names"])
         self._command_col = _list(self._con["command"])
@@ -523,17 +533,23 @@ class Flattener:
     def rows(self) -> dict[str, int]:
         """Rows waiting in the buffers, per table."""
         return {
-            "container_services": len(self._cs["run_id"]),
-            "deployments": len(self._dep["run_id"]),
-            "containers": len(self._con["run_id"]),
+            "container_services": len(self._cs_rows),
+            "deployments": len(self._dep_rows),
+            "containers": len(self._con_rows),
         }
 
     def take(self) -> dict[str, pa.Table]:
         """The buffered rows as Arrow tables (schema.py's schemas), then empty buffers."""
         tables = {
-            "container_services": _build(INVENTORY_TABLES["container_services"], self._cs),
-            "deployments": _build(INVENTORY_TABLES["deployments"], self._dep),
-            "containers": _build(INVENTORY_TABLES["containers"], self._con),
+            "container_services": _build(
+                INVENTORY_TABLES["container_services"], self._cs, _CS_ROW, self._cs_rows
+            ),
+            "deployments": _build(
+                INVENTORY_TABLES["deployments"], self._dep, _DEP_ROW, self._dep_rows
+            ),
+            "containers": _build(
+                INVENTORY_TABLES["containers"], self._con, _CON_ROW, self._con_rows
+            ),
         }
         self._reset()
         return tables
@@ -566,18 +582,21 @@ class Flattener:
         return anomalies
 
     def _counts(self) -> list[int]:
-        # service_name is a row column of every table: it counts the rows of the current add()
-        return [len(b["service_name"]) for b in (self._cs, self._dep, self._con)]
+        return [len(self._cs_rows), len(self._dep_rows), len(self._con_rows)]
 
     def _rollback(self, counts: list[int]) -> None:
+        del self._cs_rows[counts[0] :]
+        del self._dep_rows[counts[1] :]
+        del self._con_rows[counts[2] :]
         for bufs, n in zip((self._cs, self._dep, self._con), counts, strict=True):
-            _truncate(bufs, n)
+            _truncate(bufs, n)  # the list and map columns (context columns are filled later)
 
     def _fill_context(self, ctx: TargetContext, before: list[int]) -> None:
         collected = _us(ctx.collected_at)
         values = (ctx.run_id, collected, ctx.account_id, ctx.account_name, ctx.region)
-        for bufs, n0 in zip((self._cs, self._dep, self._con), before, strict=True):
-            n = len(bufs["service_name"]) - n0
+        after = self._counts()
+        for bufs, n0, n1 in zip((self._cs, self._dep, self._con), before, after, strict=True):
+            n = n1 - n0
             for name, v in zip(_CTX_COLS, values, strict=True):
                 col = bufs.get(name)
                 if isinstance(col, list):
@@ -614,8 +633,7 @@ class Flattener:
             chk.bool_(puller, "isActive", "privateRegistryAccess.ecrImagePullerRole"),
             chk.str_(puller, "principalArn", "privateRegistryAccess.ecrImagePullerRole"),
         )
-        for col, v in zip(self._cs_row, row, strict=True):
-            col.append(v)
+        self._cs_rows.append(row)
         self._tags(chk, svc.get("tags"))
         self._domains(chk, svc.get("publicDomainNames"))
         for slot, key in _SLOTS:
@@ -709,8 +727,7 @@ class Flattener:
             chk.str_(health, "path", hc),
             chk.str_(health, "successCodes", hc),
         )
-        for col, v in zip(self._dep_row, row, strict=True):
-            col.append(v)
+        self._dep_rows.append(row)
         containers = dep.get("containers")
         if containers is None:
             return
@@ -744,8 +761,7 @@ class Flattener:
             source = None
         else:
             source = "lightsail" if image.startswith(":") else "registry"
-        for col, v in zip(self._con_row, (*head, cname, image, source), strict=True):
-            col.append(v)
+        self._con_rows.append((*head, cname, image, source))
         self._command(chk, spec.get("command"), path)
         self._environment(chk, spec.get("environment"), path)
         self._ports(chk, spec.get("ports"), path)
