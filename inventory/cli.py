@@ -167,7 +167,7 @@ def query(
     text, name = _resolve_sql(sql)
     store = Store.open(db, read_only=True)
     try:
-        columns, rows = store.query(text, _params(param or []) or None)
+        columns, rows = store.query_rows(text, _params(param or []) or None)
     finally:
         store.close()
     _print_rows(columns, rows, format, name)
@@ -198,7 +198,7 @@ def runs(
 
     store = Store.open(db, read_only=True)
     try:
-        columns, rows = store.query(
+        columns, rows = store.query_rows(
             "select run_id, status, started_at, finished_at, accounts, targets, targets_ok, "
             "targets_failed, api_calls, retries, services, deployments, containers "
             "from runs order by run_id desc"
