@@ -153,6 +153,11 @@ class Fleet:
     '0'). `hub_account_id`: the base identity's own account (GetCallerIdentity without an
     assumed role, and the organization's management account); it has services too but is
     NOT in `account_ids`. `all_account_ids` is hub + members.
+
+    Organizations: `org_accounts` (hub as management account, members mostly ACTIVE, about
+    one in 17 SUSPENDED: see `active_account_ids`), `root_id`, `org_units` (nested OUs).
+    The simulator still lets a role be assumed in a SUSPENDED account; deny it with
+    `Faults.denied_accounts` when a test needs that.
     """
 
     def __init__(
