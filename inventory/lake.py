@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -135,12 +135,35 @@ def remove_parts(
                 p.unlink(missing_ok=True)
                 removed.append(str(p))
         return removed
-    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    for info in infos:
-        if info.base_name.startswith(prefix) and info.base_name.endswith(".parquet"):
-            fs.delete_file(info.path)
-            removed.append(f"s3://{info.path}")
-    return removed
+    # Listed and deleted with boto3: pyarrow's delete_file leaves a directory marker object.
+    bucket, _, key_dir = root.partition("/")
+    client = _s3_client()
+    keys = _s3_keys(client, bucket, f"{key_dir}/{prefix}")
+    keys = [k for k in keys if k.endswith(".parquet") and "/" not in k[len(key_dir) + 1 :]]
+    if keys:
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i : i + 1000]
+            resp = client.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
+            )
+            if resp.get("Errors"):
+                err = resp["Errors"][0]
+                raise StoreError(f"s3://{bucket}/{err.get('Key')}: cannot delete it: {err}")
+    return [f"s3://{bucket}/{k}" for k in keys]
+
+
+def _s3_client() -> Any:
+    import boto3  # only exports to S3 pay for importing it
+
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return boto3.session.Session().client("s3", region_name=region)
+
+
+def _s3_keys(client: Any, bucket: str, prefix: str) -> list[str]:
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys.extend(obj["Key"] for obj in page.get("Contents", []))
+    return keys
 
 
 # --------------------------------------------------------------------------- internals

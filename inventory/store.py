@@ -529,14 +529,20 @@ class Store:
     def query(self, sql: str, params: Any = None) -> pa.Table:
         """Run one SQL statement; `params` binds `?` (a sequence) or `$name` (a mapping)."""
         with self.connection() as con:
-            return con.sql(sql, params=params).to_arrow_table()
+            try:
+                return con.sql(sql, params=params).to_arrow_table()
+            except duckdb.Error as e:
+                raise StoreError(f"query failed: {e}") from e
 
     def query_rows(self, sql: str, params: Any = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Like `query`, as (column names, rows of Python values)."""
         with self.connection() as con:
-            cur = con.execute(sql, params)
-            cols = [d[0] for d in cur.description or []]
-            return cols, cur.fetchall()
+            try:
+                cur = con.execute(sql, params)
+                cols = [d[0] for d in cur.description or []]
+                return cols, cur.fetchall()
+            except duckdb.Error as e:
+                raise StoreError(f"query failed: {e}") from e
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run, newest first, as dicts of the runs columns."""
