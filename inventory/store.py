@@ -546,17 +546,18 @@ class Store:
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run, newest first, as dicts of the runs columns."""
-        cols, rows = self.query_rows(
-            f"SELECT {_columns('runs')} FROM runs ORDER BY started_at DESC, run_id DESC"
-        )
-        return [dict(zip(cols, r, strict=True)) for r in rows]
+        return self._runs_rows("ORDER BY started_at DESC, run_id DESC", [])
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         """The runs row of `run_id`, or None."""
-        cols, rows = self.query_rows(
-            f"SELECT {_columns('runs')} FROM runs WHERE run_id = ?", [run_id]
-        )
-        return dict(zip(cols, rows[0], strict=True)) if rows else None
+        rows = self._runs_rows("WHERE run_id = ?", [run_id])
+        return rows[0] if rows else None
+
+    def _runs_rows(self, tail: str, params: list[Any]) -> list[dict[str, Any]]:
+        with self.connection() as con:
+            cur = con.execute(f"SELECT {_select_list(con, 'runs')} FROM runs {tail}", params)
+            cols = [d[0] for d in cur.description or []]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
     def read_run(self, run_id: str, table: str, batch_size: int = 65_536) -> pa.RecordBatchReader:
         """Stream the rows of `table` for run `run_id` as Arrow batches with the schema.py
@@ -570,13 +571,7 @@ class Store:
 
         def batches() -> Iterator[pa.RecordBatch]:
             with self.connection() as con:
-                present = _table_columns(con, table)
-                cols = ", ".join(
-                    _quote(f.name)
-                    if f.name in present
-                    else f"CAST(NULL AS {schema.duckdb_type(f.type)}) AS {_quote(f.name)}"
-                    for f in target
-                )
+                cols = _select_list(con, table)
                 reader = con.sql(
                     f"SELECT {cols} FROM {table} WHERE run_id = $id", params={"id": run_id}
                 ).to_arrow_reader(batch_size)
@@ -589,8 +584,16 @@ class Store:
 # --------------------------------------------------------------------------- helpers
 
 
-def _columns(table: str) -> str:
-    return ", ".join(_quote(f.name) for f in schema.TABLES[table])
+def _select_list(con: duckdb.DuckDBPyConnection, table: str) -> str:
+    """The schema.py columns of `table` in schema order; NULL for one the database lacks
+    (a reader of a database no writer of this version has migrated yet)."""
+    present = _table_columns(con, table)
+    return ", ".join(
+        _quote(f.name)
+        if f.name in present
+        else f"CAST(NULL AS {schema.duckdb_type(f.type)}) AS {_quote(f.name)}"
+        for f in schema.TABLES[table]
+    )
 
 
 def _table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:

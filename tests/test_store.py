@@ -486,6 +486,10 @@ def test_migration_adds_missing_columns(db: Path) -> None:
     )
     con.close()
 
+    with Store.open(db, read_only=True) as r:  # a reader does not migrate, but copes
+        t = r.read_run("old", "containers").read_all()
+        assert t.schema == schema.CONTAINERS and t.column("ports").null_count == 1
+        assert r.runs() == []
     with Store.open(db) as s:
         _, cols = s.query_rows(
             "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'containers'"
