@@ -617,9 +617,9 @@ def test_reader_works_between_writer_flushes(db: Path) -> None:
         from test_store import services, scan, T0
         from inventory.store import Store
         s = Store.open({str(db)!r})
-        s.begin_run("r1", T0, 1, 40, "test")
+        s.begin_run("r1", T0, 1, 25, "test")
         print("begun", flush=True)
-        for i in range(40):
+        for i in range(25):
             region = f"region-{{i}}"
             s.append("r1", {{"scans": scan("r1", "000000000001", region, True),
                              "container_services": services("r1", "000000000001", region, "a")}})
@@ -646,7 +646,7 @@ def test_reader_works_between_writer_flushes(db: Path) -> None:
     assert proc.wait(timeout=30) == 0
     assert seen == sorted(seen) and len(seen) > 1
     with Store.open(db, read_only=True) as r:
-        assert len(latest(r)) == 40
+        assert len(latest(r)) == 25
 
 
 def test_same_process_reader_and_writer(store: Store, db: Path) -> None:
