@@ -85,6 +85,9 @@ def collect(
         typer.Option(help="Store container environment VALUES (secrets!). Default: fingerprints."),
     ] = False,
     wait: Annotated[bool, typer.Option(help="Wait for another collect on the same --db.")] = False,
+    engine: Annotated[
+        str, typer.Option(help="'lean' (signed aiohttp + json.loads) or 'botocore' (aiobotocore).")
+    ] = "lean",
 ) -> None:
     """Collect every container service of every account and region into DuckDB and Parquet.
 
@@ -100,6 +103,7 @@ def collect(
         max_attempts=max_attempts,
         target_deadline=target_deadline,
         include_env_values=include_env_values,
+        engine=engine,
     )
     plan = config_mod.load_plan(config, regions=regions, options=options)
     dest = None if no_parquet else parquet_dir
@@ -140,7 +144,75 @@ def _params(values: list[str]) -> dict[str, str]:
         key, sep, val = v.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise UsageError(f"--param {v!r}: expected NAME=VALUE")
+        if key in out:
+            raise UsageError(f"--param {key}: given twice")
         out[key] = val
+    return out
+
+
+def _query_header(text: str) -> tuple[str, dict[str, str | None]]:
+    """A named query's leading `--` comments: (description, {param: default or None}).
+
+    The first comment line is the description; `-- params: a, b=default` declares the
+    parameters (a default may contain `{sql_dir}`, replaced by the SQL folder's path).
+    """
+    description, params = "", {}
+    for line in text.splitlines():
+        body = line.strip()
+        if not body.startswith("--"):
+            if body:
+                break
+            continue
+        body = body[2:].strip()
+        key, sep, rest = body.partition(":")
+        if sep and key.strip().lower() == "params":
+            for item in filter(None, (i.strip() for i in rest.split(","))):
+                pname, eq, default = item.partition("=")
+                params[pname.strip()] = default.strip() if eq else None
+        elif not description:
+            description = body
+    return description, params
+
+
+def _bind(text: str, name: str | None, given: dict[str, str]) -> dict[str, str]:
+    """The values bound to the query's `$NAME` parameters (never formatted into its text):
+    --param values over the named query's declared defaults. An unknown or missing
+    parameter is a usage error that names it."""
+    import duckdb
+
+    what = f"query {name!r}" if name else "this SQL"
+    declared = _query_header(text)[1] if name else {}
+    values = {k: v.replace("{sql_dir}", str(SQL_DIR)) for k, v in declared.items() if v is not None}
+    values.update(given)
+    try:
+        wanted: set[str] = set().union(
+            *(s.named_parameters for s in duckdb.extract_statements(text))
+        )
+    except duckdb.Error:
+        return given  # not valid SQL: running it reports the syntax error
+    if any(not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", w) for w in wanted):
+        raise UsageError(
+            f"{what} uses positional parameters (? or $1); use $NAME with --param NAME=VALUE"
+        )
+    unknown = sorted(set(given) - wanted)
+    if unknown:
+        takes = ", ".join(sorted(wanted)) or "none"
+        raise UsageError(
+            f"--param {unknown[0]}: {what} has no parameter ${unknown[0]} (it takes: {takes})"
+        )
+    missing = sorted(wanted - set(values))
+    if missing:
+        raise UsageError(f"{what} needs " + " ".join(f"--param {m}=VALUE" for m in missing))
+    return {k: values[k] for k in wanted}
+
+
+def _named_queries() -> list[tuple[str, str, str]]:
+    """(name, params, description) of every sql/queries/*.sql, by name."""
+    out = []
+    for path in sorted((SQL_DIR / "queries").glob("*.sql")):
+        description, params = _query_header(path.read_text())
+        shown = ", ".join(k if v is None else f"{k}={v}" for k, v in params.items())
+        out.append((path.stem, shown, description))
     return out
 
 
@@ -153,21 +225,38 @@ def query(
     db: DbOpt = DEFAULT_DB,
     format: Annotated[Fmt, typer.Option("--format", "-f")] = Fmt.table,
     param: Annotated[
-        list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE, bound as $NAME.")
+        list[str] | None,
+        typer.Option("--param", "-p", help="NAME=VALUE, bound as $NAME (repeatable)."),
     ] = None,
+    list_: Annotated[
+        bool,
+        typer.Option(
+            "--list", help="List the named queries, their parameters and what they answer."
+        ),
+    ] = False,
 ) -> None:
     """Ask the store a question in SQL, or run a named query from sql/queries/.
 
     Example: inventory query "select region, count(*) from latest_container_services group by 1"
+
+    Example: inventory query services_in_account --param account=111111111111
     """
     from inventory.store import Store
 
+    if list_:
+        if sql is not None or param:
+            raise UsageError("--list takes no SQL, query name or --param")
+        _print_rows(
+            ["name", "params", "description"], list(_named_queries()), format, "named queries"
+        )
+        return
     if sql is None:
-        raise UsageError("give SQL text or a query name")
+        raise UsageError("give SQL text or a query name (see: inventory query --list)")
     text, name = _resolve_sql(sql)
+    values = _bind(text, name, _params(param or []))
     store = Store.open(db, read_only=True)
     try:
-        columns, rows = store.query_rows(text, _params(param or []) or None)
+        columns, rows = store.query_rows(text, values or None)
     finally:
         store.close()
     _print_rows(columns, rows, format, name)

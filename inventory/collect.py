@@ -24,6 +24,7 @@ from botocore.credentials import ReadOnlyCredentials
 
 from inventory import credentials as creds_mod
 from inventory.credentials import AssumeRoleFailed, CallCounter, CredentialBroker
+from inventory.lean import USER_AGENT, LeanHTTP, LeanLightsailClient
 from inventory.model import Account, ErrorRecord, Options, TargetResult, utcnow
 from inventory.pacing import Pacer
 from inventory.retry import Backoff, Failure, Kind, classify
@@ -86,10 +87,20 @@ class Collector:
         self._sts = await self._stack.enter_async_context(
             self._session.create_client("sts", config=cfg, region_name=self._sts_region())
         )
+        lean_http = None
+        if self.options.engine == "lean":
+            lean_http = await self._stack.enter_async_context(
+                LeanHTTP(limit=max(10, self.options.concurrency), timeout=self.options.timeout)
+            )
         for region in self.regions:
-            self._clients[region] = await self._stack.enter_async_context(
+            client = await self._stack.enter_async_context(
                 self._session.create_client("lightsail", region_name=region, config=cfg)
             )
+            if lean_http is not None:  # botocore still resolves the endpoint
+                client = LeanLightsailClient(
+                    lean_http, region, client.meta.endpoint_url, USER_AGENT
+                )
+            self._clients[region] = client
         self.broker = CredentialBroker(
             self._sts, self.base, self.options, self.counter, clock=self._clock
         )

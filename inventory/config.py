@@ -71,6 +71,9 @@ def role_arn_for(account_id: str, role_name: str) -> str:
     return f"arn:aws:iam::{account_id}:role/{role_name.strip('/')}"
 
 
+ENGINES = ("lean", "botocore")
+
+
 def validate_options(options: Options) -> Options:
     """Refuse flag values a collect cannot run with. Returns `options` unchanged.
 
@@ -83,6 +86,8 @@ def validate_options(options: Options) -> Options:
         _check_positive("--target-deadline", options.target_deadline)
     _check_int("--max-attempts", options.max_attempts, 1, None)
     _check_int("--workers", options.workers, 1, None)
+    if options.engine not in ENGINES:
+        raise UsageError(f"--engine {options.engine!r}: must be one of {', '.join(ENGINES)}")
     if not isinstance(options.include_env_values, bool):
         raise UsageError(f"--include-env-values {options.include_env_values!r}: must be a boolean")
     if not isinstance(options.session_name, str) or not _SESSION_NAME.fullmatch(

@@ -41,6 +41,14 @@ class ContextCredentials(AioCredentials):
             raise RuntimeError("a shared client was called outside credentials.use()") from None
 
 
+def current() -> ReadOnlyCredentials:
+    """The credentials set by `use` in the running task."""
+    try:
+        return _CURRENT.get()
+    except LookupError:
+        raise RuntimeError("a shared client was called outside credentials.use()") from None
+
+
 @contextlib.contextmanager
 def use(creds: ReadOnlyCredentials) -> Iterator[None]:
     """Sign the calls made in this block (in this task) with `creds`."""

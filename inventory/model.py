@@ -29,6 +29,9 @@ class Options:
     include_env_values: bool = False
     session_name: str = "lightsail-inventory"
     workers: int = 1
+    # 'lean': the hot call through botocore's signer + one aiohttp session + json.loads
+    # (lean.py); 'botocore': through the aiobotocore client. Same endpoints, same errors.
+    engine: str = "lean"
 
     @property
     def deadline(self) -> float:
