@@ -85,6 +85,9 @@ def collect(
         typer.Option(help="Store container environment VALUES (secrets!). Default: fingerprints."),
     ] = False,
     wait: Annotated[bool, typer.Option(help="Wait for another collect on the same --db.")] = False,
+    workers: Annotated[
+        int, typer.Option(help="Processes sharing the accounts; 0 = one per core (≥100 accounts each).")
+    ] = 0,
     engine: Annotated[
         str, typer.Option(help="'lean' (signed aiohttp + json.loads) or 'botocore' (aiobotocore).")
     ] = "lean",
@@ -104,6 +107,7 @@ def collect(
         target_deadline=target_deadline,
         include_env_values=include_env_values,
         engine=engine,
+        workers=workers,
     )
     plan = config_mod.load_plan(config, regions=regions, options=options)
     dest = None if no_parquet else parquet_dir

@@ -85,7 +85,7 @@ def validate_options(options: Options) -> Options:
     if options.target_deadline is not None:
         _check_positive("--target-deadline", options.target_deadline)
     _check_int("--max-attempts", options.max_attempts, 1, None)
-    _check_int("--workers", options.workers, 1, None)
+    _check_int("--workers", options.workers, 0, 64)
     if options.engine not in ENGINES:
         raise UsageError(f"--engine {options.engine!r}: must be one of {', '.join(ENGINES)}")
     if not isinstance(options.include_env_values, bool):

@@ -28,7 +28,7 @@ class Options:
     max_attempts: int = 8
     include_env_values: bool = False
     session_name: str = "lightsail-inventory"
-    workers: int = 1
+    workers: int = 0  # processes; 0 = one per core when there are enough accounts
     # 'lean': the hot call through botocore's signer + one aiohttp session + json.loads
     # (lean.py); 'botocore': through the aiobotocore client. Same endpoints, same errors.
     engine: str = "lean"

@@ -1,14 +1,16 @@
 """One run, end to end: plan -> collect (async) -> flatten -> store -> lake.
 
-The collector streams results; they are flattened as they arrive and written to the
-store in batches (Arrow tables, one transaction each), so memory holds at most one batch.
-The run becomes visible only when `finish_run` marks it complete or partial.
+The collector streams results; a RunBuilder turns each into rows as it arrives (scans,
+errors, the flattened inventory) and hands batches of Arrow tables to a sink: the store,
+in one process, or the parent process, from a worker (workers.py). Memory holds at most
+one batch. The run becomes visible only when `finish_run` marks it complete or partial.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -28,11 +30,42 @@ from inventory.store import Store
 FLUSH_ROWS = 20_000  # inventory rows pending before a write
 FLUSH_TARGETS = 2_000  # scans pending before a write
 FLUSH_SECONDS = 5.0
+MAX_FAILURES_KEPT = 1_000  # for the summary; every failure is in the errors table
 
 
 def new_run_id(started: dt.datetime) -> str:
     """Sortable by time: the UTC start, then 6 random hex digits."""
     return started.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+@dataclass
+class Tally:
+    """What a run (or one worker's share of it) did. Tallies of workers add up."""
+
+    targets_ok: int = 0
+    targets_failed: int = 0
+    anomalies: int = 0
+    services: int = 0
+    deployments: int = 0
+    containers: int = 0
+    api_calls: int = 0
+    retries: int = 0
+    failures: list[ErrorRecord] = field(default_factory=list)
+
+    def merge(self, other: Tally) -> None:
+        for name in (
+            "targets_ok",
+            "targets_failed",
+            "anomalies",
+            "services",
+            "deployments",
+            "containers",
+            "api_calls",
+            "retries",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        room = MAX_FAILURES_KEPT - len(self.failures)
+        self.failures.extend(other.failures[: max(0, room)])
 
 
 @dataclass
@@ -43,18 +76,11 @@ class RunSummary:
     finished_at: dt.datetime
     accounts: int = 0
     targets: int = 0
-    targets_ok: int = 0
-    targets_failed: int = 0
-    services: int = 0
-    deployments: int = 0
-    containers: int = 0
-    api_calls: int = 0
-    retries: int = 0
-    anomalies: int = 0
+    tally: Tally = field(default_factory=Tally)
+    workers: int = 1
     db_path: str = ""
     parquet_dest: str | None = None
     parquet_files: list[str] = field(default_factory=list)
-    failures: list[ErrorRecord] = field(default_factory=list)
 
     @property
     def wall_seconds(self) -> float:
@@ -92,81 +118,145 @@ def _error_row(run_id: str, e: ErrorRecord) -> dict[str, Any]:
     }
 
 
-class _Writer:
-    """Buffers flattened rows, scans and errors; writes them to the store in batches."""
+class RunBuilder:
+    """Turns TargetResults into rows (scans, errors, inventory) and keeps the tally."""
 
-    def __init__(self, store: Store, run_id: str, flattener: Flattener):
-        self.store, self.run_id, self.flattener = store, run_id, flattener
-        self.scans: list[dict[str, Any]] = []
-        self.errors: list[dict[str, Any]] = []
-        self.last_flush = time.monotonic()
-        self.totals = {name: 0 for name in schema.INVENTORY_TABLES}
+    def __init__(self, run_id: str, flattener: Flattener):
+        self.run_id = run_id
+        self.flattener = flattener
+        self.tally = Tally()
+        self._scans: list[dict[str, Any]] = []
+        self._errors: list[dict[str, Any]] = []
+        self._failed_accounts: set[str] = set()
+        self._last_take = time.monotonic()
+
+    def add(self, result: TargetResult) -> None:
+        self._scans.append(_scan_row(self.run_id, result))
+        errors = list(result.anomalies)
+        if result.ok:
+            self.tally.targets_ok += 1
+            ctx = TargetContext.of(self.run_id, result)
+            errors += [
+                a.to_error(ctx, result.attempts) for a in self.flattener.add(ctx, result.services)
+            ]
+            self.tally.anomalies += len(errors)
+        else:
+            self.tally.targets_failed += 1
+            err = result.error
+            assert err is not None
+            # An account whose role could not be assumed fails in every region: one error row.
+            if err.operation != "AssumeRole" or result.account.id not in self._failed_accounts:
+                errors.append(err)
+                if len(self.tally.failures) < MAX_FAILURES_KEPT:
+                    self.tally.failures.append(err)
+            if err.operation == "AssumeRole":
+                self._failed_accounts.add(result.account.id)
+        self._errors.extend(_error_row(self.run_id, e) for e in errors)
 
     def due(self) -> bool:
         return (
             sum(self.flattener.rows.values()) >= FLUSH_ROWS
-            or len(self.scans) >= FLUSH_TARGETS
-            or time.monotonic() - self.last_flush >= FLUSH_SECONDS
+            or len(self._scans) >= FLUSH_TARGETS
+            or time.monotonic() - self._last_take >= FLUSH_SECONDS
         )
 
-    async def flush(self) -> None:
+    def take(self) -> dict[str, pa.Table]:
+        """The rows gathered since the last take, as Arrow tables (empty ones left out)."""
         tables: dict[str, pa.Table] = dict(self.flattener.take())
-        for name, table in tables.items():
-            self.totals[name] += table.num_rows
-        if self.scans:
-            tables["scans"] = pa.Table.from_pylist(self.scans, schema=schema.SCANS)
-        if self.errors:
-            tables["errors"] = pa.Table.from_pylist(self.errors, schema=schema.ERRORS)
-        self.scans, self.errors = [], []
-        self.last_flush = time.monotonic()
-        if any(t.num_rows for t in tables.values()):
-            await asyncio.to_thread(self.store.append, self.run_id, tables)
+        self.tally.services += tables["container_services"].num_rows
+        self.tally.deployments += tables["deployments"].num_rows
+        self.tally.containers += tables["containers"].num_rows
+        if self._scans:
+            tables["scans"] = pa.Table.from_pylist(self._scans, schema=schema.SCANS)
+        if self._errors:
+            tables["errors"] = pa.Table.from_pylist(self._errors, schema=schema.ERRORS)
+        self._scans, self._errors = [], []
+        self._last_take = time.monotonic()
+        return {name: t for name, t in tables.items() if t.num_rows}
+
+
+def fingerprinter(key: bytes | None) -> Fingerprinter | None:
+    """None (store values as they are) when there is no key: --include-env-values."""
+    return None if key is None else Fingerprinter(key)
+
+
+async def collect_into(
+    builder: RunBuilder,
+    collector: Collector,
+    accounts: list[Account],
+    sink: Callable[[dict[str, pa.Table]], Any],
+    on_result: Callable[[bool], None] | None = None,
+) -> None:
+    """Run the collector over `accounts`, feeding `sink` with batches of tables."""
+    async for result in collector.results(accounts):
+        builder.add(result)
+        if on_result:
+            on_result(result.ok)
+        if builder.due():
+            await sink(builder.take())
+    await sink(builder.take())
+    builder.tally.api_calls = collector.counter.api_calls
+    builder.tally.retries = collector.counter.retries
+
+
+def default_workers(accounts: int) -> int:
+    """One process per core, but only when there is enough work to share (≥ 100 accounts each)."""
+    return max(1, min(os.cpu_count() or 1, accounts // 100))
 
 
 async def run_collect(
     plan: Plan,
-    db_path: Path,
+    db_path: Path | str,
     parquet_dest: str | None,
     *,
     on_start: Callable[[int], None] | None = None,
-    on_result: Callable[[TargetResult], None] | None = None,
+    on_result: Callable[[bool], None] | None = None,
     wait_for_lock: bool = False,
 ) -> RunSummary:
     """Collect `plan` into the store at `db_path` (and Parquet at `parquet_dest`)."""
+    db_path = Path(db_path)
     started = utcnow()
     run_id = new_run_id(started)
     summary = RunSummary(run_id, "failed", started, started, db_path=str(db_path))
     options = plan.options
     store = Store.open(db_path, wait=wait_for_lock)
     try:
-        fingerprint = None if options.include_env_values else Fingerprinter(load_key(db_path))
-        flattener = Flattener(fingerprint)
-        writer = _Writer(store, run_id, flattener)
-        async with Collector(options, plan.regions) as collector:
-            accounts = list(plan.accounts)
-            if plan.own_account:
-                accounts = [Account(id=await collector.caller_account())]
-            summary.accounts = len(accounts)
+        key = None if options.include_env_values else load_key(db_path)
+
+        async def to_store(tables: dict[str, pa.Table]) -> None:
+            if tables:
+                await asyncio.to_thread(store.append, run_id, tables)
+
+        def begin(accounts: list[Account], workers: int) -> None:
+            summary.accounts, summary.workers = len(accounts), workers
             summary.targets = len(accounts) * len(plan.regions)
             store.begin_run(run_id, started, summary.accounts, summary.targets, __version__)
             if on_start:
                 on_start(summary.targets)
-            failed_accounts: set[str] = set()
-            async for result in collector.results(accounts):
-                _account_result(result, run_id, writer, summary, failed_accounts)
-                if on_result:
-                    on_result(result)
-                if writer.due():
-                    await writer.flush()
-            await writer.flush()
-            summary.api_calls = collector.counter.api_calls
-            summary.retries = collector.counter.retries
-        summary.services = writer.totals["container_services"]
-        summary.deployments = writer.totals["deployments"]
-        summary.containers = writer.totals["containers"]
-        if summary.targets_failed == 0:
+
+        accounts = list(plan.accounts)
+        workers = 1 if plan.own_account else options.workers or default_workers(len(accounts))
+        workers = max(1, min(workers, len(accounts)))
+        if workers == 1:
+            async with Collector(options, plan.regions) as collector:
+                if plan.own_account:
+                    accounts = [Account(id=await collector.caller_account())]
+                begin(accounts, 1)
+                builder = RunBuilder(run_id, Flattener(fingerprinter(key)))
+                await collect_into(builder, collector, accounts, to_store, on_result)
+                summary.tally = builder.tally
+                summary.tally.api_calls = collector.counter.api_calls  # GetCallerIdentity too
+        else:
+            from inventory import workers as workers_mod
+
+            begin(accounts, workers)
+            summary.tally = await workers_mod.collect_in_workers(
+                plan, accounts, run_id, key, workers, to_store, on_result
+            )
+        tally = summary.tally
+        if tally.targets_failed == 0:
             summary.status = "complete"
-        elif summary.targets_ok > 0:
+        elif tally.targets_ok > 0:
             summary.status = "partial"
         summary.finished_at = utcnow()
         store.finish_run(
@@ -175,13 +265,13 @@ async def run_collect(
             finished_at=summary.finished_at,
             accounts=summary.accounts,
             targets=summary.targets,
-            targets_ok=summary.targets_ok,
-            targets_failed=summary.targets_failed,
-            api_calls=summary.api_calls,
-            retries=summary.retries,
-            services=summary.services,
-            deployments=summary.deployments,
-            containers=summary.containers,
+            targets_ok=tally.targets_ok,
+            targets_failed=tally.targets_failed,
+            api_calls=tally.api_calls,
+            retries=tally.retries,
+            services=tally.services,
+            deployments=tally.deployments,
+            containers=tally.containers,
         )
         if parquet_dest:
             summary.parquet_dest = parquet_dest
@@ -190,48 +280,3 @@ async def run_collect(
     finally:
         store.close()
     return summary
-
-
-def _account_result(
-    result: TargetResult,
-    run_id: str,
-    writer: _Writer,
-    summary: RunSummary,
-    failed_accounts: set[str],
-) -> None:
-    writer.scans.append(_scan_row(run_id, result))
-    errors = list(result.anomalies)
-    if result.ok:
-        summary.targets_ok += 1
-        ctx = TargetContext(
-            run_id=run_id,
-            collected_at=result.collected_at,
-            account_id=result.account.id,
-            account_name=result.account.name,
-            region=result.region,
-        )
-        for a in writer.flattener.add(ctx, result.services or []):
-            errors.append(
-                ErrorRecord(
-                    result.finished_at,
-                    result.account.id,
-                    result.region,
-                    "GetContainerServices",
-                    a.error_code,
-                    a.message,
-                    result.attempts,
-                )
-            )
-    else:
-        summary.targets_failed += 1
-        err = result.error
-        assert err is not None
-        # An account whose role could not be assumed fails in every region: one error row.
-        if err.operation != "AssumeRole" or result.account.id not in failed_accounts:
-            errors.append(err)
-            summary.failures.append(err)
-        if err.operation == "AssumeRole":
-            failed_accounts.add(result.account.id)
-    if result.ok:
-        summary.anomalies += len(errors)
-    writer.errors.extend(_error_row(run_id, e) for e in errors)

@@ -21,7 +21,6 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from inventory.model import TargetResult
 from inventory.pipeline import RunSummary
 
 
@@ -60,8 +59,8 @@ class ProgressView:
         if self._progress is not None:
             self._task = self._progress.add_task("collect", total=total, failed=0)
 
-    def advance(self, result: TargetResult) -> None:
-        if not result.ok:
+    def advance(self, ok: bool) -> None:
+        if not ok:
             self.failed += 1
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, advance=1, failed=self.failed)
@@ -72,19 +71,23 @@ def summary_table(s: RunSummary) -> Table:
     t = Table(title=f"run {s.run_id}: [{colour}]{s.status}[/]", show_header=False, box=None)
     t.add_column(style="bold")
     t.add_column(justify="right")
-    calls_s = s.api_calls / s.wall_seconds if s.wall_seconds > 0 else 0.0
+    n = s.tally
+    calls_s = n.api_calls / s.wall_seconds if s.wall_seconds > 0 else 0.0
     rows = [
         ("accounts", f"{s.accounts:,}"),
         ("targets (account × region)", f"{s.targets:,}"),
-        ("  ok", f"{s.targets_ok:,}"),
-        ("  failed", f"{s.targets_failed:,}"),
-        ("services", f"{s.services:,}"),
-        ("deployments", f"{s.deployments:,}"),
-        ("containers", f"{s.containers:,}"),
-        ("API calls", f"{s.api_calls:,}  ({calls_s:,.0f}/s)"),
-        ("retries", f"{s.retries:,}"),
-        ("anomalies", f"{s.anomalies:,}"),
-        ("wall time", f"{s.wall_seconds:.2f} s"),
+        ("  ok", f"{n.targets_ok:,}"),
+        ("  failed", f"{n.targets_failed:,}"),
+        ("services", f"{n.services:,}"),
+        ("deployments", f"{n.deployments:,}"),
+        ("containers", f"{n.containers:,}"),
+        ("API calls", f"{n.api_calls:,}  ({calls_s:,.0f}/s)"),
+        ("retries", f"{n.retries:,}"),
+        ("anomalies", f"{n.anomalies:,}"),
+        (
+            "wall time",
+            f"{s.wall_seconds:.2f} s" + (f" ({s.workers} workers)" if s.workers > 1 else ""),
+        ),
         ("database", s.db_path),
     ]
     if s.parquet_dest:
@@ -95,12 +98,15 @@ def summary_table(s: RunSummary) -> Table:
 
 
 def failures_table(s: RunSummary, limit: int = 10) -> Table | None:
-    if not s.failures:
+    failures = s.tally.failures
+    if not failures:
         return None
-    t = Table(title=f"failures ({len(s.failures)}; all of them are in the errors table)")
+    t = Table(
+        title=f"failures ({s.tally.targets_failed} targets; every error is in the errors table)"
+    )
     for col in ("account", "region", "operation", "error", "attempts", "message"):
         t.add_column(col)
-    for e in s.failures[:limit]:
+    for e in failures[:limit]:
         t.add_row(
             e.account_id,
             e.region or "(all)",

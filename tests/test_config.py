@@ -347,7 +347,7 @@ def test_multiline_string_does_not_confuse_line_finding(tmp_path: Path) -> None:
         (Options(rate=float("nan")), "--rate nan"),
         (Options(timeout=-1), "--timeout -1: must be"),
         (Options(max_attempts=0), "--max-attempts 0: must be at least 1"),
-        (Options(workers=0), "--workers 0"),
+        (Options(workers=-1), "--workers -1"),
         (Options(target_deadline=0), "--target-deadline 0"),
         (Options(session_name="a b"), "session_name 'a b'"),
     ],
