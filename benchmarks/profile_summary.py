@@ -1,68 +1,118 @@
-"""The top functions by own time of a profile (a pstats file, e.g. pyinstrument `-r pstats`).
+"""The top functions by own time of a profile, from py-spy or pyinstrument.
 
-    python -m benchmarks.profile_summary ours.pstats --top 15
+    python -m benchmarks.profile_summary ours.collapsed --top 15   # py-spy record -f raw
+    python -m benchmarks.profile_summary ours.pstats --top 15      # pyinstrument -r pstats
 
-pyinstrument samples wall time: the event loop's wait for the network shows up as its
-selector's `poll`/`select`. The figure that matters for CPU is the share of the rest.
+py-spy's raw (collapsed) stacks hold only samples of threads that were running (not idle),
+so the shares are shares of CPU. Lines of one function are summed. pyinstrument samples
+wall time in-process (and slows the program down), so read its figures as relative only.
 """
 
 from __future__ import annotations
 
 import argparse
 import pstats
+import re
 import sys
+from collections import Counter
 from pathlib import Path
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
+_MARKERS = ("site-packages/", "/lib/python3.11/", "/lib/python3", "/work/main/")
+
+
+def _short(path: str) -> str:
+    for marker in _MARKERS:
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return path
+
+
+def _frame_key(frame: str) -> str:
+    m = _FRAME.match(frame.strip())
+    if not m:
+        return frame.strip()
+    return f"{m['func']}  ({_short(m['file'])})"
+
+
+def _process_label(frame: str) -> str:
+    """py-spy --subprocesses puts `process PID:"CMDLINE"` first; name the collector's roles."""
+    pid = frame.split(":", 1)[0].removeprefix("process ").strip()
+    if "multiprocessing" in frame or "spawn_main" in frame:
+        return f"worker {pid}"
+    if "inventory" in frame:
+        return f"collector {pid}"
+    return f"process {pid}"
+
+
+def top_collapsed(path: Path, n: int) -> tuple[int, list[tuple[int, int, str]], dict[str, int]]:
+    """(samples, [(own, cumulative, function)], {process: samples}) from py-spy's raw output."""
+    own: Counter[str] = Counter()
+    cum: Counter[str] = Counter()
+    per_process: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        k = int(count)
+        raw = [f for f in stack.split(";") if f]
+        if raw and raw[0].startswith("process "):
+            per_process[_process_label(raw.pop(0))] += k
+        frames = [_frame_key(f) for f in raw]
+        if not frames:
+            continue
+        total += k
+        own[frames[-1]] += k
+        for f in set(frames):
+            cum[f] += k
+    return total, [(c, cum[f], f) for f, c in own.most_common(n)], dict(per_process)
 
 
 def _where(key: tuple[str, int, str]) -> str:
     filename, line, func = key
-    path = filename
-    for marker in ("site-packages/", "/inventory/", "/lib/python3"):
-        if marker in filename:
-            path = filename.split(marker, 1)[1]
-            if marker == "/inventory/":
-                path = "inventory/" + path
-            break
-    return f"{func}  ({path}:{line})" if line else f"{func}  ({path})"
+    return f"{func}  ({_short(filename)}:{line})" if line else f"{func}  ({_short(filename)})"
 
 
-def top(path: Path, n: int) -> tuple[float, float, list[tuple[float, float, str]]]:
-    """(total own seconds, idle seconds, [(own s, cumulative s, where)]) best first."""
-    stats = pstats.Stats(str(path))
-    raw = stats.stats  # type: ignore[attr-defined]
-    total = sum(v[2] for v in raw.values())
-    idle = sum(
-        v[2]
-        for k, v in raw.items()
-        if k[2] in ("poll", "select") or k[2].startswith(("<method 'poll'", "<method 'select'"))
-    )
-    ranked = sorted(raw.items(), key=lambda kv: kv[1][2], reverse=True)[:n]
-    return total, idle, [(v[2], v[3], _where(k)) for k, v in ranked]
-
-
-def summary_text(path: Path, n: int = 15) -> str:
-    total, idle, rows = top(path, n)
-    busy = max(total - idle, 1e-9)
+def summary_text(path: Path, n: int = 15, rate: float = 250.0) -> str:
+    """A plain-text table; `rate`: py-spy's samples per second (to print seconds)."""
+    if path.suffix == ".pstats":
+        raw = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+        total = sum(v[2] for v in raw.values())
+        ranked = sorted(raw.items(), key=lambda kv: kv[1][2], reverse=True)[:n]
+        out = [
+            f"pyinstrument: {total:.1f}s sampled (wall, in-process)",
+            f"{'own s':>7} {'own %':>6} {'cum s':>7}  function",
+        ]
+        for k, v in ranked:
+            out.append(f"{v[2]:7.2f} {100 * v[2] / total:6.1f} {v[3]:7.2f}  {_where(k)}")
+        return "\n".join(out)
+    total, rows, per_process = top_collapsed(path, n)
     out = [
-        f"sampled {total:.1f}s wall in all, of which {idle:.1f}s waiting in the selector "
-        f"(idle); % busy = share of the other {busy:.1f}s",
-        f"{'own s':>7} {'% all':>6} {'% busy':>7} {'cum s':>7}  function",
+        f"py-spy: {total} CPU samples at {rate:g}/s = {total / rate:.1f}s on CPU "
+        "(idle left out; all threads and processes)"
     ]
-    for own, cum, where in rows:
-        is_idle = where.split()[0] in ("poll", "select") or "method 'poll'" in where
-        busy_pct = "-" if is_idle else f"{100 * own / busy:.1f}"
+    if per_process:
         out.append(
-            f"{own:7.2f} {100 * own / max(total, 1e-9):6.1f} {busy_pct:>7} {cum:7.2f}  {where}"
+            "by process: "
+            + ", ".join(f"{p} {c / rate:.1f}s" for p, c in sorted(per_process.items()))
+        )
+    out.append(f"{'own s':>7} {'own %':>6} {'cum %':>6}  function")
+    for own, cum, where in rows:
+        out.append(
+            f"{own / rate:7.2f} {100 * own / max(1, total):6.1f} "
+            f"{100 * cum / max(1, total):6.1f}  {where}"
         )
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("pstats_file", type=Path)
+    p.add_argument("profile", type=Path, help="py-spy raw (collapsed) or a .pstats file")
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--rate", type=float, default=250.0, help="py-spy samples per second")
     args = p.parse_args(argv)
-    print(summary_text(args.pstats_file, args.top))
+    print(summary_text(args.profile, args.top, args.rate))
     return 0
 
 

@@ -34,6 +34,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import socket
@@ -318,8 +319,6 @@ def collect_options() -> set[str]:
         env={**_child_env(), "COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"},
         cwd=ROOT,
     )
-    import re
-
     return set(re.findall(r"(--[a-z][a-z0-9-]*)", got.stdout))
 
 
@@ -351,7 +350,14 @@ class Run:
     sim_stats: dict[str, Any]
     startup_cpu_s: float
     command: str
+    workers: int = 1
+    engine: str = "-"
     error: str | None = None
+
+    @property
+    def processes(self) -> int:
+        """Interpreters started: the collector, plus its workers when it spawns them."""
+        return 1 + self.workers if self.workers > 1 else 1
 
     @property
     def rows(self) -> int:
@@ -362,7 +368,9 @@ class Run:
         return {
             "cpu_ms_per_call": 1000 * self.cpu_s / calls if calls else None,
             "steady_cpu_ms_per_call": (
-                1000 * max(0.0, self.cpu_s - self.startup_cpu_s) / calls if calls else None
+                1000 * max(0.0, self.cpu_s - self.startup_cpu_s * self.processes) / calls
+                if calls
+                else None
             ),
             "calls_per_s": self.api_calls / self.wall_s if self.wall_s else None,
             "rows_per_s": self.rows / self.wall_s if self.wall_s else None,
@@ -412,21 +420,9 @@ def run_ours(
     if variant.concurrency is None:
         cmd += ["--concurrency", str(args.concurrency)]
     cmd += args.collector_args + variant.args
+    full = [sys.executable, "-m", "inventory", *cmd]
     if profile_to is not None:
-        full = [
-            sys.executable,
-            "-m",
-            "pyinstrument",
-            "-r",
-            "pstats",
-            "-o",
-            str(profile_to),
-            "-m",
-            "inventory",
-            *cmd,
-        ]
-    else:
-        full = [sys.executable, "-m", "inventory", *cmd]
+        full = profiled(args.profiler, profile_to, ["inventory", *cmd])
     env = _child_env({**sim.env(), **variant.env, "COLUMNS": "120"})
     st0, sim0 = sim.stats(), sim.cpu_s()
     res = run_measured(
@@ -443,7 +439,10 @@ def run_ours(
     if res.returncode not in (0, 3) or row is None:
         error = f"exit {res.returncode}: " + (res.stderr.strip() or res.stdout.strip())[-600:]
     row = row or {}
-    return _make_run(
+    got_workers = re.search(r"\((\d+) workers\)", res.stdout)
+    opts = args.collector_args + variant.args
+    engine = opts[opts.index("--engine") + 1] if "--engine" in opts else "default"
+    run = _make_run(
         info,
         "ours",
         variant.label,
@@ -464,6 +463,9 @@ def run_ours(
         containers=int(row.get("containers") or 0),
         error=error,
     )
+    run.workers = int(got_workers.group(1)) if got_workers else 1
+    run.engine = engine
+    return run
 
 
 def run_peer(
@@ -522,6 +524,34 @@ def run_peer(
         containers=int(report.get("containers") or 0),
         error=error,
     )
+
+
+def find_py_spy() -> str | None:
+    """py-spy on PATH, beside the interpreter, or where $PY_SPY points."""
+    for cand in (
+        os.environ.get("PY_SPY"),
+        shutil.which("py-spy"),
+        Path(sys.executable).parent / "py-spy",
+    ):
+        if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
+            return str(cand)
+    return None
+
+
+def profiled(profiler: str, out: Path, module_args: list[str]) -> list[str]:
+    """The command that runs `python -m <module_args>` under the chosen profiler.
+
+    py-spy samples from outside (CPU samples only, idle threads left out, all threads,
+    the collector barely slowed); pyinstrument runs inside and slows it down a lot.
+    """
+    if profiler == "py-spy":
+        spy = find_py_spy()
+        assert spy, "py-spy not found"
+        rec = [spy, "record", "--subprocesses", "--nonblocking", "-r", "250", "-f", "raw"]
+        rec += ["-o", str(out), "--"]
+        return [*rec, sys.executable, "-m", *module_args]
+    pyi = [sys.executable, "-m", "pyinstrument", "-i", "0.005", "-r", "pstats", "-o", str(out)]
+    return [*pyi, "-m", *module_args]
 
 
 def _make_run(
@@ -609,6 +639,8 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
                 "n": len(good),
                 "errors": [r.error for r in rs if r.error],
                 "concurrency": first.concurrency,
+                "workers": first.workers,
+                "engine": first.engine,
                 "api_calls": first.api_calls,
                 "targets": first.targets,
                 "targets_ok": first.targets_ok,
@@ -662,6 +694,9 @@ def render(rows: list[dict[str, Any]], notes: list[str]) -> str:
     head = [
         "fleet",
         "variant",
+        "eng",
+        "proc",
+        "conc",
         "wall s",
         "net bound s",
         "CPU s",
@@ -684,6 +719,9 @@ def render(rows: list[dict[str, Any]], notes: list[str]) -> str:
             [
                 str(r["fleet"]),
                 r["label"],
+                r["engine"] if r["kind"] == "ours" else "boto3",
+                str(r["workers"]),
+                str(r["concurrency"]),
                 _f(r["wall_s"], "{:.2f}"),
                 _f(r["net_bound_s"], "{:.2f}"),
                 _f(r["cpu_s"], "{:.2f}"),
@@ -789,12 +827,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--regions", default=None, help="comma list (default: every region)")
     p.add_argument("--sim-arg", action="append", default=[], help="extra simulator option")
-    p.add_argument("--profile", action="store_true", help="one extra run under pyinstrument")
+    p.add_argument(
+        "--profile", action="store_true", help="one extra run of the first variant, profiled"
+    )
+    p.add_argument(
+        "--profiler",
+        choices=("auto", "py-spy", "pyinstrument"),
+        default="auto",
+        help="auto: py-spy when installed (PATH, the venv or $PY_SPY), else pyinstrument",
+    )
     p.add_argument("--profile-top", type=int, default=15)
     p.add_argument("--run-timeout", type=float, default=3600.0, help="kill a run after S seconds")
     p.add_argument("--keep", action="store_true", help="keep the temporary databases and logs")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: results/<ts>.json)")
     args = p.parse_args(argv)
+    if args.profiler == "auto":
+        args.profiler = "py-spy" if find_py_spy() else "pyinstrument"
     args.fleet_sizes = sorted({int(x) for x in args.fleets.split(",") if x.strip()})
     if args.quick:
         args.fleet_sizes = args.fleet_sizes[:1]
@@ -825,6 +873,11 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     profiles: dict[str, str] = {}
     t_start = time.perf_counter()
+    git = _git_state()
+    print(
+        f"measuring {git['head'][:10]} ({git['subject'][:60]})"
+        + (f"; uncommitted changes in {len(git['dirty'])} file(s)" if git["dirty"] else "")
+    )
     startups = {"ours": startup_cpu("ours", work_root)}
     if not args.no_peer:
         startups["peer"] = startup_cpu("peer", work_root)
@@ -863,7 +916,8 @@ def main(argv: list[str] | None = None) -> int:
                         runs.append(r)
                         _progress(r)
                 if args.profile:
-                    prof = work / "ours.pstats"
+                    ext = "collapsed" if args.profiler == "py-spy" else "pstats"
+                    prof = work / f"ours.{ext}"
                     r = run_ours(
                         sim, info, variants[0], args, work, 99, startups["ours"], profile_to=prof
                     )
@@ -874,7 +928,7 @@ def main(argv: list[str] | None = None) -> int:
                         profiles[str(n)] = text
                         print(
                             f"\nprofile of {variants[0].label} at {n:,} accounts "
-                            f"(pyinstrument, wall {r.wall_s:.1f}s, top {args.profile_top} by "
+                            f"({args.profiler}, wall {r.wall_s:.1f}s, top {args.profile_top} by "
                             f"own time):\n{text}"
                         )
                     else:
@@ -901,6 +955,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "started": stamp,
         "total_s": round(time.perf_counter() - t_start, 1),
+        "git": git,
         "machine": {
             "python": sys.version.split()[0],
             "platform": platform.platform(),
@@ -919,11 +974,25 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r.error for r in runs) else 0
 
 
+def _git_state() -> dict[str, Any]:
+    """The commit measured, and whether the collector's code differed from it."""
+
+    def git(*a: str) -> str:
+        got = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
+        return got.stdout.strip()
+
+    return {
+        "head": git("rev-parse", "HEAD"),
+        "subject": git("log", "-1", "--format=%s"),
+        "dirty": git("status", "--porcelain", "--", "inventory", "pyproject.toml").splitlines(),
+    }
+
+
 def _progress(r: Run) -> None:
     d = r.derived()
     status = f"ERROR {r.error}" if r.error else f"{r.targets_ok}/{r.targets} ok"
     print(
-        f"  {r.label:<24} wall {r.wall_s:7.2f}s  cpu {r.cpu_s:7.2f}s  "
+        f"  {r.label:<24} {r.workers} proc  wall {r.wall_s:7.2f}s  cpu {r.cpu_s:7.2f}s  "
         f"{_f(d['cpu_ms_per_call'], '{:.2f}')} ms/call  {r.api_calls} calls  "
         f"rss {r.maxrss_mb:.0f} MB  {status}",
         flush=True,
