@@ -675,6 +675,11 @@ def _setup(con: duckdb.DuckDBPyConnection, db: Path) -> None:
                     typ = schema.duckdb_type(field.type)
                     log.info("migrating %s: adding %s.%s %s", db, name, field.name, typ)
                     con.execute(f"ALTER TABLE {name} ADD COLUMN {_quote(field.name)} {typ}")
+        if version is not None and version < schema.SCHEMA_VERSION:
+            # runs written before this migration: the version that wrote them
+            con.execute(
+                "UPDATE runs SET schema_version = ? WHERE schema_version IS NULL", [version]
+            )
         con.execute(LATEST_SCANS_SQL)
         for view, table in LATEST_VIEWS.items():
             con.execute(_view_sql(view, table))
