@@ -1,13 +1,29 @@
 """The async fan-out: GetContainerServices in every region of every account.
 
 Bounded concurrency (a fixed pool of worker tasks), a global adaptive rate (pacing.Pacer),
-retries with backoff and jitter for throttling, 5xx and dropped connections, a timeout
-per call and a deadline per account × region. One TargetResult per account × region,
-streamed through a bounded queue as they finish: the fleet is never held in memory.
+retries with backoff and jitter for throttling, 5xx and dropped connections (retry.py), a
+timeout per call and a deadline per account × region. One TargetResult per account ×
+region, streamed through a bounded queue as they finish: the fleet is never held in memory.
 
 Clients: one aiobotocore Lightsail client per region, shared by every account; each
 task signs with its own account's credentials through credentials.use(). Botocore's own
-retries are off (one attempt per call) so that every attempt is counted here.
+retries are off (one attempt per call) so that every attempt is counted here. With
+`engine='lean'` the hot call goes through lean.py instead, with the same endpoint,
+credentials and errors.
+
+Bounds, whatever the network does (`run_time_bound`):
+- one call: `timeout` (connect and read, and an asyncio timeout around the whole call);
+- one target: its `deadline` covers its AssumeRole (or the wait for another region's),
+  every attempt and every backoff pause; time queued behind the global rate limit is not
+  counted (that is the run slowing down as a whole, pacing.py), but it is bounded too;
+- a region that hangs: once BREAKER_TIMEOUTS of its targets have ended in 'Timeout' and
+  none of its calls has had an answer, the rest of that region fails at once with
+  'Timeout' and a message that says so (a per-region circuit breaker), instead of each
+  target waiting out its own deadline.
+
+Stopping (`stop`, e.g. on Ctrl-C): no new call starts, calls in flight are cancelled, and
+every target not finished yet still gets its TargetResult: failed, error code
+'Interrupted', with the attempts it made.
 """
 
 from __future__ import annotations
@@ -15,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from aiobotocore.config import AioConfig
@@ -24,10 +42,43 @@ from botocore.credentials import ReadOnlyCredentials
 
 from inventory import credentials as creds_mod
 from inventory.credentials import AssumeRoleFailed, CallCounter, CredentialBroker
+from inventory.errors import InventoryError
 from inventory.lean import USER_AGENT, LeanHTTP, LeanLightsailClient
 from inventory.model import Account, ErrorRecord, Options, TargetResult, utcnow
-from inventory.pacing import Pacer
-from inventory.retry import Backoff, Failure, Kind, classify
+from inventory.pacing import Pacer, default_floor
+from inventory.retry import Backoff, Budget, Failure, Kind, classify
+
+BREAKER_TIMEOUTS = 3  # targets of one region ended in 'Timeout', none answered: stop calling it
+INTERRUPTED = "Interrupted"  # error code of the targets a stop left unfinished
+
+
+def run_time_bound(options: Options, targets: int) -> float:
+    """The longest `results()` over `targets` account × region targets can take (seconds),
+    from the settings alone: whatever the network does, a run ends within this.
+
+    Each target's own time stays within its deadline D and C targets run at once, so they
+    all end by (T/C + 1)·D (greedy scheduling: when the last one starts, every worker has
+    been busy). Time queued behind the rate limit comes on top: at most A calls per target
+    (retry.Budget.limit), paced at no less than the pacer's floor rate. Plus one D for the
+    GetCallerIdentity of a run without an accounts file.
+    """
+    if targets <= 0:
+        return options.deadline
+    workers = min(options.concurrency, targets)
+    calls = targets * Budget(options.max_attempts).limit
+    return (targets / workers + 2) * options.deadline + calls / default_floor(options.rate)
+
+
+@dataclass(slots=True)
+class _RegionHealth:
+    """What a region's targets have seen so far, for the circuit breaker."""
+
+    answered: int = 0  # calls that got an HTTP answer (any status)
+    timed_out: int = 0  # targets that ended in 'Timeout'
+
+    @property
+    def broken(self) -> bool:
+        return self.answered == 0 and self.timed_out >= BREAKER_TIMEOUTS
 
 
 class _SharedCredentialsSession(AioSession):
@@ -67,17 +118,27 @@ async def base_credentials() -> tuple[ReadOnlyCredentials, AioSession]:
 class Collector:
     """Collects every (account, region) target; use as `async with` and iterate `results()`."""
 
-    def __init__(self, options: Options, regions: Iterable[str], *, clock: Any = time.time):
+    def __init__(
+        self,
+        options: Options,
+        regions: Iterable[str],
+        *,
+        clock: Any = time.time,
+        backoff: Backoff | None = None,
+    ):
         self.options = options
         self.regions = tuple(regions)
         self.counter = CallCounter()
         self.pacer = Pacer(options.rate)
-        self.backoff = Backoff()
+        self.backoff = backoff or Backoff()
         self._clock = clock
         self._session = _SharedCredentialsSession()
         self._stack = contextlib.AsyncExitStack()
         self._clients: dict[str, Any] = {}
         self._sts: Any = None
+        self._health = {region: _RegionHealth() for region in self.regions}
+        self._fetching: set[asyncio.Task[Any]] = set()
+        self.stop_reason: str | None = None
         self.base: ReadOnlyCredentials | None = None
         self.broker: CredentialBroker | None = None
 
@@ -102,7 +163,12 @@ class Collector:
                 )
             self._clients[region] = client
         self.broker = CredentialBroker(
-            self._sts, self.base, self.options, self.counter, clock=self._clock
+            self._sts,
+            self.base,
+            self.options,
+            self.counter,
+            clock=self._clock,
+            backoff=self.backoff,
         )
         return self
 
@@ -112,45 +178,87 @@ class Collector:
     def _sts_region(self) -> str:
         return self._session.get_config_variable("region") or "us-east-1"
 
+    def stop(self, reason: str = "interrupted") -> None:
+        """Make no new calls: cancel those in flight; unfinished targets end 'Interrupted'.
+
+        Safe to call from a signal handler on the loop (loop.add_signal_handler) and more
+        than once (the first reason stays)."""
+        if self.stop_reason is not None:
+            return
+        self.stop_reason = reason
+        for task in list(self._fetching):
+            task.cancel()
+
     async def caller_account(self) -> str:
         """The base identity's account id (GetCallerIdentity), for runs without a file."""
         assert self.base is not None
-        self.counter.api_calls += 1
-        with creds_mod.use(self.base):
-            answer = await asyncio.wait_for(self._sts.get_caller_identity(), self.options.timeout)
-        return str(answer["Account"])
+        budget = Budget(self.options.max_attempts)
+        end = time.monotonic() + self.options.deadline
+        while True:
+            budget.attempts += 1
+            self.counter.api_calls += 1
+            if budget.attempts > 1:
+                self.counter.retries += 1
+            remaining = max(0.001, end - time.monotonic())
+            try:
+                with creds_mod.use(self.base):
+                    answer = await asyncio.wait_for(
+                        self._sts.get_caller_identity(), min(self.options.timeout, remaining)
+                    )
+                return str(answer["Account"])
+            except Exception as exc:
+                failure = classify(exc)
+                pause = self.backoff.delay(budget.attempts)
+                if not budget.spend(failure) or time.monotonic() + pause >= end:
+                    raise InventoryError(
+                        f"GetCallerIdentity with the base credentials failed after "
+                        f"{budget.attempts} attempt(s): {failure.code}: {failure.message}"
+                    ) from None
+                await asyncio.sleep(pause)
 
     async def results(self, accounts: Iterable[Account]) -> AsyncIterator[TargetResult]:
-        """Yield one TargetResult per account × region as each finishes."""
-        targets: asyncio.Queue[tuple[Account, str] | None] = asyncio.Queue()
-        done: asyncio.Queue[TargetResult | BaseException] = asyncio.Queue(
+        """Yield one TargetResult per account × region as each finishes (after `stop`,
+        the unfinished ones as 'Interrupted')."""
+        pending: deque[tuple[Account, str]] = deque(
+            (account, region)  # account-major: an account's regions run close together
+            for account in accounts
+            for region in self.regions
+        )
+        done: asyncio.Queue[TargetResult | BaseException | None] = asyncio.Queue(
             maxsize=max(64, self.options.concurrency * 2)
         )
-        n = 0
-        for account in accounts:  # account-major: an account's regions run close together
-            for region in self.regions:
-                targets.put_nowait((account, region))
-                n += 1
-        workers = min(self.options.concurrency, n)
-        for _ in range(workers):
-            targets.put_nowait(None)
+        workers = min(self.options.concurrency, len(pending))
 
         async def worker() -> None:
-            while (item := targets.get_nowait()) is not None:
-                try:
-                    result = await self.fetch(*item)
-                except BaseException as exc:  # a bug, not an AWS error: surface it
-                    await done.put(exc)
-                    raise
-                await done.put(result)
+            me = asyncio.current_task()
+            assert me is not None
+            try:
+                while pending and self.stop_reason is None:
+                    account, region = pending.popleft()
+                    self._fetching.add(me)
+                    try:
+                        result = await self.fetch(account, region)
+                    finally:
+                        self._fetching.discard(me)
+                    await done.put(result)
+            except Exception as exc:  # a bug, not an AWS error: surface it
+                await done.put(exc)
+                return
+            await done.put(None)  # this worker is finished
 
         tasks = [asyncio.create_task(worker()) for _ in range(workers)]
         try:
-            for _ in range(n):
+            finished = 0
+            while finished < workers:
                 item = await done.get()
-                if isinstance(item, BaseException):
+                if item is None:
+                    finished += 1
+                elif isinstance(item, BaseException):
                     raise item
-                yield item
+                else:
+                    yield item
+            while pending:  # stopped: the targets no worker started
+                yield self._interrupted(*pending.popleft(), utcnow(), 0)
         finally:
             for t in tasks:
                 t.cancel()
@@ -160,81 +268,144 @@ class Collector:
         """One account × region: its services, or its error after bounded retries."""
         assert self.broker is not None
         started = utcnow()
-        t0 = time.monotonic()
-        deadline = t0 + self.options.deadline
+        deadline = time.monotonic() + self.options.deadline
         client = self._clients[region]
-        attempts = 0
+        health = self._health[region]
+        budget = Budget(self.options.max_attempts)
         failure: Failure | None = None
-        while True:
-            try:
-                creds = await self.broker.get(account)
-            except AssumeRoleFailed as exc:
-                return self._failed(
-                    account, region, started, attempts, exc.failure, "AssumeRole", exc.attempts
-                )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            await self.pacer.acquire()
-            attempts += 1
-            self.counter.api_calls += 1
-            if attempts > 1:
-                self.counter.retries += 1
-            try:
-                with creds_mod.use(creds):
-                    answer = await asyncio.wait_for(
-                        client.get_container_services(),
-                        min(self.options.timeout, max(0.001, remaining)),
-                    )
-            except Exception as exc:
-                failure = classify(exc)
-                if failure.kind is Kind.THROTTLED:
-                    self.pacer.on_throttle()
-                elif failure.kind is Kind.EXPIRED:
-                    self.broker.invalidate(account, creds)
-                if not failure.retryable or attempts >= self.options.max_attempts:
+        out_of_time = False  # stopped by the deadline (not by the budget or a fatal error)
+        try:
+            while True:
+                if self.stop_reason is not None:
+                    return self._interrupted(account, region, started, budget.attempts)
+                if health.broken:
+                    failure = self._breaker_failure(region, budget.attempts)
                     break
-                pause = self.backoff.delay(attempts)
-                if time.monotonic() + pause >= deadline:
-                    break
-                await asyncio.sleep(pause)
-                continue
-            self.pacer.on_success()
-            services = answer.get("containerServices")
-            finished = utcnow()
-            anomalies = []
-            if not isinstance(services, list):
-                anomalies.append(
-                    ErrorRecord(
-                        finished,
-                        account.id,
+                try:
+                    creds = await self.broker.get(account, deadline)
+                except AssumeRoleFailed as exc:
+                    return self._failed(
+                        account,
                         region,
-                        "GetContainerServices",
-                        "UnexpectedShape",
-                        f"containerServices is {type(services).__name__}, expected a list",
-                        attempts,
+                        started,
+                        budget.attempts,
+                        exc.failure,
+                        "AssumeRole",
+                        exc.attempts,
                     )
-                )
-                services = []
-            return TargetResult(
-                account=account,
-                region=region,
-                started_at=started,
-                finished_at=finished,
-                attempts=attempts,
-                services=services,
-                retries=attempts - 1,
-                anomalies=anomalies,
-            )
+                if deadline - time.monotonic() <= 0:
+                    out_of_time = True
+                    break
+                deadline += await self.pacer.acquire()  # queued for the rate: not the target's
+                remaining = deadline - time.monotonic()
+                budget.attempts += 1
+                self.counter.api_calls += 1
+                if budget.attempts > 1:
+                    self.counter.retries += 1
+                try:
+                    with creds_mod.use(creds):
+                        answer = await asyncio.wait_for(
+                            client.get_container_services(),
+                            min(self.options.timeout, max(0.001, remaining)),
+                        )
+                except Exception as exc:
+                    failure = classify(exc)
+                    if failure.status is not None:
+                        health.answered += 1
+                    if failure.kind is Kind.THROTTLED:
+                        self.pacer.on_throttle()
+                    elif failure.kind is Kind.EXPIRED:
+                        self.broker.invalidate(account, creds)
+                    if not budget.spend(failure):
+                        break
+                    pause = self.backoff.delay(
+                        budget.attempts, throttled=failure.kind is Kind.THROTTLED
+                    )
+                    if time.monotonic() + pause >= deadline:
+                        out_of_time = True
+                        break
+                    await asyncio.sleep(pause)
+                    continue
+                health.answered += 1
+                self.pacer.on_success()
+                return self._collected(account, region, started, budget.attempts, answer)
+        except asyncio.CancelledError:
+            if self.stop_reason is None:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return self._interrupted(account, region, started, budget.attempts)
         if failure is None:  # the deadline passed before any attempt could be made
             failure = Failure("Timeout", "target deadline passed before a call", Kind.TRANSIENT)
-        elif failure.kind is not Kind.FATAL and time.monotonic() >= deadline - 0.001:
+        elif out_of_time:
             failure = Failure(
                 failure.code,
                 f"{failure.message} (gave up at the {self.options.deadline:g}s target deadline)",
                 failure.kind,
                 failure.status,
             )
+        if failure.code == "Timeout":
+            health.timed_out += 1
+        return self._failed(
+            account,
+            region,
+            started,
+            budget.attempts,
+            failure,
+            "GetContainerServices",
+            budget.attempts,
+        )
+
+    def _breaker_failure(self, region: str, attempts: int) -> Failure:
+        n = self._health[region].timed_out
+        tried = f"gave up after {attempts} attempt(s)" if attempts else "not called"
+        return Failure(
+            "Timeout",
+            f"{tried}: {n} targets in {region} timed out and none of its calls was answered "
+            "(region circuit breaker)",
+            Kind.TRANSIENT,
+        )
+
+    def _collected(
+        self, account: Account, region: str, started: Any, attempts: int, answer: Any
+    ) -> TargetResult:
+        services = answer.get("containerServices") if isinstance(answer, dict) else None
+        finished = utcnow()
+        anomalies = []
+        if not isinstance(services, list):
+            anomalies.append(
+                ErrorRecord(
+                    finished,
+                    account.id,
+                    region,
+                    "GetContainerServices",
+                    "UnexpectedShape",
+                    f"containerServices is {type(services).__name__}, expected a list",
+                    attempts,
+                )
+            )
+            services = []
+        return TargetResult(
+            account=account,
+            region=region,
+            started_at=started,
+            finished_at=finished,
+            attempts=attempts,
+            services=services,
+            retries=attempts - 1,
+            anomalies=anomalies,
+        )
+
+    def _interrupted(
+        self, account: Account, region: str, started: Any, attempts: int
+    ) -> TargetResult:
+        failure = Failure(
+            INTERRUPTED,
+            f"collect was stopped ({self.stop_reason or 'interrupted'}) "
+            "before this account × region finished",
+            Kind.FATAL,
+        )
         return self._failed(
             account, region, started, attempts, failure, "GetContainerServices", attempts
         )

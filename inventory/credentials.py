@@ -21,7 +21,7 @@ from aiobotocore.credentials import AioCredentials
 from botocore.credentials import ReadOnlyCredentials
 
 from inventory.model import Account, Options
-from inventory.retry import Backoff, Failure, Kind, classify
+from inventory.retry import Backoff, Budget, Failure, Kind, classify
 
 _CURRENT: ContextVar[ReadOnlyCredentials] = ContextVar("inventory_credentials")
 
@@ -60,10 +60,14 @@ def use(creds: ReadOnlyCredentials) -> Iterator[None]:
 
 
 class AssumeRoleFailed(Exception):
-    """The account's role could not be assumed; every region of the account fails with it."""
+    """The account's role could not be assumed; every region of the account fails with it.
 
-    def __init__(self, account: Account, failure: Failure, attempts: int):
-        self.account, self.failure, self.attempts = account, failure, attempts
+    `final`: False when only the caller's own deadline ran out (another region of the
+    account may still try); True when the account as a whole failed (remembered).
+    """
+
+    def __init__(self, account: Account, failure: Failure, attempts: int, final: bool = True):
+        self.account, self.failure, self.attempts, self.final = account, failure, attempts, final
         super().__init__(f"AssumeRole {account.role_arn}: {failure.code}: {failure.message}")
 
 
@@ -82,8 +86,23 @@ class CallCounter:
     retries: int = 0
 
 
+REFRESH_MARGIN_MAX = 300.0  # refresh at most this many seconds before expiry...
+REFRESH_MARGIN_SHARE = 0.25  # ...or when less than this share of the lifetime is left
+
+
 class CredentialBroker:
-    """Hands out frozen credentials per account: assumed once, cached, refreshed early."""
+    """Hands out frozen credentials per account: assumed once, cached, refreshed early.
+
+    - One AssumeRole per account per credential lifetime: regions of an account share the
+      cached credentials; when they need new ones at once, one of them calls STS and the
+      others wait for its answer (single-flight, one lock per account).
+    - Refreshed before expiry: when less than a quarter of the lifetime (at most 5
+      minutes) is left, on `clock` (epoch seconds; inject one to test without waiting).
+    - `invalidate`: AWS said ExpiredToken anyway (clock skew, revoked session): the next
+      `get` assumes the role again.
+    - A failed AssumeRole is remembered for the run (every region of the account fails
+      with it, without calling STS again), unless only the caller's deadline ran out.
+    """
 
     def __init__(
         self,
@@ -105,17 +124,21 @@ class CredentialBroker:
         self._failed: dict[str, AssumeRoleFailed] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.assume_role_calls = 0
+        self.refreshes = 0  # AssumeRole calls that replaced credentials we already had
 
     def _fresh(self, entry: _Entry) -> bool:
         if entry.expires is None:
             return True
         remaining = entry.expires - self._clock()
-        # Refresh when less than a quarter of the lifetime (at most 5 minutes) is left.
-        margin = min(300.0, (entry.lifetime or 3600.0) / 4)
+        margin = min(REFRESH_MARGIN_MAX, (entry.lifetime or 3600.0) * REFRESH_MARGIN_SHARE)
         return remaining > margin
 
-    async def get(self, account: Account) -> ReadOnlyCredentials:
-        """Credentials for `account`; raises AssumeRoleFailed (remembered for the run)."""
+    async def get(self, account: Account, deadline: float | None = None) -> ReadOnlyCredentials:
+        """Credentials for `account`; raises AssumeRoleFailed.
+
+        `deadline` (time.monotonic()): the caller's; waiting for another region's
+        AssumeRole and our own attempts stop there (AssumeRoleFailed, not final).
+        """
         if account.role_arn is None:
             return self._base
         entry = self._cache.get(account.id)
@@ -124,27 +147,44 @@ class CredentialBroker:
         if account.id in self._failed:
             raise self._failed[account.id]
         lock = self._locks.setdefault(account.id, asyncio.Lock())
-        async with lock:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        try:
+            await asyncio.wait_for(lock.acquire(), remaining)
+        except TimeoutError:
+            raise AssumeRoleFailed(
+                account,
+                Failure(
+                    "Timeout", "the target deadline passed waiting for AssumeRole", Kind.TRANSIENT
+                ),
+                0,
+                final=False,
+            ) from None
+        try:
             entry = self._cache.get(account.id)
             if entry is not None and self._fresh(entry):
                 return entry.creds
             if account.id in self._failed:
                 raise self._failed[account.id]
             try:
-                entry = await self._assume(account)
+                new = await self._assume(account, deadline)
             except AssumeRoleFailed as exc:
-                self._failed[account.id] = exc
+                if exc.final:
+                    self._failed[account.id] = exc
                 raise
-            self._cache[account.id] = entry
-            return entry.creds
+            if entry is not None:
+                self.refreshes += 1
+            self._cache[account.id] = new
+            return new.creds
+        finally:
+            lock.release()
 
     def invalidate(self, account: Account, creds: ReadOnlyCredentials) -> None:
         """AWS said these credentials expired: the next `get` assumes the role again."""
         entry = self._cache.get(account.id)
         if entry is not None and entry.creds.access_key == creds.access_key:
-            del self._cache[account.id]
+            entry.expires = self._clock()  # stale: `get` refreshes (and counts a refresh)
 
-    async def _assume(self, account: Account) -> _Entry:
+    async def _assume(self, account: Account, deadline: float | None) -> _Entry:
         assert account.role_arn is not None
         params: dict[str, Any] = {
             "RoleArn": account.role_arn,
@@ -152,30 +192,43 @@ class CredentialBroker:
         }
         if account.external_id:
             params["ExternalId"] = account.external_id
-        attempts = 0
-        started = time.monotonic()
+        own_deadline = time.monotonic() + self._options.deadline
+        end = own_deadline if deadline is None else min(deadline, own_deadline)
+        budget = Budget(self._options.max_attempts)
         while True:
-            attempts += 1
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise AssumeRoleFailed(
+                    account,
+                    Failure("Timeout", "no answer from STS before the deadline", Kind.TRANSIENT),
+                    budget.attempts,
+                    final=end == own_deadline,
+                )
+            budget.attempts += 1
             self._counter.api_calls += 1
             self.assume_role_calls += 1
-            if attempts > 1:
+            if budget.attempts > 1:
                 self._counter.retries += 1
             try:
                 with use(self._base):
                     answer = await asyncio.wait_for(
-                        self._sts.assume_role(**params), self._options.timeout
+                        self._sts.assume_role(**params), min(self._options.timeout, remaining)
                     )
             except Exception as exc:  # classified below; nothing is swallowed silently
                 failure = classify(exc)
-                spent = time.monotonic() - started
+                pause = self._backoff.delay(
+                    budget.attempts, throttled=failure.kind is Kind.THROTTLED
+                )
                 if (
-                    failure.kind is Kind.FATAL
-                    or failure.kind is Kind.EXPIRED  # base credentials expired: not ours to fix
-                    or attempts >= self._options.max_attempts
-                    or spent >= self._options.deadline
+                    failure.kind is Kind.EXPIRED  # base credentials expired: not ours to fix
+                    or not budget.spend(failure)
                 ):
-                    raise AssumeRoleFailed(account, failure, attempts) from None
-                await asyncio.sleep(self._backoff.delay(attempts))
+                    raise AssumeRoleFailed(account, failure, budget.attempts) from None
+                if time.monotonic() + pause >= end:
+                    raise AssumeRoleFailed(
+                        account, failure, budget.attempts, final=end == own_deadline
+                    ) from None
+                await asyncio.sleep(pause)
                 continue
             c = answer["Credentials"]
             expiration = c.get("Expiration")

@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import os
 import secrets
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ class RunSummary:
     db_path: str = ""
     parquet_dest: str | None = None
     parquet_files: list[str] = field(default_factory=list)
+    signal: int | None = None  # SIGINT / SIGTERM received during the run (see Interrupts)
 
     @property
     def wall_seconds(self) -> float:
@@ -88,7 +90,61 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
+        if self.signal is not None:
+            return 128 + self.signal  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
         return {"complete": 0, "partial": 3}.get(self.status, 1)
+
+
+class Interrupts:
+    """Ctrl-C (SIGINT) or SIGTERM during a one-process run ends it cleanly.
+
+    The collector stops: no new call starts, calls in flight are cancelled, and every
+    unfinished target is recorded as failed with error code 'Interrupted' (scans and
+    errors). What was collected is kept: the run is stored as 'partial' ('failed' when no
+    target had finished, 'complete' when all had), exported to Parquet like any run, and
+    the process exits 128 + the signal number (130, 143). A second signal acts as it would
+    without this (the run is then left 'running', and the next collect marks it failed).
+    Off the main thread (tests, embedding) nothing is installed.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, summary: RunSummary):
+        self.summary = summary
+        self.collector: Collector | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in self.SIGNALS:
+            previous = signal.getsignal(signum)
+            try:
+                loop.add_signal_handler(signum, self._received, signum)
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue  # not the main thread, or no signals on this platform
+            self._previous[signum] = previous
+
+    def watch(self, collector: Collector) -> None:
+        self.collector = collector
+        if self.summary.signal is not None:
+            collector.stop(signal.Signals(self.summary.signal).name)
+
+    def _received(self, signum: int) -> None:
+        self.uninstall()  # a second signal acts as usual
+        if self.summary.signal is None:
+            self.summary.signal = signum
+            if self.collector is not None:
+                self.collector.stop(signal.Signals(signum).name)
+
+    def uninstall(self) -> None:
+        if not self._previous:
+            return
+        loop = asyncio.get_running_loop()
+        for signum, previous in self._previous.items():
+            loop.remove_signal_handler(signum)
+            if previous is not None:
+                signal.signal(signum, previous)
+        self._previous = {}
 
 
 def _scan_row(run_id: str, r: TargetResult) -> dict[str, Any]:
@@ -220,6 +276,7 @@ async def run_collect(
     summary = RunSummary(run_id, "failed", started, started, db_path=str(db_path))
     options = plan.options
     store = Store.open(db_path, wait=wait_for_lock)
+    interrupts = Interrupts(summary)
     try:
         key = None if options.include_env_values else load_key(db_path)
 
@@ -238,7 +295,9 @@ async def run_collect(
         workers = 1 if plan.own_account else options.workers or default_workers(len(accounts))
         workers = max(1, min(workers, len(accounts)))
         if workers == 1:
+            interrupts.install()
             async with Collector(options, plan.regions) as collector:
+                interrupts.watch(collector)
                 if plan.own_account:
                     accounts = [Account(id=await collector.caller_account())]
                 begin(accounts, 1)
@@ -278,5 +337,6 @@ async def run_collect(
             written = lake.export_run(store, run_id, parquet_dest)
             summary.parquet_files = [str(w) for w in written]
     finally:
+        interrupts.uninstall()
         store.close()
     return summary
