@@ -13,6 +13,7 @@ object is uploaded in one request, which S3 makes visible atomically.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import re
 from collections.abc import Iterable
@@ -153,9 +154,21 @@ def remove_parts(
 
 
 def _s3_client() -> Any:
+    """A boto3 S3 client, shared while the settings it was made from stay the same (making
+    one loads botocore's S3 model: ≈ 0.45 s, once per table otherwise)."""
+    env = os.environ.get
+    return _s3_client_for(
+        env("AWS_REGION") or env("AWS_DEFAULT_REGION"),
+        env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL"),
+        env("AWS_PROFILE"),
+        env("AWS_ACCESS_KEY_ID"),
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _s3_client_for(region: str | None, *_settings: str | None) -> Any:
     import boto3  # only exports to S3 pay for importing it
 
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     return boto3.session.Session().client("s3", region_name=region)
 
 
