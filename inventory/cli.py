@@ -54,6 +54,10 @@ class Fmt(StrEnum):
 
 
 DbOpt = Annotated[Path, typer.Option("--db", help="The DuckDB file.")]
+LakeOpt = Annotated[
+    str | None,
+    typer.Option("--lake", help="Read the Parquet lake (a folder or s3://bucket/...), not --db."),
+]
 
 
 @app.command()
@@ -227,6 +231,7 @@ def query(
         str | None, typer.Argument(help="SQL text, or the name of a named query.")
     ] = None,
     db: DbOpt = DEFAULT_DB,
+    lake: LakeOpt = None,
     format: Annotated[Fmt, typer.Option("--format", "-f")] = Fmt.table,
     param: Annotated[
         list[str] | None,
@@ -258,6 +263,12 @@ def query(
         raise UsageError("give SQL text or a query name (see: inventory query --list)")
     text, name = _resolve_sql(sql)
     values = _bind(text, name, _params(param or []))
+    if lake is not None:
+        from inventory import lakequery
+
+        columns, rows = lakequery.query_rows(lake, text, values or None)
+        _print_rows(columns, rows, format, name)
+        return
     store = Store.open(db, read_only=True)
     try:
         columns, rows = store.query_rows(text, values or None)
@@ -339,6 +350,75 @@ def demo(
 
     code = demo_mod.run(accounts=accounts, db=db, parquet_dir=parquet_dir, latency_ms=latency_ms)
     raise typer.Exit(code)
+
+
+@app.command("diff")
+@_errors_to_exit
+def diff_cmd(
+    from_run: Annotated[
+        str | None, typer.Option("--from", help="The older run (default: per account × region).")
+    ] = None,
+    to_run: Annotated[
+        str | None, typer.Option("--to", help="The newer run (default: per account × region).")
+    ] = None,
+    db: DbOpt = DEFAULT_DB,
+    lake: LakeOpt = None,
+    format: Annotated[Fmt, typer.Option("--format", "-f")] = Fmt.table,
+) -> None:
+    """What changed: by default, for every account × region, between its two newest good scans.
+
+    Example: inventory diff --from 20261126T053650Z-3f9a1c --to 20261127T053702Z-81c0de
+    """
+    from inventory import diff as diff_mod
+
+    if lake is not None:
+        from inventory import lakequery
+
+        con = lakequery.open_lake(lake)
+        try:
+            result = diff_mod.diff(con, from_run, to_run)
+        finally:
+            con.close()
+    else:
+        from inventory.store import Store
+
+        with Store.open(db, read_only=True) as store, store.connection() as con:
+            result = diff_mod.diff(con, from_run, to_run)
+    if format is Fmt.json:
+        import json
+
+        sys.stdout.write(json.dumps(result.to_json(), indent=2, default=str) + "\n")
+        return
+    columns, rows = result.rows()
+    _print_rows(columns, rows, format, result.title())
+
+
+@app.command()
+@_errors_to_exit
+def prune(
+    keep_days: Annotated[
+        int | None, typer.Option(help="Keep the runs of the last N days.", show_default=False)
+    ] = None,
+    keep_runs: Annotated[
+        int | None, typer.Option(help="Keep the N newest runs.", show_default=False)
+    ] = None,
+    db: DbOpt = DEFAULT_DB,
+    dry_run: Annotated[bool, typer.Option(help="Only show what would be removed.")] = False,
+    wait: Annotated[bool, typer.Option(help="Wait for a collect on the same --db.")] = False,
+) -> None:
+    """Remove old runs from the DuckDB file and give the space back. The newest good snapshot
+    of every account × region is always kept.
+
+    Example: inventory prune --keep-days 90
+    """
+    from inventory import retention
+    from inventory.store import Store
+
+    if (keep_days is None) == (keep_runs is None):
+        raise UsageError("give one of --keep-days N or --keep-runs N")
+    with Store.open(db, wait=wait) as store:
+        result = retention.prune(store, keep_days=keep_days, keep_runs=keep_runs, dry_run=dry_run)
+    render.console().print(result.describe())
 
 
 def version_callback(value: bool) -> None:

@@ -1,0 +1,461 @@
+"""What changed between two snapshots, per account × region.
+
+`diff(con, from_run, to_run)` compares, for every account × region, two good scans (scans
+status 'ok' in a run whose status is 'complete' or 'partial'):
+
+- neither run given: its two newest good scans;
+- `to_run` given: that run's scan and the good scan just before it;
+- `from_run` given: that run's scan and the newest good scan;
+- both given: those two runs, where both scanned it ok.
+
+An account × region without two such scans is listed in `Diff.uncompared` with the reason.
+`con` is any DuckDB connection with the six tables: the store's (`Store.connection()`) or
+the lake's (`lakequery.open_lake`).
+
+What is compared, by name: services (added, removed; state, power, scale, is_disabled, url,
+public domain names, tags), their deployments by slot ('current', 'next': appeared,
+disappeared, version, or state when the version is the same) and, within a slot present on
+both sides, containers by name (appeared, disappeared, image, ports, command, environment
+names added or removed, values changed). Environment values are compared as stored (the
+HMAC fingerprint, by default) and shown only as fingerprints: a store made with
+`--include-env-values` holds raw values, and those are never shown (old/new are null).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from inventory.errors import UsageError
+from inventory.fingerprint import PREFIX as FINGERPRINT_PREFIX
+
+# Every kind of change, in the order they are reported within a service.
+KINDS = (
+    "service_added",
+    "service_removed",
+    "state",
+    "power",
+    "scale",
+    "disabled",
+    "url",
+    "domains",
+    "tags",
+    "deployment_added",
+    "deployment_removed",
+    "deployment_version",
+    "deployment_state",
+    "container_added",
+    "container_removed",
+    "image",
+    "ports",
+    "command",
+    "env_added",
+    "env_removed",
+    "env_value",
+)
+_KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
+
+# container_services column -> change kind (compared as values; maps as dicts).
+SERVICE_FIELDS = {
+    "state": "state",
+    "power": "power",
+    "scale": "scale",
+    "is_disabled": "disabled",
+    "url": "url",
+    "public_domain_names": "domains",
+    "tags": "tags",
+}
+CONTAINER_FIELDS = {"image": "image", "ports": "ports", "command": "command"}
+GOOD_RUN_STATUSES = ("complete", "partial")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One difference. `field` names what changed: a column (`state`), a deployment slot's
+    (`current.version`), a container's (`current.containers.app.image`) or an environment
+    variable (`current.containers.app.environment.API_KEY`); None for a whole service."""
+
+    kind: str
+    account_id: str
+    region: str
+    service_name: str
+    field: str | None
+    old: Any
+    new: Any
+    from_run: str
+    to_run: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """The two scans compared for one account × region."""
+
+    account_id: str
+    region: str
+    from_run: str
+    to_run: str
+
+
+@dataclass(frozen=True, slots=True)
+class Uncompared:
+    account_id: str
+    region: str
+    reason: str
+
+
+@dataclass
+class Diff:
+    from_run: str | None  # as asked (None: per account × region)
+    to_run: str | None
+    pairs: list[Pair] = field(default_factory=list)
+    uncompared: list[Uncompared] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.changes:
+            out[c.kind] = out.get(c.kind, 0) + 1
+        return {k: out[k] for k in KINDS if k in out}
+
+    def runs(self) -> tuple[set[str], set[str]]:
+        """The distinct (from, to) runs of the compared pairs."""
+        return {p.from_run for p in self.pairs}, {p.to_run for p in self.pairs}
+
+    def title(self) -> str:
+        froms, tos = self.runs()
+        if len(froms) == 1 and len(tos) == 1:
+            between = f"from run {next(iter(froms))} to run {next(iter(tos))}"
+        elif self.pairs:
+            between = "between each account × region's two chosen scans (see from_run, to_run)"
+        else:
+            between = "nothing to compare"
+        counts = ", ".join(f"{n} {kind}" for kind, n in self.counts().items()) or "no changes"
+        text = (
+            f"{len(self.changes)} changes in {len(self.pairs)} account × region pairs, "
+            f"{between}: {counts}"
+        )
+        if self.uncompared:
+            text += f"; {len(self.uncompared)} account × region pairs not compared"
+        return text
+
+    def rows(self) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """(columns, rows) for table and CSV output: maps and lists as compact JSON."""
+        columns = ["account_id", "region", "service_name", "change", "field", "old", "new"]
+        froms, tos = self.runs()
+        per_pair = len(froms) > 1 or len(tos) > 1
+        if per_pair:
+            columns += ["from_run", "to_run"]
+        rows = []
+        for c in self.changes:
+            row: tuple[Any, ...] = (
+                c.account_id,
+                c.region,
+                c.service_name,
+                c.kind,
+                c.field,
+                _text(c.old),
+                _text(c.new),
+            )
+            if per_pair:
+                row += (c.from_run, c.to_run)
+            rows.append(row)
+        return columns, rows
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from_run": self.from_run,
+            "to_run": self.to_run,
+            "compared": len(self.pairs),
+            "counts": self.counts(),
+            "changes": [asdict(c) for c in self.changes],
+            "uncompared": [asdict(u) for u in self.uncompared],
+        }
+
+
+# --------------------------------------------------------------------------- choosing scans
+
+
+_GOOD_SCANS = f"""
+SELECT account_id, region, run_id, prev_run, rank FROM (
+    SELECT s.account_id, s.region, s.run_id,
+           lead(s.run_id) OVER w AS prev_run,
+           row_number() OVER w AS rank
+    FROM scans AS s JOIN runs AS r ON r.run_id = s.run_id
+    WHERE s.status = 'ok' AND r.status IN {GOOD_RUN_STATUSES!r}
+    WINDOW w AS (PARTITION BY s.account_id, s.region ORDER BY r.started_at DESC, s.run_id DESC)
+)
+WHERE rank = 1 OR run_id = $from_run OR run_id = $to_run
+"""
+
+
+def _check_run(con: duckdb.DuckDBPyConnection, flag: str, run_id: str) -> dt.datetime:
+    rows = con.execute("SELECT status, started_at FROM runs WHERE run_id = ?", [run_id]).fetchall()
+    if not rows:
+        raise UsageError(f"{flag} {run_id!r}: no such run (list them with `inventory runs`)")
+    status, started_at = rows[0]
+    if status not in GOOD_RUN_STATUSES:
+        raise UsageError(
+            f"{flag} {run_id!r}: that run is {status}; only complete or partial runs have "
+            "snapshots to compare"
+        )
+    return started_at
+
+
+def choose_pairs(
+    con: duckdb.DuckDBPyConnection, from_run: str | None = None, to_run: str | None = None
+) -> tuple[list[Pair], list[Uncompared]]:
+    """Which two scans to compare for each account × region (see the module docstring)."""
+    if from_run is not None and to_run is not None:
+        if from_run == to_run:
+            raise UsageError(f"--from and --to are the same run ({from_run}); nothing to compare")
+        f_at = _check_run(con, "--from", from_run)
+        t_at = _check_run(con, "--to", to_run)
+        if (f_at, from_run) > (t_at, to_run):
+            raise UsageError(
+                f"--from {from_run} started after --to {to_run}; give the older run as --from"
+            )
+    elif from_run is not None:
+        _check_run(con, "--from", from_run)
+    elif to_run is not None:
+        _check_run(con, "--to", to_run)
+    rows = con.execute(_GOOD_SCANS, {"from_run": from_run, "to_run": to_run}).fetchall()
+    newest: dict[tuple[str, str], tuple[str, str | None]] = {}
+    in_from: set[tuple[str, str]] = set()
+    in_to: dict[tuple[str, str], str | None] = {}
+    for account_id, region, run_id, prev_run, rank in rows:
+        key = (account_id, region)
+        if rank == 1:
+            newest[key] = (run_id, prev_run)
+        if run_id == from_run:
+            in_from.add(key)
+        if run_id == to_run:
+            in_to[key] = prev_run
+    pairs: list[Pair] = []
+    skipped: list[Uncompared] = []
+    if to_run is not None:
+        for key in sorted(in_to.keys() | in_from):
+            if key not in in_to:
+                skipped.append(Uncompared(*key, f"not scanned ok in run {to_run}"))
+                continue
+            if from_run is None:
+                before = in_to[key]
+                if before is None:
+                    skipped.append(Uncompared(*key, f"no good scan before run {to_run}"))
+                else:
+                    pairs.append(Pair(*key, before, to_run))
+            elif key in in_from:
+                pairs.append(Pair(*key, from_run, to_run))
+            else:
+                skipped.append(Uncompared(*key, f"not scanned ok in run {from_run}"))
+    else:
+        for key in sorted(newest):
+            latest, before = newest[key]
+            if from_run is not None:
+                if key not in in_from:
+                    skipped.append(Uncompared(*key, f"not scanned ok in run {from_run}"))
+                elif latest == from_run:
+                    skipped.append(Uncompared(*key, f"no good scan after run {from_run}"))
+                else:
+                    pairs.append(Pair(*key, from_run, latest))
+            elif before is None:
+                skipped.append(Uncompared(*key, "only one good scan"))
+            else:
+                pairs.append(Pair(*key, before, latest))
+    return pairs, skipped
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+def diff(
+    con: duckdb.DuckDBPyConnection, from_run: str | None = None, to_run: str | None = None
+) -> Diff:
+    """Every change between the chosen scans of each account × region."""
+    pairs, skipped = choose_pairs(con, from_run, to_run)
+    result = Diff(from_run, to_run, pairs, skipped)
+    if not pairs:
+        return result
+    sides = pa.table(
+        {
+            "run_id": [p.from_run for p in pairs] + [p.to_run for p in pairs],
+            "account_id": [p.account_id for p in pairs] * 2,
+            "region": [p.region for p in pairs] * 2,
+            "side": [0] * len(pairs) + [1] * len(pairs),
+        }
+    )
+    view = "_diff_sides"
+    con.register(view, sides)
+    try:
+        services = _fetch(
+            con, view, "container_services", ["service_name", *SERVICE_FIELDS], ["service_name"]
+        )
+        deployments = _fetch(
+            con,
+            view,
+            "deployments",
+            ["service_name", "slot", "version", "state"],
+            ["service_name", "slot"],
+        )
+        containers = _fetch(
+            con,
+            view,
+            "containers",
+            ["service_name", "slot", "container_name", *CONTAINER_FIELDS, "environment"],
+            ["service_name", "slot", "container_name"],
+        )
+    finally:
+        con.unregister(view)
+    runs = {(p.account_id, p.region): p for p in pairs}
+    out: list[Change] = []
+    for key, pair in runs.items():
+        out.extend(
+            _compare_target(
+                pair,
+                services.get((*key, 0), {}),
+                services.get((*key, 1), {}),
+                deployments.get((*key, 0), {}),
+                deployments.get((*key, 1), {}),
+                containers.get((*key, 0), {}),
+                containers.get((*key, 1), {}),
+            )
+        )
+    out.sort(
+        key=lambda c: (c.account_id, c.region, c.service_name, _KIND_ORDER[c.kind], c.field or "")
+    )
+    result.changes = out
+    return result
+
+
+Rows = dict[tuple[Any, ...], dict[str, Any]]
+
+
+def _fetch(
+    con: duckdb.DuckDBPyConnection,
+    sides: str,
+    table: str,
+    columns: Sequence[str],
+    key: Sequence[str],
+) -> dict[tuple[str, str, int], Rows]:
+    """{(account, region, side): {key values: row}} for the rows of the compared scans."""
+    cols = ", ".join(f't."{c}"' for c in columns)
+    cur = con.execute(
+        f"SELECT d.account_id, d.region, d.side, {cols} FROM {table} AS t JOIN {sides} AS d "
+        "ON t.run_id = d.run_id AND t.account_id = d.account_id AND t.region = d.region"
+    )
+    out: dict[tuple[str, str, int], Rows] = {}
+    for row in cur.fetchall():
+        values = dict(zip(columns, row[3:], strict=True))
+        out.setdefault((row[0], row[1], row[2]), {})[tuple(values[k] for k in key)] = values
+    return out
+
+
+def _compare_target(
+    pair: Pair,
+    old_svcs: Rows,
+    new_svcs: Rows,
+    old_deps: Rows,
+    new_deps: Rows,
+    old_cons: Rows,
+    new_cons: Rows,
+) -> Iterable[Change]:
+    def change(kind: str, service: str, what: str | None, old: Any, new: Any) -> Change:
+        return Change(
+            kind, pair.account_id, pair.region, service, what, old, new, pair.from_run, pair.to_run
+        )
+
+    for (name,) in sorted(new_svcs.keys() - old_svcs.keys()):
+        yield change("service_added", name, None, None, new_svcs[(name,)]["state"])
+    for (name,) in sorted(old_svcs.keys() - new_svcs.keys()):
+        yield change("service_removed", name, None, old_svcs[(name,)]["state"], None)
+    common = {k[0] for k in old_svcs.keys() & new_svcs.keys()}
+    for name in sorted(common):
+        old, new = old_svcs[(name,)], new_svcs[(name,)]
+        for column, kind in SERVICE_FIELDS.items():
+            if _differs(old[column], new[column]):
+                yield change(kind, name, column, _plain(old[column]), _plain(new[column]))
+    # deployments, by slot
+    slots_both: set[tuple[str, str]] = set()
+    for key in sorted((old_deps.keys() | new_deps.keys()), key=_str_key):
+        name, slot = key
+        if name not in common:
+            continue
+        o, n = old_deps.get(key), new_deps.get(key)
+        if o is None and n is not None:
+            yield change("deployment_added", name, f"{slot}.version", None, n["version"])
+        elif n is None and o is not None:
+            yield change("deployment_removed", name, f"{slot}.version", o["version"], None)
+        elif o is not None and n is not None:
+            slots_both.add(key)
+            if o["version"] != n["version"]:
+                yield change(
+                    "deployment_version", name, f"{slot}.version", o["version"], n["version"]
+                )
+            elif o["state"] != n["state"]:
+                yield change("deployment_state", name, f"{slot}.state", o["state"], n["state"])
+    # containers of a slot both sides have, by name
+    for key in sorted((old_cons.keys() | new_cons.keys()), key=_str_key):
+        name, slot, cname = key
+        if (name, slot) not in slots_both:
+            continue
+        base = f"{slot}.containers.{cname}"
+        o, n = old_cons.get(key), new_cons.get(key)
+        if o is None and n is not None:
+            yield change("container_added", name, base, None, n["image"])
+            continue
+        if n is None and o is not None:
+            yield change("container_removed", name, base, o["image"], None)
+            continue
+        assert o is not None and n is not None
+        for column, kind in CONTAINER_FIELDS.items():
+            if _differs(o[column], n[column]):
+                yield change(kind, name, f"{base}.{column}", _plain(o[column]), _plain(n[column]))
+        old_env, new_env = o["environment"] or {}, n["environment"] or {}
+        for var in sorted(new_env.keys() - old_env.keys()):
+            yield change("env_added", name, f"{base}.environment.{var}", None, _fp(new_env[var]))
+        for var in sorted(old_env.keys() - new_env.keys()):
+            yield change("env_removed", name, f"{base}.environment.{var}", _fp(old_env[var]), None)
+        for var in sorted(old_env.keys() & new_env.keys()):
+            if old_env[var] != new_env[var]:
+                yield change(
+                    "env_value",
+                    name,
+                    f"{base}.environment.{var}",
+                    _fp(old_env[var]),
+                    _fp(new_env[var]),
+                )
+
+
+def _str_key(key: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple("" if k is None else str(k) for k in key)
+
+
+def _differs(a: Any, b: Any) -> bool:
+    return _plain(a) != _plain(b)
+
+
+def _plain(v: Any) -> Any:
+    """A JSON-able value: maps as dicts with sorted keys (a map's order is not a change)."""
+    if isinstance(v, dict):
+        return {k: _plain(v[k]) for k in sorted(v, key=str)}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _text(v: Any) -> Any:
+    if isinstance(v, dict | list):
+        return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+    return v
+
+
+def _fp(value: Any) -> str | None:
+    """An environment value as it may be shown: its fingerprint, never a raw value."""
+    if isinstance(value, str) and value.startswith(FINGERPRINT_PREFIX):
+        return value
+    return None

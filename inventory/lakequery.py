@@ -1,0 +1,203 @@
+"""SQL over the Parquet lake, for a team without the DuckDB file.
+
+`open_lake(dest)` gives an in-memory DuckDB connection in which each of the six tables is a
+pyarrow dataset over `<dest>/<table>/run_date=YYYY-MM-DD/*.parquet` (a local folder or
+`s3://bucket/prefix`, through the same S3 filesystem as the export, so AWS_ENDPOINT_URL_S3 is
+honoured), with the extra column `run_date DATE` from the Hive partition; and the views
+`latest_scans`, `latest_container_services`, `latest_deployments`, `latest_containers`,
+defined as in the store. So the store's questions (and named queries) work on the lake.
+
+Decisions:
+- Columns are read by name against schema.py's schema: a file written before a column was
+  added reads that column as NULL, a column a newer writer added is ignored, and an integer
+  or timestamp of another width is cast. (DuckDB's `read_parquet(union_by_name=true)` does
+  the same but opens the footer of every file of the lake on every query, and reading S3 there
+  needs the httpfs extension, downloaded at run time, with its own credential settings.)
+- Partition pruning: a filter on `run_date` is pushed into the dataset, which skips the
+  files of other dates without opening them (`EXPLAIN` shows the filter on the scan).
+- Listing happens once, when the lake is opened; files written afterwards are seen by the
+  next `open_lake`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from inventory import lake, schema
+from inventory.errors import StoreError, UsageError
+from inventory.store import LATEST_SCANS_SQL, LATEST_VIEWS
+
+PARTITION = pa.schema([pa.field("run_date", pa.date32())])
+
+
+def table_schema(table: str) -> pa.Schema:
+    """A lake table's schema: schema.py's columns, then `run_date`."""
+    return schema.TABLES[table].append(PARTITION.field("run_date"))
+
+
+def _root(dest: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str, str]:
+    """(filesystem, root path within it, dest as the user wrote it)."""
+    text = str(dest).rstrip("/")
+    if text.startswith("s3://"):
+        root = text[len("s3://") :]
+        if not root:
+            raise UsageError(f"--lake {dest!r}: give a bucket, s3://bucket[/prefix]")
+        return lake.s3_filesystem(), root, text
+    if "://" in text:
+        raise UsageError(f"--lake {dest!r}: only local folders and s3:// URIs are supported")
+    return pafs.LocalFileSystem(), os.path.abspath(text), text
+
+
+def datasets(dest: str | os.PathLike[str]) -> dict[str, ds.Dataset | pa.Table]:
+    """Each table of the lake at `dest` as a dataset (an empty table when it has no files)."""
+    fs, root, shown = _root(dest)
+    try:
+        info = fs.get_file_info(root)
+    except OSError as e:
+        raise StoreError(f"{shown}: cannot read the lake: {e}") from e
+    if info.type == pafs.FileType.NotFound and not shown.startswith("s3://"):
+        raise UsageError(f"--lake {shown!r}: no such folder")
+    if info.type == pafs.FileType.File:
+        raise UsageError(f"--lake {shown!r}: a file, not a lake folder")
+    partitioning = ds.partitioning(PARTITION, flavor="hive")
+    out: dict[str, ds.Dataset | pa.Table] = {}
+    found = False
+    for name in schema.TABLES:
+        path = f"{root}/{name}"
+        try:
+            present = fs.get_file_info(path).type == pafs.FileType.Directory
+            if present:
+                out[name] = ds.dataset(
+                    path,
+                    schema=table_schema(name),
+                    format="parquet",
+                    filesystem=fs,
+                    partitioning=partitioning,
+                )
+                found = True
+                continue
+        except (OSError, pa.ArrowInvalid) as e:
+            raise StoreError(f"{shown}/{name}: cannot list the lake: {e}") from e
+        out[name] = table_schema(name).empty_table()
+    if not found:
+        raise UsageError(
+            f"--lake {shown!r}: no Parquet lake there (expected "
+            f"{shown}/<table>/run_date=YYYY-MM-DD/*.parquet, as `inventory collect` writes)"
+        )
+    return out
+
+
+def _latest_view_sql(view: str, table: str) -> str:
+    cols = ", ".join(f't."{f.name}"' for f in schema.TABLES[table])
+    return (
+        f"CREATE OR REPLACE VIEW {view} AS SELECT {cols} FROM {table} AS t "
+        "JOIN latest_scans AS l "
+        "ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region"
+    )
+
+
+def open_lake(dest: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection over the lake at `dest` (see the module docstring).
+    Close it when done."""
+    tables = datasets(dest)
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        for name, data in tables.items():
+            con.register(name, data)
+        con.execute(LATEST_SCANS_SQL)
+        for view, table in LATEST_VIEWS.items():
+            con.execute(_latest_view_sql(view, table))
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def query_rows(
+    dest: str | os.PathLike[str], sql: str, params: Any = None
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one SQL statement over the lake at `dest`: (column names, rows)."""
+    con = open_lake(dest)
+    try:
+        cur = con.execute(sql, params)
+        return [d[0] for d in cur.description or []], cur.fetchall()
+    except (duckdb.Error, pa.ArrowException, OSError) as e:
+        raise StoreError(f"query failed: {e}") from e
+    finally:
+        con.close()
+
+
+# --------------------------------------------------------------------------- Athena / Trino
+
+
+def _hive_type(t: pa.DataType) -> str:
+    if pa.types.is_string(t):
+        return "string"
+    if pa.types.is_int32(t):
+        return "int"
+    if pa.types.is_int64(t):
+        return "bigint"
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_timestamp(t):
+        return "timestamp"
+    if pa.types.is_map(t):
+        return f"map<{_hive_type(t.key_type)},{_hive_type(t.item_type)}>"
+    if pa.types.is_list(t):
+        return f"array<{_hive_type(t.value_type)}>"
+    raise TypeError(f"no Hive type for Arrow type {t}")
+
+
+def athena_ddl(
+    location: str = "s3://YOUR-BUCKET/lightsail-inventory", database: str = "lightsail_inventory"
+) -> str:
+    """`CREATE EXTERNAL TABLE` statements (Athena / Trino's Hive connector) for the six
+    tables, partitioned by `run_date` with partition projection, and the `latest_*` views."""
+    location = location.rstrip("/")
+    parts = [
+        "-- Generated by inventory.lakequery.athena_ddl() from inventory/schema.py; do not edit.",
+        f"-- Replace {location} with the lake's --parquet-dir.",
+        f"CREATE DATABASE IF NOT EXISTS {database};",
+    ]
+    for name, sch in schema.TABLES.items():
+        cols = ",\n".join(f"  `{f.name}` {_hive_type(f.type)}" for f in sch)
+        parts.append(
+            f"CREATE EXTERNAL TABLE IF NOT EXISTS {database}.{name} (\n{cols}\n)\n"
+            "PARTITIONED BY (`run_date` string)\n"
+            "STORED AS PARQUET\n"
+            f"LOCATION '{location}/{name}/'\n"
+            "TBLPROPERTIES (\n"
+            "  'projection.enabled' = 'true',\n"
+            "  'projection.run_date.type' = 'date',\n"
+            "  'projection.run_date.format' = 'yyyy-MM-dd',\n"
+            "  'projection.run_date.range' = '2024-01-01,NOW',\n"
+            "  'projection.run_date.interval' = '1',\n"
+            "  'projection.run_date.interval.unit' = 'DAYS',\n"
+            f"  'storage.location.template' = '{location}/{name}/run_date=${{run_date}}/'\n"
+            ");"
+        )
+    parts.append(
+        f"CREATE OR REPLACE VIEW {database}.latest_scans AS\n"
+        "SELECT account_id, region, run_id, run_started_at FROM (\n"
+        "  SELECT s.account_id, s.region, s.run_id, r.started_at AS run_started_at,\n"
+        "         row_number() OVER (PARTITION BY s.account_id, s.region\n"
+        "                            ORDER BY r.started_at DESC, s.run_id DESC) AS rn\n"
+        f"  FROM {database}.scans AS s JOIN {database}.runs AS r ON r.run_id = s.run_id\n"
+        "  WHERE s.status = 'ok' AND r.status IN ('complete', 'partial')\n"
+        ")\nWHERE rn = 1;"
+    )
+    for view, table in LATEST_VIEWS.items():
+        cols = ", ".join(f"t.{f.name}" for f in schema.TABLES[table])
+        parts.append(
+            f"CREATE OR REPLACE VIEW {database}.{view} AS\nSELECT {cols}\n"
+            f"FROM {database}.{table} AS t JOIN {database}.latest_scans AS l\n"
+            "  ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region;"
+        )
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,203 @@
+"""Retention: remove old runs from the DuckDB store and give the space back.
+
+`prune(store, keep_days=N)` removes the runs that started more than N days ago;
+`prune(store, keep_runs=N)` keeps the N newest runs (of any status) and removes the rest.
+Never removed: a run that is still the newest good snapshot of some account × region (the
+`latest_*` views read it: an account × region that failed every night since keeps its last
+good inventory), and a run still 'running' (the next collect marks an interrupted one failed).
+
+A removed run loses its rows in all six tables, in one transaction. DuckDB keeps the freed
+blocks inside the file for reuse (CHECKPOINT and VACUUM do not shrink it), so the file is then
+compacted: copied with `COPY FROM DATABASE` into a temporary file beside it, which replaces it
+by rename once complete. The writer lock is held throughout; a crash leaves either the old file
+or the new one, each whole. The Parquet lake is not touched (use the bucket's lifecycle rules).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from inventory import schema
+from inventory.errors import StoreError, UsageError
+from inventory.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneResult:
+    removed: list[str] = field(default_factory=list)  # run ids, oldest first
+    protected: list[str] = field(default_factory=list)  # old enough, but still the latest somewhere
+    kept: int = 0  # runs left
+    rows: dict[str, int] = field(default_factory=dict)  # rows deleted per table
+    size_before: int = 0  # bytes, the database file and its WAL
+    size_after: int = 0
+    dry_run: bool = False
+
+    @property
+    def reclaimed(self) -> int:
+        return self.size_before - self.size_after
+
+    def describe(self) -> str:
+        verb = "would remove" if self.dry_run else "removed"
+        lines = [f"{verb} {len(self.removed)} runs; {self.kept} runs kept"]
+        if self.removed:
+            lines.append(f"  oldest {self.removed[0]}, newest {self.removed[-1]}")
+        if self.rows:
+            lines.append("  rows deleted: " + ", ".join(f"{t} {n:,}" for t, n in self.rows.items()))
+        if self.protected:
+            lines.append(
+                f"  {len(self.protected)} older runs kept: still the newest good snapshot of "
+                f"some account × region ({', '.join(self.protected[:3])}"
+                + (", …)" if len(self.protected) > 3 else ")")
+            )
+        if not self.dry_run:
+            lines.append(
+                f"  file {_mb(self.size_before)} -> {_mb(self.size_after)} "
+                f"({_mb(self.reclaimed)} reclaimed)"
+            )
+        return "\n".join(lines)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def file_size(db: Path) -> int:
+    """Bytes of the database file plus its write-ahead log."""
+    total = 0
+    for p in (db, db.with_name(db.name + ".wal")):
+        with contextlib.suppress(FileNotFoundError):
+            total += p.stat().st_size
+    return total
+
+
+def select(
+    store: Store,
+    keep_days: int | None = None,
+    keep_runs: int | None = None,
+    now: dt.datetime | None = None,
+) -> tuple[list[str], list[str], int]:
+    """(runs to remove oldest first, runs kept only because the views still read them, runs
+    kept in all)."""
+    if (keep_days is None) == (keep_runs is None):
+        raise UsageError("give one of --keep-days N or --keep-runs N")
+    if keep_days is not None and keep_days < 0:
+        raise UsageError(f"--keep-days {keep_days}: must be 0 or more")
+    if keep_runs is not None and keep_runs < 0:
+        raise UsageError(f"--keep-runs {keep_runs}: must be 0 or more")
+    now = now or dt.datetime.now(dt.UTC)
+    _, rows = store.query_rows(
+        "SELECT r.run_id, r.started_at, r.status, "
+        "  r.run_id IN (SELECT run_id FROM latest_scans) AS latest "
+        "FROM runs AS r ORDER BY r.started_at DESC, r.run_id DESC"
+    )
+    old: list[tuple[str, bool]] = []
+    for i, (run_id, started_at, status, latest) in enumerate(rows):
+        if status == "running":
+            continue
+        if keep_runs is not None:
+            expired = i >= keep_runs
+        else:
+            assert keep_days is not None
+            expired = started_at < now - dt.timedelta(days=keep_days)
+        if expired:
+            old.append((run_id, bool(latest)))
+    old.reverse()
+    removed = [r for r, latest in old if not latest]
+    protected = [r for r, latest in old if latest]
+    return removed, protected, len(rows) - len(removed)
+
+
+def prune(
+    store: Store,
+    *,
+    keep_days: int | None = None,
+    keep_runs: int | None = None,
+    now: dt.datetime | None = None,
+    dry_run: bool = False,
+    compact: bool = True,
+) -> PruneResult:
+    """Remove old runs from `store` (a writer) and compact the file (see the module doc)."""
+    if store.read_only:
+        raise StoreError(f"{store.path}: opened read-only; prune needs the writer")
+    removed, protected, kept = select(store, keep_days, keep_runs, now)
+    result = PruneResult(removed, protected, kept, dry_run=dry_run)
+    result.size_before = result.size_after = file_size(store.path)
+    if dry_run or not removed:
+        return result
+    ids = pa.table({"run_id": pa.array(removed, pa.string())})
+    with store.connection() as con:
+        con.register("_prune_runs", ids)
+        con.execute("BEGIN")
+        try:
+            for table in schema.TABLES:
+                row = con.execute(
+                    f"DELETE FROM {table} WHERE run_id IN (SELECT run_id FROM _prune_runs)"
+                ).fetchone()
+                result.rows[table] = int(row[0]) if row else 0
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                con.execute("ROLLBACK")
+            raise
+        finally:
+            con.unregister("_prune_runs")
+        con.execute("CHECKPOINT")
+    log.info("pruned %d runs from %s: %s", len(removed), store.path, result.rows)
+    if compact:
+        compact_file(store)
+    result.size_after = file_size(store.path)
+    return result
+
+
+def compact_file(store: Store) -> None:
+    """Rewrite the database into a new file without its free blocks; rename it into place."""
+    db = store.path
+    tmp = db.with_name(f".{db.name}.compact-{os.getpid()}")
+    tmp_wal = tmp.with_name(tmp.name + ".wal")
+    for p in (tmp, tmp_wal):
+        p.unlink(missing_ok=True)
+    try:
+        with store.connection() as con:
+            row = con.execute("SELECT current_database()").fetchone()
+            assert row is not None
+            source = '"' + str(row[0]).replace('"', '""') + '"'
+            target = str(tmp).replace("'", "''")
+            con.execute(f"ATTACH '{target}' AS _compact")
+            try:
+                con.execute(f"COPY FROM DATABASE {source} TO _compact")
+            finally:
+                con.execute("DETACH _compact")
+        # Both files are closed and checkpointed now: a WAL left beside either would be
+        # replayed into the wrong file, so then keep the old file as it is.
+        if db.with_name(db.name + ".wal").exists() or tmp_wal.exists():
+            log.warning("%s: not compacted (a write-ahead log is still there)", db)
+            return
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, db)
+        _fsync_dir(db.parent)
+    finally:
+        for p in (tmp, tmp_wal):
+            p.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
