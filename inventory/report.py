@@ -1,0 +1,684 @@
+"""`inventory report --html FILE`: one self-contained HTML page about one run.
+
+The page holds everything it shows: inline CSS, SVG bar charts drawn here, no script, no
+font, image or stylesheet from anywhere (a Content-Security-Policy forbids every fetch).
+It shows, for the newest finished run (or `--run`):
+
+  - totals: accounts, targets ok/failed, services, deployments, containers, API calls,
+    retries, wall time;
+  - services by region and by state (SVG bar charts; a region whose targets failed says so);
+  - failures and anomalies: the run's `errors` rows;
+  - findings: every named query of `sql/queries/` that runs without a parameter (or whose
+    parameters all have defaults), read when the report is made, with its description and
+    its first rows. Queries that need a parameter are listed, not run.
+
+"As of the run": the named queries read the `latest_*` views. For the report they run in a
+connection where every table is narrowed to the runs up to the reported one (temporary views
+shadow the tables and the `latest_*` views), so a report of an older run shows the findings
+of that day, not today's, and a newer run never leaks into it.
+
+Secrets: the `environment` column (values or fingerprints) is never shown, whatever query
+selects it. Everything from the data is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import html
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from inventory import __version__, queries, schema
+from inventory.errors import StoreError, UsageError
+from inventory.store import LATEST_SCANS_SQL, LATEST_VIEWS, Store, _view_sql
+
+FINDING_ROWS = 20  # rows shown per named query
+FAILURE_ROWS = 200  # errors rows shown
+CELL_CHARS = 160  # longer cell values are cut (the whole value is in the cell's title)
+WRAP_CHARS = 40  # shorter cell values stay on one line
+HIDDEN_COLUMNS = frozenset({"environment"})  # never shown: secrets or their fingerprints
+
+# Colours of the service states (Lightsail's ContainerServiceState).
+STATE_COLOURS = {
+    "RUNNING": "#2f9e44",
+    "READY": "#1c7ed6",
+    "DEPLOYING": "#f08c00",
+    "UPDATING": "#f59f00",
+    "PENDING": "#fab005",
+    "DISABLED": "#868e96",
+    "DELETING": "#e03131",
+}
+BAR_COLOUR = "#4263eb"
+FAIL_COLOUR = "#c92a2a"
+
+
+# --------------------------------------------------------------------------- the data
+
+
+@dataclass
+class Finding:
+    """One named query's answer (or why it has none)."""
+
+    name: str
+    description: str
+    params: dict[str, str] = field(default_factory=dict)  # bound values (defaults)
+    columns: list[str] = field(default_factory=list)
+    rows: list[tuple[Any, ...]] = field(default_factory=list)  # the first FINDING_ROWS
+    total: int = 0
+    hidden: list[str] = field(default_factory=list)  # columns left out (environment)
+    needs: list[str] = field(default_factory=list)  # parameters without a default: not run
+    error: str | None = None
+
+    @property
+    def ran(self) -> bool:
+        return not self.needs and self.error is None
+
+
+@dataclass
+class Report:
+    """What `build` found and the page it rendered."""
+
+    run: dict[str, Any]
+    regions: list[tuple[str, int, int]]  # (region, services, failed targets), every scanned one
+    states: list[tuple[str, int]]  # (state, services)
+    errors_total: int
+    errors: list[dict[str, Any]]  # the first FAILURE_ROWS
+    error_groups: list[tuple[str, str, str | None, int, int]]  # op, code, region, rows, accounts
+    findings: list[Finding]
+    generated_at: dt.datetime
+    html: str = ""
+
+    @property
+    def run_id(self) -> str:
+        return str(self.run["run_id"])
+
+
+# --------------------------------------------------------------------------- named queries
+
+
+def load_queries(sql_dir: Path) -> list[tuple[str, str, str, dict[str, str | None]]]:
+    """(name, text, description, {param: default or None}) of every sql/queries/*.sql, by
+    name, read now (so a query added since the last report appears in the next one)."""
+    out = []
+    for path in sorted((sql_dir / "queries").glob("*.sql")):
+        text = path.read_text(encoding="utf-8")
+        description, params = queries.query_header(text)
+        out.append((path.stem, text, description, params))
+    return out
+
+
+def _run_finding(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    text: str,
+    description: str,
+    declared: dict[str, str | None],
+    sql_dir: Path,
+) -> Finding:
+    finding = Finding(name, description)
+    try:
+        used: set[str] = set().union(*(s.named_parameters for s in duckdb.extract_statements(text)))
+    except duckdb.Error as e:
+        finding.error = f"cannot parse: {e}"
+        return finding
+    finding.needs = sorted(p for p in used if declared.get(p) is None)
+    if finding.needs:
+        return finding
+    finding.params = {p: str(declared[p]).replace("{sql_dir}", str(sql_dir)) for p in sorted(used)}
+    try:
+        cur = con.execute(text, finding.params or None)
+        columns = [d[0] for d in cur.description or []]
+        keep = [i for i, c in enumerate(columns) if c.lower() not in HIDDEN_COLUMNS]
+        finding.hidden = [c for c in columns if c.lower() in HIDDEN_COLUMNS]
+        finding.columns = [columns[i] for i in keep]
+        first = cur.fetchmany(FINDING_ROWS)
+        finding.rows = [tuple(r[i] for i in keep) for r in first]
+        finding.total = len(first)
+        while chunk := cur.fetchmany(10_000):
+            finding.total += len(chunk)
+    except duckdb.Error as e:
+        finding.error = str(e)
+    return finding
+
+
+# --------------------------------------------------------------------------- gathering
+
+
+def _pick_run(store: Store, run_id: str | None) -> dict[str, Any]:
+    if run_id is not None:
+        run = store.run(run_id)
+        if run is None:
+            raise UsageError(f"--run {run_id!r}: no such run in {store.path} (see: inventory runs)")
+        return run
+    for run in store.runs():
+        if run["status"] != "running":
+            return run
+    raise StoreError(f"{store.path}: no finished run yet; run `inventory collect` first")
+
+
+def _scope_to(con: duckdb.DuckDBPyConnection, run: dict[str, Any]) -> None:
+    """Make this connection see the store as it was when `run` finished: temporary views
+    named like the tables hold only the runs up to `run`, and the latest_* views are
+    rebuilt over them. Nothing is written to the database."""
+    db = con.execute("SELECT current_database()").fetchone()
+    assert db is not None
+    base = f'"{str(db[0]).replace(chr(34), chr(34) * 2)}".main'
+    con.execute(
+        f"CREATE TEMP TABLE _report_runs AS SELECT run_id FROM {base}.runs "
+        "WHERE started_at < $started OR (started_at = $started AND run_id <= $id)",
+        {"started": run["started_at"], "id": run["run_id"]},
+    )
+    for table in schema.TABLES:
+        con.execute(
+            f"CREATE TEMP VIEW {table} AS SELECT * FROM {base}.{table} "
+            "WHERE run_id IN (SELECT run_id FROM temp.main._report_runs)"
+        )
+    temp = "CREATE OR REPLACE TEMP VIEW"
+    con.execute(LATEST_SCANS_SQL.replace("CREATE OR REPLACE VIEW", temp, 1))
+    for view, table in LATEST_VIEWS.items():
+        con.execute(_view_sql(view, table).replace("CREATE OR REPLACE VIEW", temp, 1))
+
+
+def gather(
+    store: Store,
+    run_id: str | None = None,
+    sql_dir: Path | None = None,
+    generated_at: dt.datetime | None = None,
+) -> Report:
+    """Everything the page shows, read in one brief read-only connection."""
+    run = _pick_run(store, run_id)
+    rid = run["run_id"]
+    sql_dir = queries.SQL_DIR if sql_dir is None else sql_dir
+    named = load_queries(sql_dir)
+    with store.connection(read_only=True) as con:
+        try:
+            regions = con.execute(
+                "SELECT s.region, coalesce(c.n, 0), s.failed FROM ("
+                "  SELECT region, count(*) FILTER (WHERE status <> 'ok') AS failed"
+                "  FROM scans WHERE run_id = $id GROUP BY region) AS s "
+                "LEFT JOIN (SELECT region, count(*) AS n FROM container_services"
+                "  WHERE run_id = $id GROUP BY region) AS c ON c.region = s.region "
+                "ORDER BY 2 DESC, 1",
+                {"id": rid},
+            ).fetchall()
+            states = con.execute(
+                "SELECT coalesce(state, 'NULL'), count(*) FROM container_services "
+                "WHERE run_id = $id GROUP BY 1 ORDER BY 2 DESC, 1",
+                {"id": rid},
+            ).fetchall()
+            errors_total_row = con.execute(
+                "SELECT count(*) FROM errors WHERE run_id = $id", {"id": rid}
+            ).fetchone()
+            cur = con.execute(
+                "SELECT account_id, region, operation, error_code, attempts, message, "
+                "occurred_at FROM errors WHERE run_id = $id "
+                "ORDER BY account_id, region NULLS FIRST, operation, occurred_at "
+                f"LIMIT {FAILURE_ROWS}",
+                {"id": rid},
+            )
+            cols = [d[0] for d in cur.description or []]
+            errors = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+            groups = con.execute(
+                "SELECT operation, error_code, region, count(*), count(DISTINCT account_id) "
+                "FROM errors WHERE run_id = $id GROUP BY ALL "
+                "ORDER BY 4 DESC, 1, 2, 3 NULLS FIRST",
+                {"id": rid},
+            ).fetchall()
+            _scope_to(con, run)
+        except duckdb.Error as e:
+            raise StoreError(f"{store.path}: cannot read run {rid}: {e}") from e
+        findings = [
+            _run_finding(con, name, text, desc, params, sql_dir)
+            for name, text, desc, params in named
+        ]
+    return Report(
+        run=run,
+        regions=[(str(r), int(n), int(f)) for r, n, f in regions],
+        states=[(str(s), int(n)) for s, n in states],
+        errors_total=int(errors_total_row[0]) if errors_total_row else 0,
+        errors=errors,
+        error_groups=[(str(o), str(c), g, int(n), int(a)) for o, c, g, n, a in groups],
+        findings=findings,
+        generated_at=generated_at or dt.datetime.now(dt.UTC),
+    )
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def esc(value: object) -> str:
+    """Text for HTML content or a quoted attribute."""
+    return html.escape(str(value), quote=True)
+
+
+def _ts(v: dt.datetime | None) -> str:
+    if v is None:
+        return "—"
+    if v.tzinfo is not None:
+        v = v.astimezone(dt.UTC)
+    return v.strftime("%Y-%m-%d %H:%M:%S") + ("Z" if v.tzinfo is not None else "")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(round(seconds), 60)
+    if m < 60:
+        return f"{m} min {s:02d} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min"
+
+
+def _num(v: int | None) -> str:
+    return "—" if v is None else f"{v:,}"
+
+
+def _plain(v: Any) -> str:
+    """A cell value as text (maps as k=v, lists comma-separated, timestamps in UTC)."""
+    if isinstance(v, dt.datetime):
+        return _ts(v)
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return format(v, ".12g")
+    if isinstance(v, dict):
+        if not v:
+            return "{}"
+        return "; ".join(f"{k}={'NULL' if x is None else _plain(x)}" for k, x in v.items())
+    if isinstance(v, list | tuple):
+        if not v:
+            return "[]"
+        return ", ".join("NULL" if x is None else _plain(x) for x in v)
+    return str(v)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float | Decimal) and not isinstance(v, bool)
+
+
+def _cell(v: Any) -> str:
+    """One <td>: escaped, cut when long (the whole value in its title), numbers right."""
+    if v is None:
+        return '<td class="null">NULL</td>'
+    text = _plain(v)
+    cls = ' class="num"' if _is_num(v) else ' class="wrap"' if len(text) > WRAP_CHARS else ""
+    if len(text) > CELL_CHARS:
+        return f'<td{cls} title="{esc(text)}">{esc(text[: CELL_CHARS - 1])}…</td>'
+    return f"<td{cls}>{esc(text)}</td>"
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> str:
+    """A table of `rows` under `columns` (the header of an all-numbers column on the right)."""
+    numeric = [
+        any(r[i] is not None for r in rows) and all(r[i] is None or _is_num(r[i]) for r in rows)
+        for i in range(len(columns))
+    ]
+    head = "".join(
+        ('<th class="num">' if n else "<th>") + f"{esc(c)}</th>"
+        for c, n in zip(columns, numeric, strict=True)
+    )
+    body = "\n".join("<tr>" + "".join(_cell(v) for v in r) + "</tr>" for r in rows)
+    klass = f' class="{cls}"' if cls else ""
+    return (
+        f'<div class="scroll"><table{klass}><thead><tr>{head}</tr></thead>'
+        f"<tbody>\n{body}\n</tbody></table></div>"
+    )
+
+
+# --------------------------------------------------------------------------- charts
+
+
+@dataclass(frozen=True)
+class Bar:
+    label: str
+    value: int
+    colour: str = BAR_COLOUR
+    note: str = ""  # shown after the value, in red (e.g. "6 targets failed")
+    kind: str = ""  # data-kind attribute: what the label is (region, state)
+
+
+def bar_chart(title: str, bars: Sequence[Bar], empty: str = "nothing to show") -> str:
+    """A horizontal SVG bar chart: one row per bar, label left, value right of the bar."""
+    if not bars:
+        return f'<p class="muted">{esc(empty)}</p>'
+    label_w, right_w, width = 128, 150, 640
+    row_h, bar_h, top = 26, 16, 6
+    area = width - label_w - right_w
+    peak = max(b.value for b in bars) or 1
+    height = top * 2 + row_h * len(bars)
+    parts = [
+        f'<svg class="chart" role="img" aria-label="{esc(title)}" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">',
+        f"<title>{esc(title)}</title>",
+        f'<line x1="{label_w}" y1="{top - 2}" x2="{label_w}" y2="{height - top + 2}" '
+        'stroke="#adb5bd" stroke-width="1"/>',
+    ]
+    for i, b in enumerate(bars):
+        y = top + i * row_h
+        w = round(area * b.value / peak, 1)
+        if b.value and w < 2:
+            w = 2.0
+        mid = y + row_h / 2
+        parts.append(f'<g class="row" data-{esc(b.kind or "label")}="{esc(b.label)}">')
+        parts.append(
+            f'<text x="{label_w - 8}" y="{mid:.1f}" text-anchor="end" dominant-baseline="central" '
+            f'class="label">{esc(b.label)}</text>'
+        )
+        rect_y = y + (row_h - bar_h) / 2
+        parts.append(
+            f'<rect class="bar" x="{label_w}" y="{rect_y:.1f}" width="{w}" height="{bar_h}" '
+            f'rx="2" fill="{esc(b.colour)}" data-label="{esc(b.label)}" data-value="{b.value}">'
+            f"<title>{esc(b.label)}: {b.value:,}{esc(' · ' + b.note if b.note else '')}</title>"
+            "</rect>"
+        )
+        note = f'<tspan class="note" dx="6">{esc(b.note)}</tspan>' if b.note else ""
+        parts.append(
+            f'<text x="{label_w + w + 6}" y="{mid:.1f}" dominant-baseline="central" '
+            f'class="value">{b.value:,}{note}</text>'
+        )
+        parts.append("</g>")
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- the page
+
+CSS = """
+:root { color-scheme: light; }
+* { box-sizing: border-box; }
+body { margin: 0; background: #f4f5f7; color: #1f2933;
+  font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
+    "Liberation Sans", "DejaVu Sans", sans-serif; }
+header { background: #1f2933; color: #f8f9fa; padding: 20px 32px 18px; }
+header h1 { margin: 0 0 4px; font-size: 22px; font-weight: 600; }
+header .meta { color: #ced4da; font-size: 13px; }
+header .meta code { color: #f8f9fa; }
+main { max-width: 1240px; margin: 0 auto; padding: 20px 32px 48px; }
+h2 { font-size: 17px; margin: 28px 0 10px; padding-bottom: 4px; border-bottom: 1px solid #dde1e6; }
+h3 { font-size: 15px; margin: 0 0 2px; }
+h3 code { font-size: 14px; }
+details > summary { cursor: default; color: #3e4c59; margin: 12px 0 6px; font-weight: 600; }
+code, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas,
+  "Liberation Mono", "DejaVu Sans Mono", monospace; font-size: 12.5px; }
+.badge { display: inline-block; padding: 1px 9px; border-radius: 10px; font-size: 12px;
+  font-weight: 600; text-transform: uppercase; letter-spacing: .03em; vertical-align: 2px; }
+.badge.complete { background: #d3f9d8; color: #2b8a3e; }
+.badge.partial { background: #fff3bf; color: #8f5f00; }
+.badge.failed { background: #ffe3e3; color: #c92a2a; }
+.badge.running { background: #dbe4ff; color: #3b5bdb; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); gap: 10px; }
+.card { background: #fff; border: 1px solid #e3e6ea; border-radius: 6px; padding: 10px 12px; }
+.card .k { color: #616e7c; font-size: 12px; }
+.card .v { font-size: 22px; font-weight: 600; font-variant-numeric: tabular-nums; }
+.card .v.bad { color: #c92a2a; }
+.card .sub { color: #7b8794; font-size: 12px; }
+.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr)); gap: 14px; }
+.panel { background: #fff; border: 1px solid #e3e6ea; border-radius: 6px; padding: 12px 14px; }
+.panel h3 { margin-bottom: 8px; }
+svg.chart { display: block; max-width: 100%; height: auto; }
+svg.chart text { font-size: 12px; fill: #1f2933; font-family: inherit; }
+svg.chart text.value { font-variant-numeric: tabular-nums; fill: #3e4c59; }
+svg.chart tspan.note { fill: #c92a2a; }
+.muted { color: #7b8794; }
+.scroll { overflow-x: auto; background: #fff; border: 1px solid #e3e6ea; border-radius: 6px; }
+table { border-collapse: collapse; width: 100%; font-size: 12.5px; }
+th, td { text-align: left; padding: 5px 9px; border-bottom: 1px solid #edf0f2;
+  vertical-align: top; }
+th.num { text-align: right; }
+th { background: #f8f9fa; font-weight: 600; color: #3e4c59; white-space: nowrap;
+  position: sticky; top: 0; }
+td { white-space: nowrap; }
+td.wrap { white-space: normal; overflow-wrap: break-word; min-width: 240px; max-width: 520px; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.null { color: #9aa5b1; font-style: italic; }
+tbody tr:nth-child(even) td { background: #fafbfc; }
+table.failures td:nth-child(4), table.groups td:nth-child(2) { color: #c92a2a; font-weight: 600; }
+.finding { margin: 18px 0 0; }
+.finding .desc { margin: 0 0 6px; color: #3e4c59; }
+.finding .count { color: #616e7c; font-size: 12.5px; margin: 0 0 6px; }
+.finding .none { color: #2b8a3e; }
+.finding .err { color: #c92a2a; white-space: pre-wrap; }
+nav.toc { font-size: 13px; columns: 3 240px; margin: 0; padding-left: 18px; }
+nav.toc li { break-inside: avoid; }
+nav.toc .n { color: #7b8794; }
+footer { color: #7b8794; font-size: 12px; margin-top: 36px; }
+@media print { header { background: #fff; color: #000; } header .meta { color: #333; }
+  .scroll { overflow: visible; } }
+"""
+
+# No fetch of any kind: no script, no remote style, font, image or frame.
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
+
+
+def _card(key: str, value: str, sub: str = "", bad: bool = False) -> str:
+    cls = "v bad" if bad else "v"
+    sub_html = f'<div class="sub">{esc(sub)}</div>' if sub else ""
+    return (
+        f'<div class="card" data-total="{esc(key)}"><div class="k">{esc(key)}</div>'
+        f'<div class="{cls}">{esc(value)}</div>{sub_html}</div>'
+    )
+
+
+def _totals(run: dict[str, Any]) -> str:
+    wall = None
+    if run.get("finished_at") and run.get("started_at"):
+        wall = (run["finished_at"] - run["started_at"]).total_seconds()
+    calls, retries = run.get("api_calls"), run.get("retries")
+    rate = f"{calls / wall:,.0f} per second" if calls and wall else ""
+    failed = run.get("targets_failed") or 0
+    cards = [
+        _card("accounts", _num(run.get("accounts"))),
+        _card("targets", _num(run.get("targets")), "account × region"),
+        _card("targets ok", _num(run.get("targets_ok"))),
+        _card("targets failed", _num(run.get("targets_failed")), bad=failed > 0),
+        _card("services", _num(run.get("services"))),
+        _card("deployments", _num(run.get("deployments"))),
+        _card("containers", _num(run.get("containers"))),
+        _card("API calls", _num(calls), rate),
+        _card("retries", _num(retries)),
+        _card("wall time", _duration(wall)),
+    ]
+    return '<div class="cards">' + "".join(cards) + "</div>"
+
+
+def _charts(r: Report) -> str:
+    with_services = [(reg, n, f) for reg, n, f in r.regions if n or f]
+    quiet = sorted(reg for reg, n, f in r.regions if not n and not f)
+    region_bars = [
+        Bar(
+            reg,
+            n,
+            FAIL_COLOUR if f and not n else BAR_COLOUR,
+            f"{f} target{'s' if f != 1 else ''} failed" if f else "",
+            "region",
+        )
+        for reg, n, f in with_services
+    ]
+    state_bars = [Bar(s, n, STATE_COLOURS.get(s, "#748ffc"), kind="state") for s, n in r.states]
+    quiet_html = (
+        f'<p class="muted">Scanned, no services: {esc(", ".join(quiet))}.</p>' if quiet else ""
+    )
+    return (
+        '<div class="charts">'
+        '<div class="panel" id="by-region"><h3>Services by region</h3>'
+        + bar_chart("Services by region", region_bars, "no region scanned in this run")
+        + quiet_html
+        + "</div>"
+        '<div class="panel" id="by-state"><h3>Services by state</h3>'
+        + bar_chart("Services by state", state_bars, "no services in this run")
+        + "</div></div>"
+    )
+
+
+def _failures(r: Report) -> str:
+    if not r.errors_total:
+        return '<p class="none muted">None: every account and region answered.</p>'
+    shown = len(r.errors)
+    count = (
+        f"{r.errors_total:,} rows in the errors table, by error:"
+        if shown == r.errors_total
+        else f"{r.errors_total:,} rows in the errors table (the first {shown:,} listed below), by error:"
+    )
+    rows = [
+        (
+            e["account_id"],
+            e["region"] if e["region"] is not None else "(every region)",
+            e["operation"],
+            e["error_code"],
+            e["attempts"],
+            e["message"],
+        )
+        for e in r.errors
+    ]
+    groups = [
+        (op, code, region if region is not None else "(every region)", n, accounts)
+        for op, code, region, n, accounts in r.error_groups
+    ]
+    summary = _table(["operation", "error_code", "region", "rows", "accounts"], groups, "groups")
+    detail = _table(
+        ["account", "region", "operation", "error_code", "attempts", "message"],
+        rows,
+        "failures",
+    )
+    opened = " open" if r.errors_total <= 25 else ""
+    return (
+        f'<p class="count muted">{esc(count)}</p>{summary}'
+        f"<details{opened}><summary>Every failure</summary>{detail}</details>"
+    )
+
+
+def _finding(f: Finding) -> str:
+    head = (
+        f'<section class="finding" id="q-{esc(f.name)}" data-query="{esc(f.name)}">'
+        f"<h3><code>{esc(f.name)}</code></h3>"
+        f'<p class="desc">{esc(f.description or "(no description)")}</p>'
+    )
+    if f.params:
+        shown = ", ".join(f"{k}={Path(v).name if '/' in v else v}" for k, v in f.params.items())
+        head += f'<p class="count">parameters (defaults): <code>{esc(shown)}</code></p>'
+    if f.error is not None:
+        return head + f'<p class="err">this query failed: {esc(f.error)}</p></section>'
+    if f.total == 0:
+        return head + '<p class="count none">no rows: nothing to report.</p></section>'
+    count = f"{f.total:,} row{'s' if f.total != 1 else ''}"
+    if f.total > len(f.rows):
+        count += f"; the first {len(f.rows)} shown (inventory query {f.name} for all)"
+    if f.hidden:
+        count += f"; column {', '.join(f.hidden)} not shown (secrets)"
+    return head + f'<p class="count">{esc(count)}</p>' + _table(f.columns, f.rows) + "</section>"
+
+
+def _findings(r: Report) -> str:
+    ran = [f for f in r.findings if not f.needs]
+    needs = [f for f in r.findings if f.needs]
+    if not r.findings:
+        return '<p class="muted">No named queries found.</p>'
+    toc = "".join(
+        f'<li><a href="#q-{esc(f.name)}">{esc(f.name)}</a> '
+        f'<span class="n">({"error" if f.error else f"{f.total:,}"})</span></li>'
+        for f in ran
+    )
+    out = f'<nav class="toc"><ul>{toc}</ul></nav>' if ran else ""
+    out += "".join(_finding(f) for f in ran)
+    if needs:
+        items = "".join(
+            f'<li data-needs="{esc(f.name)}"><code>{esc(f.name)}</code>: '
+            f"{esc(f.description)} <span class='muted'>(inventory query {esc(f.name)} "
+            + esc(" ".join(f"--param {p}=VALUE" for p in f.needs))
+            + ")</span></li>"
+            for f in needs
+        )
+        out += (
+            '<h3 style="margin-top:22px">Queries that need a parameter (not run)</h3>'
+            f"<ul>{items}</ul>"
+        )
+    return out
+
+
+def render(r: Report) -> str:
+    """The whole page."""
+    run = r.run
+    status = str(run.get("status") or "unknown")
+    title = f"Lightsail container inventory: run {r.run_id}"
+    meta = (
+        f"run <code>{esc(r.run_id)}</code> "
+        f'<span class="badge {esc(status)}">{esc(status)}</span> · '
+        f"started {esc(_ts(run.get('started_at')))} · finished {esc(_ts(run.get('finished_at')))}"
+        f" · collected by lightsail-inventory {esc(run.get('tool_version') or '?')}"
+    )
+    body = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<meta name="color-scheme" content="light">',
+        f"<title>{esc(title)}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<header><h1>Lightsail container inventory</h1><div class='meta'>{meta}</div></header>",
+        "<main>",
+        '<h2 id="totals">Totals</h2>',
+        _totals(run),
+        '<h2 id="charts">Services</h2>',
+        _charts(r),
+        '<h2 id="failures">Failures and anomalies</h2>',
+        _failures(r),
+        '<h2 id="findings">Findings</h2>',
+        '<p class="muted">The named queries of <code>sql/queries/</code>, as of this run: for '
+        "each account × region, its newest good scan up to this run. Environment values are "
+        "never shown.</p>",
+        _findings(r),
+        f"<footer>Generated {esc(_ts(r.generated_at))} by lightsail-inventory "
+        f"{esc(__version__)} (<code>inventory report</code>). Self-contained: no script, no "
+        "external resource.</footer>",
+        "</main></body></html>",
+    ]
+    return "\n".join(body) + "\n"
+
+
+def build(
+    store: Store,
+    run_id: str | None = None,
+    sql_dir: Path | None = None,
+    generated_at: dt.datetime | None = None,
+) -> Report:
+    """Gather and render the report of `run_id` (default: the newest finished run)."""
+    report = gather(store, run_id, sql_dir, generated_at)
+    report.html = render(report)
+    return report
+
+
+def write(db: Path, out: Path, run_id: str | None = None, sql_dir: Path | None = None) -> Report:
+    """Write the report of `db` to `out` (whole or not at all: a temporary file renamed)."""
+    store = Store.open(db, read_only=True)
+    try:
+        report = build(store, run_id, sql_dir)
+    finally:
+        store.close()
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(report.html)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, out)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as e:
+        raise UsageError(f"--html {out}: cannot write the report: {e.strerror or e}") from e
+    return report
