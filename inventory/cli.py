@@ -421,6 +421,30 @@ def prune(
     render.console().print(result.describe())
 
 
+@app.command()
+@_errors_to_exit
+def report(
+    html: Annotated[Path, typer.Option("--html", help="The HTML file to write.")],
+    db: DbOpt = DEFAULT_DB,
+    run: Annotated[
+        str | None, typer.Option("--run", help="The run id (default: the newest finished run).")
+    ] = None,
+) -> None:
+    """Write one self-contained HTML page about a run: totals, services by region and state,
+    failures, and the findings of every named query that needs no parameter.
+
+    Example: inventory report --html report.html --db data/inventory.duckdb
+    """
+    from inventory import report as report_mod
+
+    result = report_mod.write(db, html, run_id=run, sql_dir=SQL_DIR)
+    ran = sum(1 for f in result.findings if f.ran)
+    render.console().print(
+        f"wrote {html}: run {result.run_id} ({result.run.get('status')}), "
+        f"{ran} named queries, {result.errors_total} failures"
+    )
+
+
 def version_callback(value: bool) -> None:
     if value:
         typer.echo(__version__)
