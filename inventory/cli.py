@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
-import re
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -14,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from inventory import __version__, render
+from inventory import __version__, queries, render
 from inventory.errors import InventoryError, UsageError
 from inventory.model import Options
 
@@ -28,7 +26,7 @@ app = typer.Typer(
 
 DEFAULT_DB = Path("data/inventory.duckdb")
 DEFAULT_PARQUET = "data/parquet"
-SQL_DIR = Path(os.environ.get("INVENTORY_SQL_DIR", Path(__file__).resolve().parent.parent / "sql"))
+SQL_DIR = queries.SQL_DIR
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -134,96 +132,6 @@ def collect(
     raise typer.Exit(summary.exit_code)
 
 
-def _resolve_sql(sql_or_name: str) -> tuple[str, str | None]:
-    """A named query (sql/queries/NAME.sql) or literal SQL; returns (sql, name)."""
-    if re.fullmatch(r"[A-Za-z0-9_\-]+", sql_or_name):
-        path = SQL_DIR / "queries" / f"{sql_or_name}.sql"
-        if path.is_file():
-            return path.read_text(), sql_or_name
-        raise UsageError(
-            f"no named query {sql_or_name!r} in {SQL_DIR / 'queries'} (see: inventory query --list)"
-        )
-    return sql_or_name, None
-
-
-def _params(values: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for v in values:
-        key, sep, val = v.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise UsageError(f"--param {v!r}: expected NAME=VALUE")
-        if key in out:
-            raise UsageError(f"--param {key}: given twice")
-        out[key] = val
-    return out
-
-
-def _query_header(text: str) -> tuple[str, dict[str, str | None]]:
-    """A named query's leading `--` comments: (description, {param: default or None}).
-
-    The first comment line is the description; `-- params: a, b=default` declares the
-    parameters (a default may contain `{sql_dir}`, replaced by the SQL folder's path).
-    """
-    description, params = "", {}
-    for line in text.splitlines():
-        body = line.strip()
-        if not body.startswith("--"):
-            if body:
-                break
-            continue
-        body = body[2:].strip()
-        key, sep, rest = body.partition(":")
-        if sep and key.strip().lower() == "params":
-            for item in filter(None, (i.strip() for i in rest.split(","))):
-                pname, eq, default = item.partition("=")
-                params[pname.strip()] = default.strip() if eq else None
-        elif not description:
-            description = body
-    return description, params
-
-
-def _bind(text: str, name: str | None, given: dict[str, str]) -> dict[str, str]:
-    """The values bound to the query's `$NAME` parameters (never formatted into its text):
-    --param values over the named query's declared defaults. An unknown or missing
-    parameter is a usage error that names it."""
-    import duckdb
-
-    what = f"query {name!r}" if name else "this SQL"
-    declared = _query_header(text)[1] if name else {}
-    values = {k: v.replace("{sql_dir}", str(SQL_DIR)) for k, v in declared.items() if v is not None}
-    values.update(given)
-    try:
-        wanted: set[str] = set().union(
-            *(s.named_parameters for s in duckdb.extract_statements(text))
-        )
-    except duckdb.Error:
-        return given  # not valid SQL: running it reports the syntax error
-    if any(not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", w) for w in wanted):
-        raise UsageError(
-            f"{what} uses positional parameters (? or $1); use $NAME with --param NAME=VALUE"
-        )
-    unknown = sorted(set(given) - wanted)
-    if unknown:
-        takes = ", ".join(sorted(wanted)) or "none"
-        raise UsageError(
-            f"--param {unknown[0]}: {what} has no parameter ${unknown[0]} (it takes: {takes})"
-        )
-    missing = sorted(wanted - set(values))
-    if missing:
-        raise UsageError(f"{what} needs " + " ".join(f"--param {m}=VALUE" for m in missing))
-    return {k: values[k] for k in wanted}
-
-
-def _named_queries() -> list[tuple[str, str, str]]:
-    """(name, params, description) of every sql/queries/*.sql, by name."""
-    out = []
-    for path in sorted((SQL_DIR / "queries").glob("*.sql")):
-        description, params = _query_header(path.read_text())
-        shown = ", ".join(k if v is None else f"{k}={v}" for k, v in params.items())
-        out.append((path.stem, shown, description))
-    return out
-
-
 @app.command()
 @_errors_to_exit
 def query(
@@ -256,13 +164,13 @@ def query(
         if sql is not None or param:
             raise UsageError("--list takes no SQL, query name or --param")
         _print_rows(
-            ["name", "params", "description"], list(_named_queries()), format, "named queries"
+            ["name", "params", "description"], list(queries.named_queries()), format, "named queries"
         )
         return
     if sql is None:
         raise UsageError("give SQL text or a query name (see: inventory query --list)")
-    text, name = _resolve_sql(sql)
-    values = _bind(text, name, _params(param or []))
+    text, name = queries.resolve_sql(sql)
+    values = queries.bind(text, name, queries.parse_params(param or []))
     if lake is not None:
         from inventory import lakequery
 

@@ -20,6 +20,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from inventory.pipeline import RunSummary
 
@@ -113,7 +114,7 @@ def failures_table(s: RunSummary, limit: int = 10) -> Table | None:
             e.operation,
             e.error_code,
             str(e.attempts),
-            e.message[:80],
+            Text(e.message[:80]),
         )
     return t
 
@@ -125,6 +126,8 @@ def _plain(v: Any) -> Any:
         return v.isoformat()
     if isinstance(v, Decimal):
         return float(v)
+    if isinstance(v, dt.timedelta):
+        return v.total_seconds()
     if isinstance(v, dict):
         return {str(k): _plain(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
@@ -149,7 +152,7 @@ def rows_table(
 ) -> Table:
     t = Table(title=title)
     for c in columns:
-        t.add_column(c, overflow="fold")
-    for r in rows:
-        t.add_row(*("" if v is None else str(_plain(v)) for v in r))
+        t.add_column(Text(c), overflow="fold")
+    for r in rows:  # Text: values are shown as stored, never read as markup
+        t.add_row(*(Text("" if v is None else str(_plain(v))) for v in r))
     return t

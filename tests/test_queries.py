@@ -31,7 +31,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from inventory import cli
+from inventory import cli, queries
 from inventory.model import Account, Options, Plan
 from inventory.pipeline import run_collect
 from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
@@ -178,7 +178,7 @@ def test_each_query_opens_with_its_description_and_declares_exactly_its_params(
 ) -> None:
     text = path.read_text()
     assert text.startswith("-- "), f"{path.name} must open with a `-- <what it answers>` line"
-    description, declared = cli._query_header(text)
+    description, declared = queries.query_header(text)
     assert len(description) > 20 and not description.lower().startswith("params")
     used = set().union(*(s.named_parameters for s in duckdb.extract_statements(text)))
     assert set(declared) == used, f"{path.name}: `-- params:` must list exactly its $NAMEs"
@@ -622,7 +622,7 @@ def test_list_shows_every_query_with_its_description_and_params() -> None:
     listed = {r["name"]: r for r in json.loads(result.stdout)}
     assert set(listed) == {p.stem for p in query_files()}
     for path in query_files():
-        description, _ = cli._query_header(path.read_text())
+        description, _ = queries.query_header(path.read_text())
         assert listed[path.stem]["description"] == description
     assert listed["services_in_account"]["params"] == "account"
     assert listed["deployment_problems"]["params"] == "stuck_minutes=30"
@@ -661,7 +661,7 @@ def test_a_new_query_file_is_listed_and_runnable(
         "WHERE region IN (SELECT region FROM read_csv($regions, header = true))\n"
         "  AND scale >= CAST($min_scale AS INTEGER)\n"
     )
-    monkeypatch.setattr(cli, "SQL_DIR", tmp_path)
+    monkeypatch.setattr(queries, "SQL_DIR", tmp_path)
     listed = json.loads(invoke("query", "--list", "-f", "json").stdout)
     assert listed == [
         {
