@@ -74,7 +74,9 @@ def collect(
     no_parquet: Annotated[
         bool, typer.Option("--no-parquet", help="Skip the Parquet export.")
     ] = False,
-    concurrency: Annotated[int, typer.Option(help="Calls in flight at once.")] = 64,
+    concurrency: Annotated[
+        int, typer.Option(help="Calls in flight at once, in all (workers share them).")
+    ] = 128,
     rate: Annotated[float, typer.Option(help="API calls per second, in all.")] = 200.0,
     timeout: Annotated[float, typer.Option(help="Seconds for one API call.")] = 10.0,
     max_attempts: Annotated[int, typer.Option(help="Attempts per call (retries + 1).")] = 8,

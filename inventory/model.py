@@ -21,7 +21,7 @@ class Account:
 class Options:
     """How a collect behaves. Defaults are the contract's."""
 
-    concurrency: int = 64
+    concurrency: int = 128  # calls in flight, in all (workers split them)
     rate: float = 200.0  # API calls per second, all accounts and regions together
     timeout: float = 10.0  # one API call, seconds (connect and read)
     target_deadline: float | None = None  # one account × region with its retries; None: derived

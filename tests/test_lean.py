@@ -98,3 +98,34 @@ def test_unknown_engine_is_a_usage_error() -> None:
 
     with pytest.raises(UsageError, match="--engine 'fast'"):
         validate_options(Options(engine="fast"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://lightsail.eu-west-2.amazonaws.com/",
+        "https://lightsail.eu-west-2.amazonaws.com:443/",
+        "http://127.0.0.1:8123/",
+        "https://proxy.example.com:8443/lightsail/",
+    ],
+)
+@pytest.mark.parametrize("token", [None, "FwoGZXIvYXdzEJr//////////token=="])
+def test_signature_is_botocores(url: str, token: str | None) -> None:
+    """The cached-key signer produces exactly botocore SigV4Auth's headers."""
+    import datetime as dt
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    from inventory.lean import BODY, CONTENT_TYPE, TARGET, Signer
+
+    creds = ReadOnlyCredentials("ASIAEXAMPLEKEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", token)
+    base = {"Content-Type": CONTENT_TYPE, "X-Amz-Target": TARGET, "User-Agent": "t"}
+    request = AWSRequest(method="POST", url=url, data=BODY, headers=dict(base))
+    SigV4Auth(creds, "lightsail", "eu-west-2").add_auth(request)
+    theirs = dict(request.headers.items())
+    when = dt.datetime.strptime(theirs["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    signer = Signer(url, "eu-west-2")
+    ours = signer.headers(creds, base, now=when)
+    assert ours == theirs
+    assert signer.headers(creds, base, now=when) == theirs  # from the cached key too
