@@ -181,13 +181,21 @@ class Diff:
 # --------------------------------------------------------------------------- choosing scans
 
 
+# A run: one runs row, or one per shard of a sharded run (the run is good when a shard is).
+_RUNS = f"""
+SELECT run_id, min(started_at) AS started_at,
+       bool_or(status IN {GOOD_RUN_STATUSES!r}) AS good, string_agg(DISTINCT status, '/') AS status
+FROM runs GROUP BY run_id
+"""
+
 _GOOD_SCANS = f"""
 SELECT account_id, region, run_id, prev_run, rank FROM (
     SELECT s.account_id, s.region, s.run_id,
            lead(s.run_id) OVER w AS prev_run,
            row_number() OVER w AS rank
-    FROM scans AS s JOIN runs AS r ON r.run_id = s.run_id
-    WHERE s.status = 'ok' AND r.status IN {GOOD_RUN_STATUSES!r}
+    FROM (SELECT DISTINCT account_id, region, run_id FROM scans WHERE status = 'ok') AS s
+    JOIN ({_RUNS}) AS r ON r.run_id = s.run_id
+    WHERE r.good
     WINDOW w AS (PARTITION BY s.account_id, s.region ORDER BY r.started_at DESC, s.run_id DESC)
 )
 WHERE rank = 1 OR run_id = $from_run OR run_id = $to_run
@@ -195,11 +203,13 @@ WHERE rank = 1 OR run_id = $from_run OR run_id = $to_run
 
 
 def _check_run(con: duckdb.DuckDBPyConnection, flag: str, run_id: str) -> dt.datetime:
-    rows = con.execute("SELECT status, started_at FROM runs WHERE run_id = ?", [run_id]).fetchall()
+    rows = con.execute(
+        f"SELECT good, status, started_at FROM ({_RUNS}) WHERE run_id = ?", [run_id]
+    ).fetchall()
     if not rows:
         raise UsageError(f"{flag} {run_id!r}: no such run (list them with `inventory runs`)")
-    status, started_at = rows[0]
-    if status not in GOOD_RUN_STATUSES:
+    good, status, started_at = rows[0]
+    if not good:
         raise UsageError(
             f"{flag} {run_id!r}: that run is {status}; only complete or partial runs have "
             "snapshots to compare"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime as dt
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -203,6 +205,12 @@ def test_diff_of_two_generations_is_exactly_the_known_changes(
     # The same answer from the lake, and from the CLI; no environment value anywhere.
     with lakequery.open_lake(tmp_path / "lake") as con:
         assert diff_mod.diff(con).changes == result.changes
+    # a sharded run has one runs row per shard: still one run
+    (runs_file,) = (tmp_path / "lake" / "runs").glob(f"*/{second.run_id}.parquet")
+    shutil.copyfile(runs_file, runs_file.with_name(f"{second.run_id}-shard-1.parquet"))
+    with lakequery.open_lake(tmp_path / "lake") as con:
+        assert con.execute("SELECT count(*) FROM runs").fetchone() == (3,)
+        assert diff_mod.diff(con).changes == result.changes
     cli = runner.invoke(app, ["diff", "--db", str(db), "--format", "json"])
     assert cli.exit_code == 0, cli.output
     data = json.loads(cli.stdout)
@@ -297,11 +305,9 @@ def test_raw_environment_values_are_never_shown(
     assert not any(s in out.stdout for s in secrets)
 
 
-def test_lake_export_of_a_diffed_run_is_unchanged(tmp_path: Path) -> None:
-    """diff works on a lake with no runs to compare: a clear, empty answer."""
+def test_nothing_to_compare_and_a_failed_run(tmp_path: Path) -> None:
+    """A lake whose only run failed: an empty answer, and that run cannot be compared."""
     with Store.open(tmp_path / "inv.duckdb") as store:
-        import datetime as dt
-
         started = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
         store.begin_run("20260102T030405Z-aaaaaa", started, 1, 1, "test")
         store.finish_run("20260102T030405Z-aaaaaa", "failed")
