@@ -274,12 +274,14 @@ class Collector:
         budget = Budget(self.options.max_attempts)
         failure: Failure | None = None
         out_of_time = False  # stopped by the deadline (not by the budget or a fatal error)
+        broken = False  # stopped by the region's circuit breaker
         try:
             while True:
                 if self.stop_reason is not None:
                     return self._interrupted(account, region, started, budget.attempts)
                 if health.broken:
                     failure = self._breaker_failure(region, budget.attempts)
+                    broken = True
                     break
                 try:
                     creds = await self.broker.get(account, deadline)
@@ -310,6 +312,8 @@ class Collector:
                         )
                 except Exception as exc:
                     failure = classify(exc)
+                    if failure.code == "Timeout":
+                        failure = self._timed_out(failure, remaining)
                     if failure.status is not None:
                         health.answered += 1
                     if failure.kind is Kind.THROTTLED:
@@ -338,6 +342,8 @@ class Collector:
             return self._interrupted(account, region, started, budget.attempts)
         if failure is None:  # the deadline passed before any attempt could be made
             failure = Failure("Timeout", "target deadline passed before a call", Kind.TRANSIENT)
+        elif broken:
+            pass  # the breaker's own verdict: not one more region timeout
         elif out_of_time:
             failure = Failure(
                 failure.code,
@@ -345,7 +351,7 @@ class Collector:
                 failure.kind,
                 failure.status,
             )
-        if failure.code == "Timeout":
+        if failure.code == "Timeout" and not broken:
             health.timed_out += 1
         return self._failed(
             account,
@@ -356,6 +362,15 @@ class Collector:
             "GetContainerServices",
             budget.attempts,
         )
+
+    def _timed_out(self, failure: Failure, remaining: float) -> Failure:
+        """A Timeout's message says which limit it hit (asyncio's says nothing)."""
+        if remaining < self.options.timeout:
+            limit = f"the {self.options.deadline:g}s target deadline"
+        else:
+            limit = f"the {self.options.timeout:g}s call timeout"
+        detail = "" if failure.message in ("", "TimeoutError") else f" ({failure.message})"
+        return Failure("Timeout", f"no answer within {limit}{detail}", Kind.TRANSIENT)
 
     def _breaker_failure(self, region: str, attempts: int) -> Failure:
         n = self._health[region].timed_out

@@ -110,6 +110,14 @@ def classify(exc: BaseException) -> Failure:
         return Failure("ConnectionError", _short(exc), Kind.TRANSIENT)
     if isinstance(exc, BotoCoreError):
         return Failure(type(exc).__name__, _short(exc), Kind.FATAL)
+    if isinstance(exc, AttributeError | TypeError | KeyError | IndexError | ValueError):
+        # botocore's parser choking on an answer of an unexpected shape (a string where
+        # the model says list, ...): the call's answer, not our code, is what is wrong
+        return Failure(
+            "ResponseParserError",
+            f"the answer could not be parsed ({type(exc).__name__}: {_short(exc)})",
+            Kind.FATAL,
+        )
     return Failure(type(exc).__name__, _short(exc), Kind.FATAL)
 
 
