@@ -219,6 +219,8 @@ def test_diff_of_two_generations_is_exactly_the_known_changes(
     assert _canon([{k: c[k] for k in _row(*[None] * 7)} for c in data["changes"]]) == _canon(got)
     secrets = fleet.secrets() | evolved.secrets()
     assert secrets and not any(s in cli.stdout for s in secrets)
+    by_lake = runner.invoke(app, ["diff", "--lake", str(tmp_path / "lake"), "--format", "json"])
+    assert by_lake.exit_code == 0 and json.loads(by_lake.stdout) == data
     table = runner.invoke(app, ["diff", "--db", str(db)], env={"COLUMNS": "300"})
     assert table.exit_code == 0, table.output
     assert f"from run {first.run_id} to run {second.run_id}" in table.stdout
