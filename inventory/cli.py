@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from inventory import __version__, queries, render
 from inventory.errors import InventoryError, UsageError
@@ -18,7 +19,8 @@ from inventory.model import Options
 
 app = typer.Typer(
     name="inventory",
-    help="Inventory of AWS Lightsail container services across accounts and regions.",
+    help="Inventory of AWS Lightsail container services across accounts and regions.\n\n"
+    "Example: inventory collect --config accounts.toml (no AWS at hand? inventory demo)",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -39,7 +41,10 @@ def _errors_to_exit(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except InventoryError as exc:
-            render.console(stderr=True).print(f"[red]error:[/] {exc}", markup=True)
+            # one line however long (a path must stay whole), the message shown as written
+            render.console(stderr=True).print(
+                f"[red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True
+            )
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -24,6 +25,19 @@ from inventory.model import Account, Options
 from inventory.retry import Backoff, Budget, Failure, Kind, classify
 
 _CURRENT: ContextVar[ReadOnlyCredentials] = ContextVar("inventory_credentials")
+
+# At DEBUG, botocore logs what goes over the wire: request headers and signing input (session
+# tokens), answer bodies (AssumeRole's secret keys, containers' environment values). Those
+# records are dropped where they are made, whatever logging the embedding program configures.
+WIRE_LOGGERS = ("botocore.auth", "botocore.endpoint", "botocore.parsers")
+
+
+def _not_wire_debug(record: logging.LogRecord) -> bool:
+    return record.levelno > logging.DEBUG
+
+
+for _name in WIRE_LOGGERS:
+    logging.getLogger(_name).addFilter(_not_wire_debug)
 
 
 class ContextCredentials(AioCredentials):
