@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,39 @@ def make_simulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeSimulator]:
 @pytest.fixture
 def simulator(fleet: Fleet, make_simulator: MakeSimulator) -> Simulator:
     return make_simulator(fleet=fleet)
+
+
+# --------------------------------------------------------------------------- end to end
+# `write_accounts(path, ids, names=..., regions=..., ...)`: writes an accounts file (TOML).
+
+WriteAccounts = Callable[..., Path]
+
+
+def _write_accounts(
+    path: Path,
+    account_ids: Sequence[str],
+    *,
+    names: dict[str, str] | None = None,
+    regions: Sequence[str] | None = None,
+    role_name: str = "LightsailInventoryReader",
+    external_id: str | None = None,
+    role_arns: dict[str, str] | None = None,
+) -> Path:
+    lines = [f'role_name = "{role_name}"']
+    if external_id is not None:
+        lines.append(f'external_id = "{external_id}"')
+    if regions is not None:
+        lines.append("regions = [" + ", ".join(f'"{r}"' for r in regions) + "]")
+    for acct in account_ids:
+        lines += ["", "[[accounts]]", f'id = "{acct}"']
+        if names and acct in names:
+            lines.append(f'name = "{names[acct]}"')
+        if role_arns and acct in role_arns:
+            lines.append(f'role_arn = "{role_arns[acct]}"')
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def write_accounts() -> WriteAccounts:
+    return _write_accounts
