@@ -28,7 +28,18 @@ from inventory.errors import ConfigError, UsageError
 from inventory.model import Account, Options, OrgDiscovery, Plan
 from inventory.regions import all_regions, parse_regions
 
-__all__ = ["ACCOUNT_KEYS", "TOP_LEVEL_KEYS", "load_plan", "role_arn_for", "validate_options"]
+__all__ = [
+    "ACCOUNT_KEYS",
+    "DISCOVER_REGIONS",
+    "TOP_LEVEL_KEYS",
+    "load_plan",
+    "role_arn_for",
+    "validate_options",
+]
+
+# `--regions discover` (or `regions = ["discover"]`): Lightsail GetRegions names the regions
+# when the run starts (discovery.py); until then the plan carries this sentinel.
+DISCOVER_REGIONS: tuple[str, ...] = ("discover",)
 
 TOP_LEVEL_KEYS: tuple[str, ...] = (
     "role_name",
@@ -133,7 +144,10 @@ def load_plan(
     options = options if options is not None else Options()
     if regions is not None and not isinstance(regions, str):
         regions = tuple(regions)
-    cli_regions = parse_regions(regions, "--regions") if regions is not None else None
+    if regions == "discover" or regions == DISCOVER_REGIONS:
+        cli_regions: tuple[str, ...] | None = DISCOVER_REGIONS
+    else:
+        cli_regions = parse_regions(regions, "--regions") if regions is not None else None
     if config is None:
         if org:
             raise UsageError(
@@ -410,6 +424,8 @@ class _FileParser:
             raise self.error("regions", items, "empty: leave regions out for every region", line)
         if items == ["all"]:
             return all_regions()
+        if items == ["discover"]:
+            return DISCOVER_REGIONS
         known = all_regions()
         for i, item in enumerate(items):
             if item not in known:

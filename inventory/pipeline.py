@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from inventory import __version__, lake, schema
+from inventory import __version__, discovery, lake, logs, schema
 from inventory.collect import Collector
 from inventory.fingerprint import Fingerprinter, load_key
 from inventory.flatten import Flattener, TargetContext
@@ -244,8 +244,10 @@ async def collect_into(
     on_result: Callable[[bool], None] | None = None,
 ) -> None:
     """Run the collector over `accounts`, feeding `sink` with batches of tables."""
+    storms = logs.StormWatch(collector.pacer, builder.run_id)
     async for result in collector.results(accounts):
         builder.add(result)
+        storms.check()
         if on_result:
             on_result(result.ok)
         if builder.due():
@@ -279,15 +281,30 @@ async def run_collect(
     interrupts = Interrupts(summary)
     try:
         key = None if options.include_env_values else load_key(db_path)
+        found = await discovery.resolve_for_run(
+            plan, store, run_id, started, __version__, parquet_dest
+        )  # Organizations accounts, GetRegions: a failure is recorded, then raised
+        plan = found.plan
 
         async def to_store(tables: dict[str, pa.Table]) -> None:
             if tables:
+                logs.batch(run_id, tables)
                 await asyncio.to_thread(store.append, run_id, tables)
 
         def begin(accounts: list[Account], workers: int) -> None:
             summary.accounts, summary.workers = len(accounts), workers
             summary.targets = len(accounts) * len(plan.regions)
             store.begin_run(run_id, started, summary.accounts, summary.targets, __version__)
+            logs.run_start(
+                run_id,
+                accounts=summary.accounts,
+                regions=plan.regions,
+                targets=summary.targets,
+                workers=workers,
+                db=str(db_path),
+                source=plan.source,
+                org=plan.org is not None,
+            )
             if on_start:
                 on_start(summary.targets)
 
@@ -313,6 +330,8 @@ async def run_collect(
                 plan, accounts, run_id, key, workers, to_store, on_result
             )
         tally = summary.tally
+        tally.api_calls += found.api_calls  # Organizations / GetRegions calls
+        tally.retries += found.retries
         if tally.targets_failed == 0:
             summary.status = "complete"
         elif tally.targets_ok > 0:
@@ -339,4 +358,5 @@ async def run_collect(
     finally:
         interrupts.uninstall()
         store.close()
+    logs.run_end(summary)
     return summary
