@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -56,6 +57,11 @@ class Fmt(StrEnum):
     json = "json"
 
 
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
 DbOpt = Annotated[Path, typer.Option("--db", help="The DuckDB file.")]
 LakeOpt = Annotated[
     str | None,
@@ -70,7 +76,11 @@ def collect(
         Path | None, typer.Option("--config", "-c", help="Accounts file (TOML).")
     ] = None,
     regions: Annotated[
-        str | None, typer.Option(help="Comma-separated regions, or 'all' (default).")
+        str | None,
+        typer.Option(
+            help="Comma-separated regions, 'all' (default), or 'discover' (ask Lightsail "
+            "GetRegions which exist today). Example: --regions discover"
+        ),
     ] = None,
     db: DbOpt = DEFAULT_DB,
     parquet_dir: Annotated[
@@ -100,37 +110,57 @@ def collect(
     engine: Annotated[
         str, typer.Option(help="'lean' (signed aiohttp + json.loads) or 'botocore' (aiobotocore).")
     ] = "lean",
+    org: Annotated[
+        bool | None,
+        typer.Option(
+            "--org/--no-org",
+            help="Add the organization's ACTIVE accounts (Organizations ListAccounts); the "
+            "accounts file gives role_name (default: its `org` setting). "
+            "Example: inventory collect --config org.toml --org",
+        ),
+    ] = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            help="Logs on stderr: 'text' lines, or 'json' (one object per line, no progress "
+            "bar). Example: inventory collect -c accounts.toml --log-format json 2>run.log",
+        ),
+    ] = LogFormat.text,
 ) -> None:
     """Collect every container service of every account and region into DuckDB and Parquet.
 
     Example: inventory collect --config accounts.toml --regions us-east-1,eu-west-2
     """
     from inventory import config as config_mod
+    from inventory import logs
     from inventory.pipeline import run_collect
 
-    options = Options(
-        concurrency=concurrency,
-        rate=rate,
-        timeout=timeout,
-        max_attempts=max_attempts,
-        target_deadline=target_deadline,
-        include_env_values=include_env_values,
-        engine=engine,
-        workers=workers,
-    )
-    plan = config_mod.load_plan(config, regions=regions, options=options)
-    dest = None if no_parquet else parquet_dir
-    with render.ProgressView() as progress:
-        summary = asyncio.run(
-            run_collect(
-                plan,
-                db,
-                dest,
-                on_start=progress.start,
-                on_result=progress.advance,
-                wait_for_lock=wait,
-            )
+    with logs.configured(log_format.value), _fatal_logged(log_format):
+        options = Options(
+            concurrency=concurrency,
+            rate=rate,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            target_deadline=target_deadline,
+            include_env_values=include_env_values,
+            engine=engine,
+            workers=workers,
         )
+        plan = config_mod.load_plan(config, regions=regions, org=org, options=options)
+        dest = None if no_parquet else parquet_dir
+        bar = False if log_format is LogFormat.json else None  # None: on a terminal only
+        with render.ProgressView(bar) as progress:
+            summary = asyncio.run(
+                run_collect(
+                    plan,
+                    db,
+                    dest,
+                    on_start=progress.start,
+                    on_result=progress.advance,
+                    wait_for_lock=wait,
+                )
+            )
     out = render.console()
     out.print(render.summary_table(summary))
     failures = render.failures_table(summary)
@@ -358,6 +388,58 @@ def report(
         f"wrote {html}: run {result.run_id} ({result.run.get('status')}), "
         f"{ran} named queries, {result.errors_total} failures"
     )
+
+
+@contextlib.contextmanager
+def _fatal_logged(log_format: LogFormat) -> Iterator[None]:
+    """With --log-format json, an error that stops the command is a JSON line too."""
+    try:
+        yield
+    except InventoryError as exc:
+        if log_format is not LogFormat.json:
+            raise
+        from inventory import logs
+
+        logs.fatal(exc, exc.exit_code)
+        raise typer.Exit(exc.exit_code) from None
+
+
+@app.command()
+@_errors_to_exit
+def doctor(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Accounts file (TOML); none: your own account."),
+    ] = None,
+    sample: Annotated[
+        int,
+        typer.Option(min=0, help="Assume the role in the first N accounts (0: every account)."),
+    ] = 3,
+    regions: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated regions, 'all' (default) or 'discover'."),
+    ] = None,
+    org: Annotated[
+        bool | None,
+        typer.Option("--org/--no-org", help="Check Organizations discovery too (as collect)."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds for one API call.")] = 10.0,
+) -> None:
+    """Check the setup: base credentials, the role in a sample of accounts, every region.
+
+    Prints each check, then what is missing with the IAM policy snippet that fixes it.
+    Exit status 0 when all is well, 1 when something is missing, 2 for a bad flag or file.
+
+    Example: inventory doctor --config accounts.toml --sample 5 --regions discover
+    """
+    from inventory import config as config_mod
+    from inventory import doctor as doctor_mod
+
+    options = Options(timeout=timeout, max_attempts=3)
+    plan = config_mod.load_plan(config, regions=regions, org=org, options=options)
+    checked = asyncio.run(doctor_mod.diagnose(plan, sample=sample))
+    sys.stdout.write(doctor_mod.render(checked))
+    raise typer.Exit(0 if checked.ok else 1)
 
 
 def version_callback(value: bool) -> None:

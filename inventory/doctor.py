@@ -1,0 +1,495 @@
+"""`inventory doctor`: is everything in place for a collect? If not, which policy fixes it.
+
+    report = await diagnose(plan, sample=3)
+    print(render(report)); exit(0 if report.ok else 1)
+
+Checks, in order (a failed step that later ones depend on stops them):
+1. the base credentials: found in the standard chain, and GetCallerIdentity answers (the
+   identity is printed);
+2. with `--regions discover`: Lightsail GetRegions; with `org = true`: Organizations lists
+   the accounts (discovery.py);
+3. AssumeRole in a sample of the accounts (the first `sample` in the file's order, then
+   discovered ones; 0 = every account); without an accounts file, the caller's own account;
+4. GetContainerServices in every region, with each sampled account whose role was assumed.
+
+Each problem comes with what fixes it: the IAM policy snippet (docs/iam.md) filled in with
+this setup's role name, hub principal and ExternalId. No credential is ever printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.credentials import ReadOnlyCredentials
+
+from inventory import credentials as creds_mod
+from inventory.config import DISCOVER_REGIONS
+from inventory.discovery import (
+    DOCS,
+    ORG_PERMISSIONS,
+    CallFailed,
+    Calls,
+    DiscoveryFailed,
+    client_kwargs,
+    home_region,
+    lightsail_regions,
+    list_org_accounts,
+    merge_accounts,
+)
+from inventory.model import Account, Plan
+from inventory.regions import all_regions
+
+__all__ = ["Check", "Report", "diagnose", "render"]
+
+DEFAULT_SAMPLE = 3
+CONCURRENCY = 16
+
+
+@dataclass
+class Check:
+    """One line of the report."""
+
+    step: str  # credentials | identity | regions | organizations | assume-role | region
+    subject: str  # what was checked: an account, a region, an identity
+    ok: bool
+    detail: str
+    fix: str | None = None  # key into Report.fixes
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+    fixes: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (what, how)
+    identity: str | None = None  # the base identity's ARN
+    skipped: list[str] = field(default_factory=list)  # steps not run, and why
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks) and not self.skipped
+
+    @property
+    def problems(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def add(self, check: Check) -> Check:
+        self.checks.append(check)
+        return check
+
+    def fix(self, key: str, what: str, how: str) -> str:
+        self.fixes.setdefault(key, (what, how))
+        return key
+
+
+# ---------------------------------------------------------------------------- policies
+
+
+def _policy(*statements: dict[str, Any]) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)}, indent=2)
+
+
+def trust_principal(arn: str | None) -> str:
+    """The principal a trust policy names for the identity `arn` (a role for an
+    assumed-role session, as IAM wants it)."""
+    if not arn:
+        return "arn:aws:iam::<hub-account-id>:role/<hub-role>"
+    m = re.fullmatch(r"arn:(aws[-a-z]*):sts::(\d{12}):assumed-role/([^/]+)/.+", arn)
+    if m:
+        return f"arn:{m[1]}:iam::{m[2]}:role/{m[3]}"
+    return arn
+
+
+def reader_trust_policy(hub_arn: str | None, external_id: str | None) -> str:
+    statement: dict[str, Any] = {
+        "Effect": "Allow",
+        "Principal": {"AWS": trust_principal(hub_arn)},
+        "Action": "sts:AssumeRole",
+    }
+    if external_id:
+        statement["Condition"] = {"StringEquals": {"sts:ExternalId": external_id}}
+    return _policy(statement)
+
+
+def hub_assume_policy(role_arns: list[str]) -> str:
+    names = {arn.split(":role/", 1)[-1] for arn in role_arns}
+    if len(names) == 1 and len(role_arns) > 1:
+        resource: Any = f"arn:aws:iam::*:role/{names.pop()}"
+    else:
+        resource = sorted(set(role_arns)) if len(set(role_arns)) > 1 else role_arns[0]
+    return _policy(
+        {
+            "Sid": "AssumeReaderRoles",
+            "Effect": "Allow",
+            "Action": "sts:AssumeRole",
+            "Resource": resource,
+        }
+    )
+
+
+def reader_policy() -> str:
+    return _policy(
+        {
+            "Sid": "ReadContainerServices",
+            "Effect": "Allow",
+            "Action": ["lightsail:GetContainerServices"],
+            "Resource": "*",
+        }
+    )
+
+
+def org_policy() -> str:
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "ListOrganizationAccounts",
+            "Effect": "Allow",
+            "Action": list(ORG_PERMISSIONS),
+            "Resource": "*",
+        }
+    ]
+    return _policy(*statements)
+
+
+def get_regions_policy() -> str:
+    return _policy(
+        {
+            "Sid": "ListLightsailRegions",
+            "Effect": "Allow",
+            "Action": ["lightsail:GetRegions"],
+            "Resource": "*",
+        }
+    )
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+async def diagnose(plan: Plan, sample: int = DEFAULT_SAMPLE) -> Report:
+    """Run the checks for `plan` (as load_plan made it). Never raises for an AWS error."""
+    from aiobotocore.session import AioSession
+
+    report = Report()
+    options = plan.options
+    calls = Calls(options)
+    session = AioSession()
+    found = await session.get_credentials()
+    if found is None:
+        report.add(
+            Check(
+                "credentials",
+                "standard chain",
+                False,
+                "no AWS credentials found",
+                report.fix(
+                    "credentials",
+                    "No base credentials.",
+                    "Give the collector an identity through the standard AWS chain: "
+                    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE (aws sso login), a "
+                    "web identity token, or an instance / task role.",
+                ),
+            )
+        )
+        return report
+    base = await found.get_frozen_credentials()
+    report.add(Check("credentials", "standard chain", True, f"found (source: {found.method})"))
+    async with session.create_client(
+        "sts", region_name=home_region(session), **client_kwargs(options, base)
+    ) as sts:
+        try:
+            me = await calls("GetCallerIdentity", sts.get_caller_identity)
+        except CallFailed as exc:
+            report.add(
+                Check(
+                    "identity",
+                    "GetCallerIdentity",
+                    False,
+                    f"{exc.failure.code}: {exc.failure.message}",
+                    report.fix(
+                        "identity",
+                        "The base credentials are not accepted by STS.",
+                        "They are invalid, expired (aws sso login again) or for another "
+                        "partition; or AWS_ENDPOINT_URL_STS points somewhere wrong.",
+                    ),
+                )
+            )
+            return report
+        hub_arn, hub_account = str(me["Arn"]), str(me["Account"])
+        report.identity = hub_arn
+        report.add(
+            Check("identity", "GetCallerIdentity", True, f"{hub_arn} (account {hub_account})")
+        )
+
+        regions = plan.regions
+        if regions == DISCOVER_REGIONS:
+            regions = await _check_regions(report, plan, calls)
+
+        accounts = list(plan.accounts)
+        if plan.org is not None:
+            try:
+                listing = await list_org_accounts(plan.org, options, calls)
+            except DiscoveryFailed as exc:
+                report.add(
+                    Check(
+                        "organizations",
+                        exc.operation,
+                        False,
+                        f"{exc.error_code}: {exc.detail}",
+                        report.fix(
+                            "organizations",
+                            f"Organizations cannot list the accounts: {exc.fix}.",
+                            f"Attach to {plan.org.management_role_arn or hub_arn}:\n"
+                            + org_policy(),
+                        ),
+                    )
+                )
+            else:
+                accounts = list(merge_accounts(plan.accounts, listing.accounts))
+                report.add(
+                    Check(
+                        "organizations",
+                        "ListAccounts" if not plan.org.ous else ", ".join(plan.org.ous),
+                        True,
+                        f"{len(listing.accounts)} ACTIVE accounts ({listing.suspended} not "
+                        f"ACTIVE, {listing.skipped} skipped)",
+                    )
+                )
+
+        if plan.own_account:
+            chosen = [(Account(id=hub_account), base)]
+            report.add(Check("assume-role", hub_account, True, "own account: no role to assume"))
+        else:
+            picked = accounts if sample <= 0 else accounts[:sample]
+            if not picked:
+                report.skipped.append("assume-role: no account to try")
+            chosen = await _check_roles(report, plan, picked, sts, calls, hub_arn)
+
+    if not chosen:
+        report.skipped.append("regions: no account's role could be assumed")
+        return report
+    await _check_lightsail(report, chosen, regions, calls, plan.own_account)
+    return report
+
+
+async def _check_regions(report: Report, plan: Plan, calls: Calls) -> tuple[str, ...]:
+    try:
+        listing = await lightsail_regions(plan.options, calls)
+    except DiscoveryFailed as exc:
+        report.add(
+            Check(
+                "regions",
+                "GetRegions",
+                False,
+                f"{exc.error_code}: {exc.detail}",
+                report.fix(
+                    "get-regions",
+                    "--regions discover: GetRegions is not allowed.",
+                    f"Attach to {report.identity}:\n" + get_regions_policy(),
+                ),
+            )
+        )
+        return all_regions()
+    new = f"; new: {', '.join(listing.new)}" if listing.new else ""
+    report.add(Check("regions", "GetRegions", True, f"{len(listing.regions)} regions{new}"))
+    return listing.regions
+
+
+async def _check_roles(
+    report: Report,
+    plan: Plan,
+    accounts: list[Account],
+    sts: Any,
+    calls: Calls,
+    hub_arn: str,
+) -> list[tuple[Account, ReadOnlyCredentials]]:
+    limit = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(account: Account) -> ReadOnlyCredentials | CallFailed:
+        assert account.role_arn is not None
+        params: dict[str, Any] = {
+            "RoleArn": account.role_arn,
+            "RoleSessionName": plan.options.session_name,
+        }
+        if account.external_id:
+            params["ExternalId"] = account.external_id
+        async with limit:
+            try:
+                answer = await calls("AssumeRole", sts.assume_role, **params)
+            except CallFailed as exc:
+                return exc
+        c = answer["Credentials"]
+        return ReadOnlyCredentials(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"])
+
+    answers = await asyncio.gather(*(one(a) for a in accounts))
+    ok: list[tuple[Account, ReadOnlyCredentials]] = []
+    denied: list[Account] = []
+    for account, answer in zip(accounts, answers, strict=True):
+        label = account.id + (f" ({account.name})" if account.name else "")
+        if isinstance(answer, CallFailed):
+            code = answer.failure.code
+            fix = None
+            if code.startswith("AccessDenied"):
+                denied.append(account)
+                fix = "assume-role"
+            elif code in ("Timeout", "ConnectionError"):
+                fix = report.fix(
+                    "sts-network",
+                    "STS did not answer.",
+                    "Check the network, a proxy, or AWS_ENDPOINT_URL_STS.",
+                )
+            report.add(Check("assume-role", label, False, f"{code}: {answer.failure.message}", fix))
+        else:
+            ok.append((account, answer))
+            report.add(Check("assume-role", label, True, f"assumed {account.role_arn}"))
+    if denied:
+        external_ids = {a.external_id for a in denied}
+        external_id = external_ids.pop() if len(external_ids) == 1 else None
+        ids = ", ".join(a.id for a in denied)
+        report.fix(
+            "assume-role",
+            f"The role could not be assumed in {ids}.",
+            f"Either the role does not exist there, its trust policy does not trust {hub_arn}"
+            + (" with this ExternalId" if external_id else "")
+            + ", or the hub may not assume it.\n"
+            "In each of those accounts, create the role (docs/iam.md) with this trust policy:\n"
+            + reader_trust_policy(hub_arn, external_id)
+            + f"\nand allow the hub identity ({trust_principal(hub_arn)}) to assume it:\n"
+            + hub_assume_policy([a.role_arn for a in denied if a.role_arn]),
+        )
+    return ok
+
+
+async def _check_lightsail(
+    report: Report,
+    chosen: list[tuple[Account, ReadOnlyCredentials]],
+    regions: tuple[str, ...],
+    calls: Calls,
+    own_account: bool = False,
+) -> None:
+    from inventory.collect import _SharedCredentialsSession, client_config
+
+    session = _SharedCredentialsSession()
+    limit = asyncio.Semaphore(CONCURRENCY)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {
+            r: await stack.enter_async_context(
+                session.create_client(
+                    "lightsail", region_name=r, config=client_config(calls.options, CONCURRENCY)
+                )
+            )
+            for r in regions
+        }
+
+        async def one(
+            account: Account, creds: ReadOnlyCredentials, region: str
+        ) -> dict[str, Any] | CallFailed:
+            async with limit:
+                with creds_mod.use(creds):
+                    try:
+                        return await calls(
+                            "GetContainerServices", clients[region].get_container_services
+                        )
+                    except CallFailed as exc:
+                        return exc
+
+        jobs = [(a, c, r) for r in regions for a, c in chosen]
+        answers = await asyncio.gather(*(one(*job) for job in jobs))
+    by_region: dict[str, list[tuple[Account, dict[str, Any] | CallFailed]]] = {}
+    for (account, _, region), answer in zip(jobs, answers, strict=True):
+        by_region.setdefault(region, []).append((account, answer))
+    denied: list[str] = []
+    for region in regions:
+        results = by_region.get(region, [])
+        failed = [(a, x) for a, x in results if isinstance(x, CallFailed)]
+        if not failed:
+            services = sum(
+                len(x.get("containerServices") or []) for _, x in results if isinstance(x, dict)
+            )
+            report.add(
+                Check("region", region, True, f"ok in {_n(len(results), 'account')} "
+                      f"({_n(services, 'service')})")
+            )  # fmt: skip
+            continue
+        by_code: dict[str, list[Account]] = {}
+        message: dict[str, str] = {}
+        for a, x in failed:
+            by_code.setdefault(x.failure.code, []).append(a)
+            message.setdefault(x.failure.code, x.failure.message)
+        parts = []
+        if len(failed) < len(results):
+            parts.append(f"ok in {len(results) - len(failed)} of {_n(len(results), 'account')}")
+        for code, accounts in sorted(by_code.items()):
+            parts.append(
+                f"{code} in {', '.join(a.id for a in accounts)}"
+                + (f" ({message[code]})" if message[code] else "")
+            )
+        report.add(Check("region", region, False, "; ".join(parts), _region_fix(report, by_code)))
+        if report.checks[-1].fix == "lightsail-denied":
+            denied.append(region)
+    if denied:
+        whom = (
+            f"the base identity ({report.identity})"
+            if own_account
+            else "the reader role in each member account"
+        )
+        report.fixes["lightsail-denied"] = (
+            f"lightsail:GetContainerServices is denied in {', '.join(denied)}.",
+            f"Attach this policy to {whom} (if it is already there, a service control policy "
+            f"or a permissions boundary denies the region; see {DOCS}):\n" + reader_policy(),
+        )
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _region_fix(report: Report, by_code: dict[str, list[Account]]) -> str:
+    codes = set(by_code)
+    if any(c.startswith("AccessDenied") for c in codes):
+        return "lightsail-denied"  # its text names every denied region: set by the caller
+    if codes & {"UnrecognizedClientException", "InvalidClientTokenId"}:
+        return report.fix(
+            "region-disabled",
+            "Some regions do not accept the account's credentials.",
+            "The region is not enabled for the account (an opt-in region): enable it, or "
+            "leave it out with --regions / regions in the accounts file.",
+        )
+    if codes & {"Timeout", "ConnectionError"}:
+        return report.fix(
+            "lightsail-network",
+            "Some regions' Lightsail endpoints did not answer.",
+            "Check the network, a proxy, or AWS_ENDPOINT_URL_LIGHTSAIL; leave the region out "
+            "with --regions if it cannot be reached from here.",
+        )
+    return report.fix(
+        "lightsail-other", "Lightsail answered with an error.", "See the error code above."
+    )
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def render(report: Report) -> str:
+    """The report as plain text: one line per check, then the problems and their fixes."""
+    lines = ["inventory doctor", ""]
+    width = max((len(c.step) for c in report.checks), default=8)
+    for c in report.checks:
+        mark = "ok  " if c.ok else "FAIL"
+        lines.append(f"  {mark}  {c.step:<{width}}  {c.subject}: {c.detail}")
+    for why in report.skipped:
+        lines.append(f"  SKIP  {why}")
+    lines.append("")
+    problems = report.problems
+    if report.ok:
+        lines.append("All good: a collect with these settings should work.")
+        return "\n".join(lines) + "\n"
+    n = len(problems)
+    skipped = f" ({_n(len(report.skipped), 'check')} skipped)" if report.skipped else ""
+    lines.append(f"{_n(n, 'problem')} found{skipped}. What fixes {'them' if n != 1 else 'it'}:")
+    used = [key for key in dict.fromkeys(c.fix for c in problems) if key in report.fixes]
+    for i, key in enumerate(used, 1):
+        what, how = report.fixes[key]
+        lines += ["", f"{i}. {what}", *(f"   {line}" for line in how.splitlines())]
+    return "\n".join(lines) + "\n"
