@@ -143,10 +143,13 @@ class LeanHTTP:
                     cafile = None
             ssl_ctx = ssl.create_default_context(cafile=cafile)
         connector = aiohttp.TCPConnector(limit=self._limit, ssl=ssl_ctx, keepalive_timeout=60)
+        # trust_env=True would cost two thread hops per request (netrc, proxy lookup): the
+        # proxy is looked up once per region instead (env_proxy), and no cookies are kept.
         self.session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
-            trust_env=True,  # HTTPS_PROXY / NO_PROXY, as botocore honours them
+            trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent",),
             auto_decompress=True,
         )
@@ -155,6 +158,18 @@ class LeanHTTP:
     async def __aexit__(self, *exc: object) -> None:
         if self.session is not None:
             await self.session.close()
+
+
+def env_proxy(url: str) -> tuple[str | None, aiohttp.BasicAuth | None]:
+    """The proxy HTTPS_PROXY / HTTP_PROXY / NO_PROXY give for `url` (as botocore honours them)."""
+    from aiohttp.helpers import get_env_proxy_for_url
+    from yarl import URL
+
+    try:
+        proxy, auth = get_env_proxy_for_url(URL(url))
+    except LookupError:
+        return None, None
+    return str(proxy), auth
 
 
 class LeanLightsailClient:
@@ -173,12 +188,15 @@ class LeanLightsailClient:
             "User-Agent": user_agent,
         }
         self._signer = Signer(self.url, region)
+        self._proxy, self._proxy_auth = env_proxy(self.url)
 
     async def get_container_services(self) -> dict[str, Any]:
         session = self._http.session
         assert session is not None, "LeanHTTP not entered"
         headers = self._signer.headers(current_credentials(), self._headers)
-        async with session.post(self.url, data=BODY, headers=headers) as resp:
+        async with session.post(
+            self.url, data=BODY, headers=headers, proxy=self._proxy, proxy_auth=self._proxy_auth
+        ) as resp:
             body = await resp.read()
             status = resp.status
             if status >= 300:

@@ -129,3 +129,15 @@ def test_signature_is_botocores(url: str, token: str | None) -> None:
     ours = signer.headers(creds, base, now=when)
     assert ours == theirs
     assert signer.headers(creds, base, now=when) == theirs  # from the cached key too
+
+
+def test_proxy_from_the_environment(monkeypatch) -> None:
+    """HTTPS_PROXY and NO_PROXY apply, looked up once per client rather than per request."""
+    from inventory.lean import env_proxy
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:pw@proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    proxy, auth = env_proxy("https://lightsail.eu-west-2.amazonaws.com/")
+    assert proxy == "http://proxy.internal:3128"
+    assert auth is not None and auth.login == "user"
+    assert env_proxy("http://127.0.0.1:8123/") == (None, None)
