@@ -106,7 +106,7 @@ class DiscoveryFailed(InventoryError):
     def __str__(self) -> str:
         text = f"{self.operation} failed: {self.error_code}"
         if self.detail:
-            text += f": {self.detail}"
+            text += f": {self.detail.rstrip('.')}"
         text += f". {self.fix}"
         if self.run_id:
             text += f" (recorded as failed run {self.run_id})"
@@ -511,7 +511,7 @@ def record_failure(
         region=None,
         operation=exc.operation,
         error_code=exc.error_code,
-        message=f"{exc.detail}. {exc.fix}" if exc.detail else exc.fix,
+        message=f"{exc.detail.rstrip('.')}. {exc.fix}" if exc.detail else exc.fix,
         attempts=exc.attempts,
     )
     row = {"run_id": run_id, **dataclasses.asdict(record)}
@@ -535,7 +535,7 @@ def record_failure(
         log,
         logging.ERROR,
         "discovery_failed",
-        f"run {run_id} could not start: {exc}",
+        f"run {run_id} could not start: {exc.operation} {exc.error_code}",
         run_id=run_id,
         operation=exc.operation,
         error_code=exc.error_code,
