@@ -134,8 +134,9 @@ def collect(
     """
     from inventory import config as config_mod
     from inventory import logs
-    from inventory.pipeline import run_collect
+    from inventory.pipeline import run_collect, tune_gc_for_collect
 
+    tune_gc_for_collect()
     with logs.configured(log_format.value), _fatal_logged(log_format):
         options = Options(
             concurrency=concurrency,

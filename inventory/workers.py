@@ -50,6 +50,9 @@ def _worker_main(
     q: Any, plan: Plan, accounts: list[Account], run_id: str, key: bytes | None, index: int
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
+    from inventory.pipeline import tune_gc_for_collect
+
+    tune_gc_for_collect()
     try:
         asyncio.run(_work(q, plan, accounts, run_id, key, index))
     except BaseException:
