@@ -32,6 +32,7 @@ class ProcResult:
     maxrss_mb: float  # ru_maxrss of the child (the largest single process of its tree)
     tree_peak_rss_mb: float  # peak of the summed RSS of the child and its descendants (sampled)
     children_cpu_s: float  # RUSAGE_CHILDREN delta around the run (cross-check)
+    machine_busy_s: float  # CPU the whole machine spent meanwhile (all processes, all cores)
     stdout: str
     stderr: str
 
@@ -80,6 +81,34 @@ def proc_cpu_s(pid: int) -> float:
         return 0.0
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all cores, /proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7]
+    return busy / TICKS
+
+
+def self_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def wait_for_quiet(max_wait: float, *, cores: float = 0.3, window: float = 2.0) -> float:
+    """Wait (at most `max_wait` s) until other processes use under `cores` for `window` s.
+
+    Returns the CPU (in cores) the rest of the machine used in the last window.
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        b0, s0, t0 = machine_busy_s(), self_cpu_s(), time.monotonic()
+        time.sleep(window)
+        used = (machine_busy_s() - b0 - (self_cpu_s() - s0)) / (time.monotonic() - t0)
+        if used < cores or time.monotonic() >= deadline:
+            return used
+
+
 class _Sampler(threading.Thread):
     def __init__(self, pid: int, interval: float) -> None:
         super().__init__(daemon=True)
@@ -106,6 +135,7 @@ def run_measured(
     """Run `cmd` to completion and measure it; its stdout/stderr go to files in `log_dir`."""
     out_path, err_path = log_dir / f"{name}.stdout", log_dir / f"{name}.stderr"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0 = machine_busy_s()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
@@ -125,6 +155,7 @@ def run_measured(
             if timer:
                 timer.cancel()
         proc.returncode = os.waitstatus_to_exitcode(status)
+    busy = machine_busy_s() - busy0
     sampler.join()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     children_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -136,6 +167,7 @@ def run_measured(
         maxrss_mb=usage.ru_maxrss / 1024,  # Linux: kilobytes
         tree_peak_rss_mb=max(sampler.peak / 2**20, usage.ru_maxrss / 1024),
         children_cpu_s=children_cpu,
+        machine_busy_s=busy,
         stdout=out_path.read_text(errors="replace"),
         stderr=err_path.read_text(errors="replace"),
     )

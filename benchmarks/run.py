@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.measure import ProcResult, proc_cpu_s, run_measured
+from benchmarks.measure import ProcResult, proc_cpu_s, run_measured, wait_for_quiet
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -283,7 +283,8 @@ def parse_variants(text: str | None) -> list[Variant]:
     out = []
     for raw in parts:
         raw = raw.strip()
-        label, _, spec = raw.rpartition(":") if ":" in raw else ("", "", raw)
+        head, sep, tail = raw.partition(":")
+        label, spec = (head, tail) if sep and "=" not in head else ("", raw)
         v = Variant(label or raw or "base")
         for item in filter(None, (s.strip() for s in spec.split("+"))):
             if item == "base":
@@ -347,6 +348,8 @@ class Run:
     deployments: int
     containers: int
     sim_cpu_s: float
+    other_cpu_s: float  # CPU of processes that are neither this run nor the simulator
+    quiet_before: float  # cores the rest of the machine used just before the run
     sim_stats: dict[str, Any]
     startup_cpu_s: float
     command: str
@@ -424,6 +427,7 @@ def run_ours(
     if profile_to is not None:
         full = profiled(args.profiler, profile_to, ["inventory", *cmd])
     env = _child_env({**sim.env(), **variant.env, "COLUMNS": "120"})
+    quiet = wait_for_quiet(args.quiet_wait) if args.quiet_wait > 0 else -1.0
     st0, sim0 = sim.stats(), sim.cpu_s()
     res = run_measured(
         full,
@@ -454,6 +458,7 @@ def run_ours(
         sim_cpu,
         _stats_delta(st0, st1),
         startup,
+        quiet,
         api_calls=int(row.get("api_calls") or 0),
         targets=int(row.get("targets") or 0),
         targets_ok=int(row.get("targets_ok") or 0),
@@ -490,6 +495,7 @@ def run_peer(
         "--regions",
         ",".join(info.regions),
     ]
+    quiet = wait_for_quiet(args.quiet_wait) if args.quiet_wait > 0 else -1.0
     st0, sim0 = sim.stats(), sim.cpu_s()
     res = run_measured(
         full, env=_child_env(sim.env()), cwd=ROOT, log_dir=work, name=f"peer-{repeat}"
@@ -515,6 +521,7 @@ def run_peer(
         sim_cpu,
         _stats_delta(st0, st1),
         startup,
+        quiet,
         api_calls=int(report.get("api_calls") or 0),
         targets=int(report.get("targets") or 0),
         targets_ok=int(report.get("targets_ok") or 0),
@@ -548,6 +555,9 @@ def profiled(profiler: str, out: Path, module_args: list[str]) -> list[str]:
         spy = find_py_spy()
         assert spy, "py-spy not found"
         rec = [spy, "record", "--subprocesses", "--nonblocking", "-r", "250", "-f", "raw"]
+        # --gil: only the thread holding the GIL, i.e. Python's own CPU (py-spy's idle
+        # detection counts threads parked in select / Condition.wait as busy here).
+        rec += os.environ.get("PY_SPY_ARGS", "--gil").split()
         rec += ["-o", str(out), "--"]
         return [*rec, sys.executable, "-m", *module_args]
     pyi = [sys.executable, "-m", "pyinstrument", "-i", "0.005", "-r", "pstats", "-o", str(out)]
@@ -566,9 +576,11 @@ def _make_run(
     sim_cpu: float,
     sim_stats: dict[str, Any],
     startup: float,
+    quiet: float,
     **counts: Any,
 ) -> Run:
     calls = counts["api_calls"]
+    other = max(0.0, res.machine_busy_s - res.cpu_s - sim_cpu)
     return Run(
         fleet=len(info.accounts),
         kind=kind,
@@ -585,6 +597,8 @@ def _make_run(
         concurrency=concurrency,
         net_bound_s=calls * latency_ms / 1000 / max(1, concurrency),
         sim_cpu_s=sim_cpu,
+        other_cpu_s=other,
+        quiet_before=quiet,
         sim_stats=sim_stats,
         startup_cpu_s=startup,
         command=shlex.join(cmd),
@@ -678,6 +692,7 @@ _MEDIAN_FIELDS = (
     "tree_peak_rss_mb",
     "net_bound_s",
     "sim_cpu_s",
+    "other_cpu_s",
     "startup_cpu_s",
 )
 
@@ -708,6 +723,7 @@ def render(rows: list[dict[str, Any]], notes: list[str]) -> str:
         "tree RSS MB",
         "rows/s",
         "sim CPU s",
+        "other CPU s",
         "ok/targets",
         "peer/ours wall",
         "peer/ours CPU/call",
@@ -733,6 +749,7 @@ def render(rows: list[dict[str, Any]], notes: list[str]) -> str:
                 _f(r["tree_peak_rss_mb"], "{:.0f}"),
                 _f(r["rows_per_s"], "{:.0f}"),
                 _f(r["sim_cpu_s"], "{:.1f}"),
+                _f(r["other_cpu_s"], "{:.1f}"),
                 f"{r['targets_ok']}/{r['targets']}" + (" ERR" if r["errors"] else ""),
                 _f(r.get("peer_wall_ratio"), "{:.2f}x"),
                 _f(r.get("peer_cpu_per_call_ratio"), "{:.2f}x"),
@@ -838,6 +855,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--profile-top", type=int, default=15)
     p.add_argument("--run-timeout", type=float, default=3600.0, help="kill a run after S seconds")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="before each run wait up to S s for other processes to go under 0.3 cores (0: no)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary databases and logs")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: results/<ts>.json)")
     args = p.parse_args(argv)
@@ -945,10 +968,20 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work_root, ignore_errors=True)
     rows = summarise(runs)
     notes = check_targets(rows) + notes
+    cores = os.cpu_count() or 1
+    noisy = [r.other_cpu_s / r.wall_s for r in runs if r.other_cpu_s > 0.1 * cores * r.wall_s]
+    if noisy:
+        notes.append(
+            f"NOISY: during {len(noisy)} of {len(runs)} runs other processes used more than 10% "
+            f"of the {cores} cores (median {statistics.median(noisy):.2f} cores, max "
+            f"{max(noisy):.2f}; see 'other CPU s'): wall times and ratios of wall times are "
+            "not clean figures; CPU per call is much less affected"
+        )
     notes.append(
         "CPU = the collector process's own user+sys (wait4); steady = minus interpreter start-up "
         "and imports; net bound = calls × latency / concurrency; RSS = ru_maxrss, tree RSS = "
-        "summed RSS of the process and its children (sampled); rows/s = inventory rows / wall."
+        "summed RSS of the process and its children (sampled); rows/s = inventory rows / wall; "
+        "other CPU = what the rest of the machine used meanwhile (/proc/stat)."
     )
     print()
     print(render(rows, notes))
