@@ -43,7 +43,9 @@ def all_regions() -> tuple[str, ...]:
     return DOCUMENTED_REGIONS + extra
 
 
-def parse_regions(value: str | list[str] | tuple[str, ...] | None, field: str = "--regions") -> tuple[str, ...]:
+def parse_regions(
+    value: str | list[str] | tuple[str, ...] | None, field: str = "--regions"
+) -> tuple[str, ...]:
     """`None`/'all' -> every region; 'a,b' or a list -> those, validated, de-duplicated, in order."""
     if value is None:
         return all_regions()
@@ -55,7 +57,8 @@ def parse_regions(value: str | list[str] | tuple[str, ...] | None, field: str = 
     for item in items:
         if not isinstance(item, str) or item not in known:
             raise UsageError(
-                f"{field}: unknown Lightsail region {item!r} (known: {', '.join(all_regions())}, or 'all')"
+                f"{field}: unknown Lightsail region {item!r} "
+                f"(known: {', '.join(all_regions())}; or 'all', or 'discover')"
             )
         if item not in out:
             out.append(item)
