@@ -92,7 +92,7 @@ def summary_text(path: Path, n: int = 15, rate: float = 250.0) -> str:
         f"py-spy: {total} CPU samples at {rate:g}/s = {total / rate:.1f}s on CPU "
         "(idle left out; all threads and processes)"
     ]
-    if per_process:
+    if len(per_process) > 1:
         out.append(
             "by process: "
             + ", ".join(f"{p} {c / rate:.1f}s" for p, c in sorted(per_process.items()))

@@ -858,12 +858,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quiet-wait",
         type=float,
-        default=60.0,
-        help="before each run wait up to S s for other processes to go under 0.3 cores (0: no)",
+        default=None,
+        help="before each run wait up to S s for other processes to go under 0.3 cores "
+        "(0: never; default 60, 3 with --quick)",
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary databases and logs")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: results/<ts>.json)")
     args = p.parse_args(argv)
+    if args.quiet_wait is None:
+        args.quiet_wait = 3.0 if args.quick else 60.0
     if args.profiler == "auto":
         args.profiler = "py-spy" if find_py_spy() else "pyinstrument"
     args.fleet_sizes = sorted({int(x) for x in args.fleets.split(",") if x.strip()})
