@@ -251,7 +251,7 @@ def runs(
         columns, rows = store.query_rows(
             "select run_id, status, started_at, finished_at, accounts, targets, targets_ok, "
             "targets_failed, api_calls, retries, services, deployments, containers "
-            "from runs order by run_id desc"
+            "from runs order by started_at desc, run_id desc"
         )
     finally:
         store.close()

@@ -503,7 +503,8 @@ def test_changes_since_previous_run_skips_a_failed_run(inv: Inventory, tmp_path:
     db = tmp_path / "copy.duckdb"
     shutil.copy(inv.db, db)
     con = duckdb.connect(str(db))
-    newest = con.execute("SELECT max(run_id) FROM runs").fetchone()
+    # run ids sort by start second only; two test runs can share one: order by started_at
+    newest = con.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
     assert newest is not None
     con.execute("UPDATE runs SET status = 'failed' WHERE run_id = ?", [newest[0]])
     con.execute("DELETE FROM container_services WHERE run_id = ?", [newest[0]])
