@@ -16,10 +16,12 @@ Bounds, whatever the network does (`run_time_bound`):
 - one target: its `deadline` covers its AssumeRole (or the wait for another region's),
   every attempt and every backoff pause; time queued behind the global rate limit is not
   counted (that is the run slowing down as a whole, pacing.py), but it is bounded too;
-- a region that hangs: once BREAKER_TIMEOUTS of its targets have ended in 'Timeout' and
-  none of its calls has had an answer, the rest of that region fails at once with
-  'Timeout' and a message that says so (a per-region circuit breaker), instead of each
-  target waiting out its own deadline.
+- a region that hangs: once BREAKER_TIMEOUTS calls to it, from at least BREAKER_TARGETS
+  accounts, have timed out and not one of its calls has had an answer (of any status),
+  the rest of that region fails at once with 'Timeout' and a message that says so (a
+  per-region circuit breaker): targets in flight stop before their next attempt, the
+  others are not called, instead of each waiting out its own deadline. One region that
+  hangs for one account never trips it, nor does a region that has answered once.
 
 Stopping (`stop`, e.g. on Ctrl-C): no new call starts, calls in flight are cancelled, and
 every target not finished yet still gets its TargetResult: failed, error code
@@ -33,7 +35,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiobotocore.config import AioConfig
@@ -48,7 +50,8 @@ from inventory.model import Account, ErrorRecord, Options, TargetResult, utcnow
 from inventory.pacing import Pacer, default_floor
 from inventory.retry import Backoff, Budget, Failure, Kind, classify
 
-BREAKER_TIMEOUTS = 3  # targets of one region ended in 'Timeout', none answered: stop calling it
+BREAKER_TIMEOUTS = 6  # calls to one region timed out, none answered: stop calling it...
+BREAKER_TARGETS = 3  # ...when they came from at least this many accounts
 INTERRUPTED = "Interrupted"  # error code of the targets a stop left unfinished
 
 
@@ -74,11 +77,16 @@ class _RegionHealth:
     """What a region's targets have seen so far, for the circuit breaker."""
 
     answered: int = 0  # calls that got an HTTP answer (any status)
-    timed_out: int = 0  # targets that ended in 'Timeout'
+    timeouts: int = 0  # calls that timed out
+    accounts: set[str] = field(default_factory=set)  # accounts whose calls timed out
 
     @property
     def broken(self) -> bool:
-        return self.answered == 0 and self.timed_out >= BREAKER_TIMEOUTS
+        return (
+            self.answered == 0
+            and self.timeouts >= BREAKER_TIMEOUTS
+            and len(self.accounts) >= BREAKER_TARGETS
+        )
 
 
 class _SharedCredentialsSession(AioSession):
@@ -314,6 +322,8 @@ class Collector:
                     failure = classify(exc)
                     if failure.code == "Timeout":
                         failure = self._timed_out(failure, remaining)
+                        health.timeouts += 1
+                        health.accounts.add(account.id)
                     if failure.status is not None:
                         health.answered += 1
                     if failure.kind is Kind.THROTTLED:
@@ -343,7 +353,7 @@ class Collector:
         if failure is None:  # the deadline passed before any attempt could be made
             failure = Failure("Timeout", "target deadline passed before a call", Kind.TRANSIENT)
         elif broken:
-            pass  # the breaker's own verdict: not one more region timeout
+            pass  # the breaker's verdict says it all
         elif out_of_time:
             failure = Failure(
                 failure.code,
@@ -351,8 +361,6 @@ class Collector:
                 failure.kind,
                 failure.status,
             )
-        if failure.code == "Timeout" and not broken:
-            health.timed_out += 1
         return self._failed(
             account,
             region,
@@ -373,12 +381,12 @@ class Collector:
         return Failure("Timeout", f"no answer within {limit}{detail}", Kind.TRANSIENT)
 
     def _breaker_failure(self, region: str, attempts: int) -> Failure:
-        n = self._health[region].timed_out
+        health = self._health[region]
         tried = f"gave up after {attempts} attempt(s)" if attempts else "not called"
         return Failure(
             "Timeout",
-            f"{tried}: {n} targets in {region} timed out and none of its calls was answered "
-            "(region circuit breaker)",
+            f"{tried}: {health.timeouts} calls to {region} from {len(health.accounts)} "
+            "accounts timed out and none was answered (region circuit breaker)",
             Kind.TRANSIENT,
         )
 
