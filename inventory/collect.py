@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +143,10 @@ class Collector:
         self._session = _SharedCredentialsSession()
         self._stack = contextlib.AsyncExitStack()
         self._clients: dict[str, Any] = {}
+        self.botocore_clients: dict[str, Any] = {}  # per region (the lean engine wraps them)
+        # Called with each collected TargetResult before it is returned; may return another
+        # (collect --deep: deep.DeepFetcher makes the per-service calls there).
+        self.after_collect: Callable[[TargetResult], Awaitable[TargetResult]] | None = None
         self._sts: Any = None
         self._health = {region: _RegionHealth() for region in self.regions}
         self._fetching: set[asyncio.Task[Any]] = set()
@@ -165,6 +169,7 @@ class Collector:
             client = await self._stack.enter_async_context(
                 self._session.create_client("lightsail", region_name=region, config=cfg)
             )
+            self.botocore_clients[region] = client
             if lean_http is not None:  # botocore still resolves the endpoint
                 client = LeanLightsailClient(
                     lean_http, region, client.meta.endpoint_url, USER_AGENT
@@ -342,7 +347,10 @@ class Collector:
                     continue
                 health.answered += 1
                 self.pacer.on_success()
-                return self._collected(account, region, started, budget.attempts, answer)
+                result = self._collected(account, region, started, budget.attempts, answer)
+                if self.after_collect is not None:
+                    result = await self.after_collect(result)
+                return result
         except asyncio.CancelledError:
             if self.stop_reason is None:
                 raise
