@@ -77,22 +77,37 @@ async def test_credentials_are_refreshed_before_they_expire(make_simulator: Any)
         assert second.expires_at - ttl < first.expires_at
 
 
+class ExpiresMidRun(Simulator):
+    """Every session issued so far expires just before the `at`-th Lightsail call (as if
+    AWS revoked them, or our clock were wrong): the calls signed with them get
+    ExpiredTokenException from then on."""
+
+    def __init__(self, fleet: Fleet, at: int):
+        super().__init__(fleet, Faults(latency_ms=20))
+        self.at, self.seen = at, 0
+
+    async def _lightsail(self, request: web.Request, op: str, body: bytes) -> web.StreamResponse:
+        self.seen += 1
+        if self.seen == self.at:
+            self.expire_all_credentials()
+        return await super()._lightsail(request, op, body)
+
+
 async def test_expired_token_mid_run_is_refreshed_and_retried(
-    make_simulator: Any, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     fleet = Fleet(3, seed=22, regions=REGIONS)
-    sim = make_simulator(fleet=fleet, faults=Faults(latency_ms=20))
-    seen = 0
-
-    def on_result(ok: bool) -> None:
-        nonlocal seen
-        seen += 1
-        if seen == 2:  # mid-run, AWS revokes / expires every session issued so far
-            sim.expire_all_credentials()
-
-    db = tmp_path / "inv.duckdb"
-    plan = Plan(tuple(accounts_of(fleet)), REGIONS, Options(concurrency=2, workers=1))
-    summary = await run_collect(plan, db, None, on_result=on_result)
+    sim = ExpiresMidRun(fleet, at=4).start()
+    try:
+        for name in UNSET_ENV:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in sim.env().items():
+            monkeypatch.setenv(name, value)
+        db = tmp_path / "inv.duckdb"
+        plan = Plan(tuple(accounts_of(fleet)), REGIONS, Options(concurrency=2, workers=1))
+        summary = await run_collect(plan, db, None)
+    finally:
+        sim.stop()
 
     assert summary.status == "complete", summary.tally.failures
     expired = sim.operation_stats("GetContainerServices")["expired"]
