@@ -21,6 +21,7 @@ from aiohttp import web
 from botocore.exceptions import ClientError, ReadTimeoutError
 
 from inventory.collect import Collector
+from inventory.errors import InventoryError
 from inventory.model import Account, Options, Plan
 from inventory.pipeline import run_collect
 from inventory.retry import THROTTLED_FACTOR, Backoff, Budget, Failure, Kind, classify
@@ -133,6 +134,8 @@ def sim_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         (ReadTimeoutError(endpoint_url="http://x"), "Timeout", Kind.TRANSIENT),
         (aiohttp.ServerDisconnectedError(), "ConnectionError", Kind.TRANSIENT),
         (ConnectionResetError(104, "reset"), "ConnectionError", Kind.TRANSIENT),
+        # botocore's parser choking on an answer of the wrong shape
+        (AttributeError("'str' object has no attribute 'get'"), "ResponseParserError", Kind.FATAL),
     ],
 )
 def test_classify_keeps_aws_code_and_decides_retry(exc: Exception, code: str, kind: Kind) -> None:
@@ -321,3 +324,18 @@ async def test_backoff_pauses_between_attempts(sim_env: Any) -> None:
     # 0.6 s pause after the first attempt; a second pause would cross the 1 s deadline
     assert result.attempts == 2
     assert sum(sim.lightsail_calls().values()) == 2
+
+
+async def test_refused_base_credentials_end_the_run_with_a_clear_error(
+    sim_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = sim_env(Simulator(Fleet(1, seed=5, regions=(R1,)), Faults()))
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "not-a-token-the-simulator-issued")
+    async with Collector(Options(timeout=2), (R1,)) as c:
+        with pytest.raises(InventoryError) as err:
+            await c.caller_account()
+    assert str(err.value) == (
+        "GetCallerIdentity with the base credentials failed after 1 attempt(s): "
+        "InvalidClientTokenId: The security token included in the request is invalid."
+    )
+    assert sim.total_requests == c.counter.api_calls == 1  # refused: not retried
