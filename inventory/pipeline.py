@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -96,8 +96,14 @@ class RunSummary:
         return {"complete": 0, "partial": 3}.get(self.status, 1)
 
 
+class Stoppable(Protocol):
+    """A Collector, or the WorkerPool of a multi-process run."""
+
+    def stop(self, reason: str = ...) -> None: ...
+
+
 class Interrupts:
-    """Ctrl-C (SIGINT) or SIGTERM during a one-process run ends it cleanly.
+    """Ctrl-C (SIGINT) or SIGTERM during a run ends it cleanly (one process or workers).
 
     The collector stops: no new call starts, calls in flight are cancelled, and every
     unfinished target is recorded as failed with error code 'Interrupted' (scans and
@@ -112,7 +118,7 @@ class Interrupts:
 
     def __init__(self, summary: RunSummary):
         self.summary = summary
-        self.collector: Collector | None = None
+        self.collector: Stoppable | None = None
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -125,7 +131,7 @@ class Interrupts:
                 continue  # not the main thread, or no signals on this platform
             self._previous[signum] = previous
 
-    def watch(self, collector: Collector) -> None:
+    def watch(self, collector: Stoppable) -> None:
         self.collector = collector
         if self.summary.signal is not None:
             collector.stop(signal.Signals(self.summary.signal).name)
@@ -337,9 +343,10 @@ async def run_collect(
             from inventory import workers as workers_mod
 
             begin(accounts, workers)
-            summary.tally = await workers_mod.collect_in_workers(
-                plan, accounts, run_id, key, workers, to_store, on_result
-            )
+            pool = workers_mod.WorkerPool(plan, accounts, run_id, key, workers)
+            interrupts.install()
+            interrupts.watch(pool)
+            summary.tally = await pool.run(to_store, on_result)
         tally = summary.tally
         tally.api_calls += found.api_calls  # Organizations / GetRegions calls
         tally.retries += found.retries

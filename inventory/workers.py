@@ -10,8 +10,10 @@ batches to the parent, which alone writes the store: one writer, one run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import multiprocessing as mp
+import os
 import queue
 import signal
 import traceback
@@ -46,10 +48,20 @@ def share_options(plan: Plan, workers: int) -> Plan:
     )
 
 
+_stop_requested: str | None = None  # a SIGTERM that arrived before the collector existed
+
+
+def _early_stop(signum: int, frame: object) -> None:
+    global _stop_requested
+    _stop_requested = signal.Signals(signum).name
+
+
 def _worker_main(
     q: Any, plan: Plan, accounts: list[Account], run_id: str, key: bytes | None, index: int
 ) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
+    # Ctrl-C reaches the whole process group: the parent decides, and forwards SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _early_stop)
     from inventory.pipeline import tune_gc_for_collect
 
     tune_gc_for_collect()
@@ -72,67 +84,96 @@ async def _work(
             q.put(("tables", index, tables))
 
     async with Collector(plan.options, plan.regions) as collector:
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGTERM, collector.stop, "interrupted (the parent was signalled)"
+        )
+        if _stop_requested is not None:
+            collector.stop("interrupted (the parent was signalled)")
         await collect_into(
             builder, collector, accounts, send, on_result=lambda ok: q.put(("result", index, ok))
         )
     q.put(("done", index, builder.tally))
 
 
-async def collect_in_workers(
-    plan: Plan,
-    accounts: list[Account],
-    run_id: str,
-    key: bytes | None,
-    workers: int,
-    sink: Callable[[dict[str, pa.Table]], Awaitable[None]],
-    on_result: Callable[[bool], None] | None = None,
-) -> Any:
-    """Collect `accounts` in `workers` processes; write their batches through `sink`."""
-    from inventory.pipeline import Tally
+class WorkerPool:
+    """`workers` spawned processes sharing `accounts`; the parent writes what they send.
 
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    shared = share_options(plan, workers)
-    procs = [
-        ctx.Process(
-            target=_worker_main,
-            args=(q, shared, accounts[i::workers], run_id, key, i),
-            name=f"inventory-worker-{i}",
-            daemon=True,
-        )
-        for i in range(workers)
-    ]
-    for p in procs:
-        p.start()
-    tally = Tally()
-    finished: set[int] = set()
-    try:
-        while len(finished) < workers:
-            try:
-                kind, index, payload = await asyncio.to_thread(q.get, True, POLL_SECONDS)
-            except queue.Empty:
-                for i, p in enumerate(procs):
-                    if i not in finished and p.exitcode is not None:
-                        raise WorkerFailed(
-                            f"worker {i} (pid {p.pid}) ended with exit code {p.exitcode} "
-                            "before finishing its accounts"
-                        ) from None
-                continue
-            if kind == "result":
-                if on_result:
-                    on_result(payload)
-            elif kind == "tables":
-                await sink(payload)
-            elif kind == "done":
-                tally.merge(payload)
-                finished.add(index)
-            elif kind == "error":
-                raise WorkerFailed(f"worker {index} failed:\n{payload}")
-    finally:
-        for p in procs:
-            if p.is_alive() and len(finished) < workers:
-                p.terminate()
-        for p in procs:
-            p.join(timeout=10)
-        q.close()
-    return tally
+    `stop()` (from pipeline.Interrupts on Ctrl-C / SIGTERM) forwards SIGTERM to every
+    worker: each stops its collector, records its unfinished targets as 'Interrupted' and
+    still sends what it collected, so the run ends as it does in one process.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        accounts: list[Account],
+        run_id: str,
+        key: bytes | None,
+        workers: int,
+    ):
+        ctx = mp.get_context("spawn")
+        self._q = ctx.Queue()
+        shared = share_options(plan, workers)
+        self._procs = [
+            ctx.Process(
+                target=_worker_main,
+                args=(self._q, shared, accounts[i::workers], run_id, key, i),
+                name=f"inventory-worker-{i}",
+                daemon=True,
+            )
+            for i in range(workers)
+        ]
+        self.stop_reason: str | None = None
+
+    def stop(self, reason: str = "interrupted") -> None:
+        if self.stop_reason is not None:
+            return
+        self.stop_reason = reason
+        for p in self._procs:
+            if p.pid is not None and p.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM)
+
+    async def run(
+        self,
+        sink: Callable[[dict[str, pa.Table]], Awaitable[None]],
+        on_result: Callable[[bool], None] | None = None,
+    ) -> Any:
+        """Start the workers, feed `sink` with their batches; return the summed Tally."""
+        from inventory.pipeline import Tally
+
+        for p in self._procs:
+            p.start()
+        workers = len(self._procs)
+        tally = Tally()
+        finished: set[int] = set()
+        try:
+            while len(finished) < workers:
+                try:
+                    kind, index, payload = await asyncio.to_thread(self._q.get, True, POLL_SECONDS)
+                except queue.Empty:
+                    for i, p in enumerate(self._procs):
+                        if i not in finished and p.exitcode is not None:
+                            raise WorkerFailed(
+                                f"worker {i} (pid {p.pid}) ended with exit code {p.exitcode} "
+                                "before finishing its accounts"
+                            ) from None
+                    continue
+                if kind == "result":
+                    if on_result:
+                        on_result(payload)
+                elif kind == "tables":
+                    await sink(payload)
+                elif kind == "done":
+                    tally.merge(payload)
+                    finished.add(index)
+                elif kind == "error":
+                    raise WorkerFailed(f"worker {index} failed:\n{payload}")
+        finally:
+            for p in self._procs:
+                if p.is_alive() and len(finished) < workers:
+                    p.terminate()
+            for p in self._procs:
+                p.join(timeout=10)
+            self._q.close()
+        return tally

@@ -255,6 +255,28 @@ def test_ctrl_c_and_sigterm_keep_what_was_collected_as_a_partial_run(
     assert statuses == ["complete", "partial", "partial", "complete"]
 
 
+def test_ctrl_c_with_workers_keeps_a_partial_run(collects: Collects) -> None:
+    """The parent forwards the interrupt to its worker processes; they stop like one."""
+    assert collects.run_here() == "complete"
+    requests = collects.sim.total_requests
+    proc = collects.start("--workers", "2")  # the last --workers wins
+    collects.wait_for_requests(requests + 6 + 4, proc)
+    assert proc.poll() is None, "the collect ended before the signal"
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    run = rows(collects.db, "select * from runs order by started_at desc limit 1")[0]
+    assert run["status"] == "partial"
+    assert run["targets_ok"] >= 1 and run["targets_failed"] >= 1
+    scans = rows(collects.db, f"select * from scans where run_id = '{run['run_id']}'")
+    assert len(scans) == 12  # every target accounted for, from both workers
+    assert {s["error_code"] for s in scans if s["status"] == "failed"} == {"Interrupted"}
+    assert collects.run_here() == "complete"  # and nothing was left 'running'
+    statuses = [r["status"] for r in rows(collects.db, "select status from runs")]
+    assert "running" not in statuses and "failed" not in statuses
+
+
 # --------------------------------------------------------------------------- write failure
 
 
