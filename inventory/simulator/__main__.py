@@ -32,6 +32,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--regions", default=None, help="comma-separated; default every region")
     p.add_argument("--services-per-account", type=float, default=1.5)
+    p.add_argument(
+        "--generation",
+        type=int,
+        default=0,
+        help="serve the fleet after N evolve() steps (known changes: try `inventory diff`)",
+    )
     p.add_argument("--hub-account", default=HUB_ACCOUNT_ID)
     p.add_argument("--latency-ms", type=float, default=0.0)
     p.add_argument("--throttle-rate", type=float, default=0.0)
@@ -58,6 +64,8 @@ def build(args: argparse.Namespace) -> Simulator:
         services_per_account=args.services_per_account,
         hub_account_id=args.hub_account,
     )
+    for _ in range(args.generation):
+        fleet = fleet.evolve()
     faults = Faults(
         latency_ms=args.latency_ms,
         throttle_rate=args.throttle_rate,
