@@ -36,6 +36,7 @@ from botocore.exceptions import (
     HTTPClientError,
     ReadTimeoutError,
 )
+from botocore.parsers import ResponseParserError
 
 THROTTLING_CODES = frozenset(
     {
@@ -108,17 +109,27 @@ def classify(exc: BaseException) -> Failure:
         | ConnectionError,
     ):
         return Failure("ConnectionError", _short(exc), Kind.TRANSIENT)
-    if isinstance(exc, BotoCoreError):
-        return Failure(type(exc).__name__, _short(exc), Kind.FATAL)
-    if isinstance(exc, AttributeError | TypeError | KeyError | IndexError | ValueError):
+    if isinstance(
+        exc, ResponseParserError | AttributeError | TypeError | KeyError | IndexError | ValueError
+    ):
         # botocore's parser choking on an answer of an unexpected shape (a string where
-        # the model says list, ...): the call's answer, not our code, is what is wrong
+        # the model says list, invalid XML, ...): the answer, not our code, is what is wrong.
+        # Its text is never recorded: parser errors quote the body, and a body may hold an
+        # STS secret key or a container's environment values.
         return Failure(
             "ResponseParserError",
-            f"the answer could not be parsed ({type(exc).__name__}: {_short(exc)})",
+            f"the answer could not be parsed ({type(exc).__name__}; its text is withheld: "
+            "an answer may hold secrets)",
             Kind.FATAL,
         )
-    return Failure(type(exc).__name__, _short(exc), Kind.FATAL)
+    if isinstance(exc, BotoCoreError):
+        return Failure(type(exc).__name__, _short(exc), Kind.FATAL)
+    own = type(exc).__module__.startswith("inventory")
+    return Failure(
+        type(exc).__name__,
+        _short(exc) if own else f"unexpected {type(exc).__name__} (its text is withheld)",
+        Kind.FATAL,
+    )
 
 
 def _short(exc: BaseException) -> str:

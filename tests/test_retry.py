@@ -339,3 +339,21 @@ async def test_refused_base_credentials_end_the_run_with_a_clear_error(
         "InvalidClientTokenId: The security token included in the request is invalid."
     )
     assert sim.total_requests == c.counter.api_calls == 1  # refused: not retried
+
+
+def test_parser_errors_never_quote_the_answer() -> None:
+    """botocore's parser errors quote the body: an STS answer holds a secret key."""
+    from botocore.parsers import ResponseParserError
+
+    from inventory.retry import classify
+
+    body = "<AssumeRoleResult><SecretAccessKey>wJalrXUtnFEMI-leaked</SecretAccessKey>"
+    for exc in (
+        ResponseParserError(f"Unable to parse response (invalid XML received):\n{body}"),
+        ValueError(body),
+        KeyError(body),
+        OSError(body),  # anything unexpected from outside the package
+    ):
+        failure = classify(exc)
+        assert "wJalrXUtnFEMI" not in failure.message, type(exc)
+        assert type(exc).__name__ in failure.message
