@@ -110,7 +110,15 @@ def client_config(options: Options, pool: int) -> AioConfig:
 
 
 async def base_credentials() -> tuple[ReadOnlyCredentials, AioSession]:
-    """The base identity from the standard AWS chain (env, profile, SSO, IMDS, ...)."""
+    """The base identity from the standard AWS chain (env, profile, SSO, IMDS, ...), frozen
+    now: for short tasks. A whole collect keeps `base_source()` instead."""
+    source, session = await base_source()
+    return await source.get_frozen_credentials(), session
+
+
+async def base_source() -> tuple[Any, AioSession]:
+    """The base credentials object of the standard chain. Instance-role, SSO and web-identity
+    credentials expire: botocore refreshes this object when it is asked for frozen ones."""
     session = AioSession()
     found = await session.get_credentials()
     if found is None:
@@ -120,7 +128,7 @@ async def base_credentials() -> tuple[ReadOnlyCredentials, AioSession]:
             "no AWS credentials found in the standard chain "
             "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, SSO, instance role)"
         )
-    return await found.get_frozen_credentials(), session
+    return found, session
 
 
 class Collector:
@@ -155,7 +163,16 @@ class Collector:
         self.broker: CredentialBroker | None = None
 
     async def __aenter__(self) -> Collector:
-        self.base, _ = await base_credentials()
+        try:
+            await self._enter()
+        except BaseException:
+            await self._stack.aclose()  # the clients entered so far
+            raise
+        return self
+
+    async def _enter(self) -> None:
+        source, session = await base_source()
+        self.base = await source.get_frozen_credentials()
         cfg = client_config(self.options, self.options.concurrency)
         self._sts = await self._stack.enter_async_context(
             self._session.create_client("sts", config=cfg, region_name=self._sts_region())
@@ -163,7 +180,11 @@ class Collector:
         lean_http = None
         if self.options.engine == "lean":
             lean_http = await self._stack.enter_async_context(
-                LeanHTTP(limit=max(10, self.options.concurrency), timeout=self.options.timeout)
+                LeanHTTP(
+                    limit=max(10, self.options.concurrency),
+                    timeout=self.options.timeout,
+                    verify=session.get_config_variable("ca_bundle"),  # AWS_CA_BUNDLE, as botocore
+                )
             )
         for region in self.regions:
             client = await self._stack.enter_async_context(
@@ -177,13 +198,12 @@ class Collector:
             self._clients[region] = client
         self.broker = CredentialBroker(
             self._sts,
-            self.base,
+            source,
             self.options,
             self.counter,
             clock=self._clock,
             backoff=self.backoff,
         )
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()

@@ -121,7 +121,7 @@ class CredentialBroker:
     def __init__(
         self,
         sts: Any,
-        base: ReadOnlyCredentials,
+        base: Any,
         options: Options,
         counter: CallCounter,
         *,
@@ -140,6 +140,15 @@ class CredentialBroker:
         self.assume_role_calls = 0
         self.refreshes = 0  # AssumeRole calls that replaced credentials we already had
 
+    async def base(self) -> ReadOnlyCredentials:
+        """The base identity's credentials now. `base` is frozen credentials, or an object
+        whose `get_frozen_credentials()` refreshes them (an instance role, SSO: they expire
+        during a long night)."""
+        if isinstance(self._base, ReadOnlyCredentials):
+            return self._base
+        frozen: ReadOnlyCredentials = await self._base.get_frozen_credentials()
+        return frozen
+
     def _fresh(self, entry: _Entry) -> bool:
         if entry.expires is None:
             return True
@@ -154,7 +163,7 @@ class CredentialBroker:
         AssumeRole and our own attempts stop there (AssumeRoleFailed, not final).
         """
         if account.role_arn is None:
-            return self._base
+            return await self.base()
         entry = self._cache.get(account.id)
         if entry is not None and self._fresh(entry):
             return entry.creds
@@ -224,7 +233,8 @@ class CredentialBroker:
             if budget.attempts > 1:
                 self._counter.retries += 1
             try:
-                with use(self._base):
+                base = await self.base()
+                with use(base):
                     answer = await asyncio.wait_for(
                         self._sts.assume_role(**params), min(self._options.timeout, remaining)
                     )

@@ -187,3 +187,46 @@ async def test_assume_role_is_retried_and_counted(
     # every HTTP request: 6 AssumeRole (3 throttled) + 6 GetContainerServices
     assert run["api_calls"] == sim.total_requests == 12
     assert {s["attempts"] for s in rows(db, "select attempts from scans")} == {1}
+
+
+async def test_base_credentials_are_read_fresh_for_every_assume_role() -> None:
+    """An instance role or SSO session rotates during a long night: AssumeRole must be
+    signed with the base credentials of now, not those of the run's start."""
+    import datetime as dt
+
+    from botocore.credentials import ReadOnlyCredentials
+
+    from inventory import credentials as cm
+    from inventory.credentials import CallCounter, CredentialBroker
+    from inventory.model import Account, Options
+
+    class RotatingBase:
+        def __init__(self) -> None:
+            self.key = "AKIDBASE1"
+
+        async def get_frozen_credentials(self) -> ReadOnlyCredentials:
+            return ReadOnlyCredentials(self.key, "secret", "token")
+
+    signed_with: list[str] = []
+
+    class FakeSTS:
+        async def assume_role(self, **params: object) -> dict[str, object]:
+            signed_with.append(cm.current().access_key)
+            expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+            return {
+                "Credentials": {
+                    "AccessKeyId": f"ASIA{len(signed_with)}",
+                    "SecretAccessKey": "s",
+                    "SessionToken": "t",
+                    "Expiration": expires,
+                }
+            }
+
+    base = RotatingBase()
+    broker = CredentialBroker(FakeSTS(), base, Options(), CallCounter())
+    await broker.get(Account("111111111111", role_arn="arn:aws:iam::111111111111:role/R"))
+    base.key = "AKIDBASE2"  # rotated
+    await broker.get(Account("222222222222", role_arn="arn:aws:iam::222222222222:role/R"))
+    assert signed_with == ["AKIDBASE1", "AKIDBASE2"]
+    own = await broker.get(Account("333333333333"))  # no role: the base itself, as of now
+    assert own.access_key == "AKIDBASE2"
