@@ -15,7 +15,7 @@ from inventory import render
 from inventory.model import Account, Options, Plan
 from inventory.pipeline import run_collect
 from inventory.regions import all_regions
-from inventory.simulator import Faults, Fleet, Simulator
+from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
 from inventory.store import Store
 
 DEMO_QUERY = """
@@ -32,7 +32,11 @@ def run(*, accounts: int, db: Path, parquet_dir: str, latency_ms: float, seed: i
     faults = Faults(latency_ms=latency_ms, throttle_rate=0.02, seed=seed)
     out = render.console()
     with Simulator(fleet, faults) as sim:
-        saved = {k: os.environ.get(k) for k in sim.env()}
+        # this process only: the simulator's endpoints and fake keys; a real session token,
+        # profile or endpoint in the environment must never reach it (or AWS)
+        saved = {k: os.environ.get(k) for k in (*sim.env(), *UNSET_ENV)}
+        for k in UNSET_ENV:
+            os.environ.pop(k, None)
         os.environ.update(sim.env())
         try:
             plan = Plan(

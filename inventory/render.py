@@ -9,7 +9,7 @@ import json
 import sys
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -22,7 +22,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from inventory.pipeline import RunSummary
+if TYPE_CHECKING:  # importing the pipeline loads aiobotocore, duckdb, pyarrow
+    from inventory.pipeline import RunSummary
 
 
 def console(stderr: bool = False) -> Console:

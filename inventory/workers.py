@@ -62,6 +62,7 @@ def _worker_main(
     # Ctrl-C reaches the whole process group: the parent decides, and forwards SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _early_stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     from inventory.pipeline import tune_gc_for_collect
 
     tune_gc_for_collect()
@@ -142,8 +143,16 @@ class WorkerPool:
         """Start the workers, feed `sink` with their batches; return the summed Tally."""
         from inventory.pipeline import Tally
 
-        for p in self._procs:
-            p.start()
+        # Workers install their signal handlers only once started; until then Ctrl-C (sent
+        # to the whole process group) or our own SIGTERM would kill them outright. The mask
+        # is inherited: they start with both blocked, pending, and unblock them when ready.
+        stopping = {signal.SIGINT, signal.SIGTERM}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
+        try:
+            for p in self._procs:
+                p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         workers = len(self._procs)
         tally = Tally()
         finished: set[int] = set()

@@ -277,6 +277,32 @@ def test_ctrl_c_with_workers_keeps_a_partial_run(collects: Collects) -> None:
     assert "running" not in statuses and "failed" not in statuses
 
 
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out += [int(c) for c in text]
+    return out
+
+
+def test_ctrl_c_while_workers_start_is_still_clean(collects: Collects) -> None:
+    """Signals sent while the workers are still importing do not kill them outright."""
+    proc = collects.start("--workers", "2")
+    deadline = time.monotonic() + 30
+    while len(_children(proc.pid)) < 2 and proc.poll() is None:
+        assert time.monotonic() < deadline, "no worker processes appeared"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)  # the workers exist, and have not called anyone yet
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "WorkerFailed" not in err
+    run = rows(collects.db, "select * from runs order by started_at desc limit 1")[0]
+    assert run["status"] in ("failed", "partial")  # 'failed' when no target had finished
+    scans = rows(collects.db, f"select * from scans where run_id = '{run['run_id']}'")
+    assert len(scans) == 12  # every target accounted for
+    assert collects.run_here() == "complete"
+
+
 # --------------------------------------------------------------------------- write failure
 
 
