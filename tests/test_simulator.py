@@ -159,10 +159,8 @@ def test_fleet_wire_shape_matches_botocore_model(fleet: Fleet) -> None:
         check({"containerServices": fleet.services(acct, region)}, shape, f"{acct}/{region}")
 
 
-def test_big_fleet_is_lazy_uneven_and_capped() -> None:
-    start = time.perf_counter()
-    big = Fleet(10_000, seed=3)
-    assert time.perf_counter() - start < 1.0
+def test_big_fleet_is_uneven_and_capped() -> None:
+    big = Fleet(10_000, seed=3)  # its cost is measured by the benchmarks, not asserted here
     counts = Counter(
         n for a in big.account_ids[:2000] for n in big.regions_of(a).values()
     )  # per non-empty pair
@@ -372,10 +370,8 @@ async def test_each_fault_gives_the_botocore_error(make_simulator: Any, fleet: F
     faults.drop_rate = 0.0
 
     short = Config(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=0.3)
-    start = time.monotonic()
-    with pytest.raises(ReadTimeoutError):
+    with pytest.raises(ReadTimeoutError):  # the hung request ends at the client's read timeout
         await services("eu-north-1", creds, config=short)
-    assert time.monotonic() - start < 2
     for _ in range(50):  # the server lets go of the hung request once the client left
         if sim.hanging == 0:
             break
@@ -407,8 +403,7 @@ async def test_latency_and_random_rates(make_simulator: Any, fleet: Fleet) -> No
                 codes[exc.response["Error"]["Code"]] += 1
 
         await asyncio.gather(*(one() for _ in range(100)))
-    elapsed = time.monotonic() - start
-    assert 0.027 < elapsed < 3
+    assert time.monotonic() - start > 0.027  # the injected latency (30 ms - 10%), at least
     assert set(codes) == {"ok", "ThrottlingException"}
     assert 10 < codes["ThrottlingException"] < 50
     assert sim.stats()["total_requests"] == 100

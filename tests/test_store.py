@@ -564,10 +564,8 @@ def test_second_writer_is_refused_with_the_holders_pid(db: Path) -> None:
     Store.open(db).close()
     proc = hold_writer(db)
     try:
-        start = time.monotonic()
-        with pytest.raises(StoreLocked) as info:
+        with pytest.raises(StoreLocked) as info:  # without wait=True: refused, not queued
             Store.open(db)
-        assert time.monotonic() - start < 2  # at once
         assert f"PID {proc.pid}" in str(info.value)
         assert str(db) in str(info.value)
         with pytest.raises(StoreLocked, match=f"PID {proc.pid}"):
