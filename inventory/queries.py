@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from inventory.errors import UsageError
@@ -64,6 +65,38 @@ def query_header(text: str) -> tuple[str, dict[str, str | None]]:
     return description, params
 
 
+@dataclass(frozen=True)
+class NamedQuery:
+    name: str
+    text: str
+    description: str
+    params: dict[str, str | None]  # declared: name -> default (None: must be given)
+
+
+def load(sql_dir: Path | None = None) -> list[NamedQuery]:
+    """Every sql/queries/*.sql, by name, read now (a query added since appears at once)."""
+    folder = (sql_dir or SQL_DIR) / "queries"
+    out = []
+    for path in sorted(folder.glob("*.sql")):
+        text = path.read_text(encoding="utf-8")
+        description, params = query_header(text)
+        out.append(NamedQuery(path.stem, text, description, params))
+    return out
+
+
+def used_params(text: str) -> set[str]:
+    """The `$NAME`s the SQL uses (duckdb.Error when it does not parse)."""
+    import duckdb
+
+    return set().union(*(s.named_parameters for s in duckdb.extract_statements(text)))
+
+
+def defaults(declared: dict[str, str | None], sql_dir: Path | None = None) -> dict[str, str]:
+    """The declared defaults, `{sql_dir}` replaced in the value (never in the SQL)."""
+    folder = str(sql_dir or SQL_DIR)
+    return {k: v.replace("{sql_dir}", folder) for k, v in declared.items() if v is not None}
+
+
 def bind(text: str, name: str | None, given: dict[str, str]) -> dict[str, str]:
     """The values bound to the query's `$NAME` parameters (never formatted into its text):
     --param values over the named query's declared defaults. An unknown or missing
@@ -71,13 +104,10 @@ def bind(text: str, name: str | None, given: dict[str, str]) -> dict[str, str]:
     import duckdb
 
     what = f"query {name!r}" if name else "this SQL"
-    declared = query_header(text)[1] if name else {}
-    values = {k: v.replace("{sql_dir}", str(SQL_DIR)) for k, v in declared.items() if v is not None}
+    values = defaults(query_header(text)[1]) if name else {}
     values.update(given)
     try:
-        wanted: set[str] = set().union(
-            *(s.named_parameters for s in duckdb.extract_statements(text))
-        )
+        wanted = used_params(text)
     except duckdb.Error:
         return given  # not valid SQL: running it reports the syntax error
     if any(not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", w) for w in wanted):
@@ -97,10 +127,12 @@ def bind(text: str, name: str | None, given: dict[str, str]) -> dict[str, str]:
 
 
 def named_queries() -> list[tuple[str, str, str]]:
-    """(name, params, description) of every sql/queries/*.sql, by name."""
-    out = []
-    for path in sorted((SQL_DIR / "queries").glob("*.sql")):
-        description, params = query_header(path.read_text())
-        shown = ", ".join(k if v is None else f"{k}={v}" for k, v in params.items())
-        out.append((path.stem, shown, description))
-    return out
+    """(name, params, description) of every named query, for `inventory query --list`."""
+    return [
+        (
+            q.name,
+            ", ".join(k if v is None else f"{k}={v}" for k, v in q.params.items()),
+            q.description,
+        )
+        for q in load()
+    ]

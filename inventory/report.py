@@ -104,37 +104,22 @@ class Report:
 # --------------------------------------------------------------------------- named queries
 
 
-def load_queries(sql_dir: Path) -> list[tuple[str, str, str, dict[str, str | None]]]:
-    """(name, text, description, {param: default or None}) of every sql/queries/*.sql, by
-    name, read now (so a query added since the last report appears in the next one)."""
-    out = []
-    for path in sorted((sql_dir / "queries").glob("*.sql")):
-        text = path.read_text(encoding="utf-8")
-        description, params = queries.query_header(text)
-        out.append((path.stem, text, description, params))
-    return out
-
-
 def _run_finding(
-    con: duckdb.DuckDBPyConnection,
-    name: str,
-    text: str,
-    description: str,
-    declared: dict[str, str | None],
-    sql_dir: Path,
+    con: duckdb.DuckDBPyConnection, query: queries.NamedQuery, sql_dir: Path
 ) -> Finding:
-    finding = Finding(name, description)
+    finding = Finding(query.name, query.description)
     try:
-        used: set[str] = set().union(*(s.named_parameters for s in duckdb.extract_statements(text)))
+        used = queries.used_params(query.text)
     except duckdb.Error as e:
         finding.error = f"cannot parse: {e}"
         return finding
-    finding.needs = sorted(p for p in used if declared.get(p) is None)
+    finding.needs = sorted(p for p in used if query.params.get(p) is None)
     if finding.needs:
         return finding
-    finding.params = {p: str(declared[p]).replace("{sql_dir}", str(sql_dir)) for p in sorted(used)}
+    values = queries.defaults(query.params, sql_dir)
+    finding.params = {p: values[p] for p in sorted(used)}
     try:
-        cur = con.execute(text, finding.params or None)
+        cur = con.execute(query.text, finding.params or None)
         columns = [d[0] for d in cur.description or []]
         keep = [i for i, c in enumerate(columns) if c.lower() not in HIDDEN_COLUMNS]
         finding.hidden = [c for c in columns if c.lower() in HIDDEN_COLUMNS]
@@ -197,7 +182,7 @@ def gather(
     run = _pick_run(store, run_id)
     rid = run["run_id"]
     sql_dir = queries.SQL_DIR if sql_dir is None else sql_dir
-    named = load_queries(sql_dir)
+    named = queries.load(sql_dir)
     with store.connection(read_only=True) as con:
         try:
             regions = con.execute(
@@ -235,10 +220,7 @@ def gather(
             _scope_to(con, run)
         except duckdb.Error as e:
             raise StoreError(f"{store.path}: cannot read run {rid}: {e}") from e
-        findings = [
-            _run_finding(con, name, text, desc, params, sql_dir)
-            for name, text, desc, params in named
-        ]
+        findings = [_run_finding(con, q, sql_dir) for q in named]
     return Report(
         run=run,
         regions=[(str(r), int(n), int(f)) for r, n, f in regions],
