@@ -48,7 +48,7 @@ from inventory.errors import InventoryError
 from inventory.lean import USER_AGENT, LeanHTTP, LeanLightsailClient
 from inventory.model import Account, ErrorRecord, Options, TargetResult, utcnow
 from inventory.pacing import Pacer, default_floor
-from inventory.retry import Backoff, Budget, Failure, Kind, classify
+from inventory.retry import Backoff, Budget, CallFailed, Calls, Failure, Kind, classify
 
 BREAKER_TIMEOUTS = 6  # calls to one region timed out, none answered: stop calling it...
 BREAKER_TARGETS = 3  # ...when they came from at least this many accounts
@@ -225,29 +225,17 @@ class Collector:
     async def caller_account(self) -> str:
         """The base identity's account id (GetCallerIdentity), for runs without a file."""
         assert self.base is not None
-        budget = Budget(self.options.max_attempts)
-        end = time.monotonic() + self.options.deadline
-        while True:
-            budget.attempts += 1
-            self.counter.api_calls += 1
-            if budget.attempts > 1:
-                self.counter.retries += 1
-            remaining = max(0.001, end - time.monotonic())
-            try:
-                with creds_mod.use(self.base):
-                    answer = await asyncio.wait_for(
-                        self._sts.get_caller_identity(), min(self.options.timeout, remaining)
-                    )
-                return str(answer["Account"])
-            except Exception as exc:
-                failure = classify(exc)
-                pause = self.backoff.delay(budget.attempts)
-                if not budget.spend(failure) or time.monotonic() + pause >= end:
-                    raise InventoryError(
-                        f"GetCallerIdentity with the base credentials failed after "
-                        f"{budget.attempts} attempt(s): {failure.code}: {failure.message}"
-                    ) from None
-                await asyncio.sleep(pause)
+        try:
+            with creds_mod.use(self.base):
+                answer = await Calls(self.options, self.counter)(
+                    "GetCallerIdentity", self._sts.get_caller_identity
+                )
+        except CallFailed as exc:
+            raise InventoryError(
+                f"GetCallerIdentity with the base credentials failed after {exc.attempts} "
+                f"attempt(s): {exc.failure.code}: {exc.failure.message}"
+            ) from None
+        return str(answer["Account"])
 
     async def results(self, accounts: Iterable[Account]) -> AsyncIterator[TargetResult]:
         """Yield one TargetResult per account × region as each finishes (after `stop`,

@@ -22,7 +22,7 @@ from aiobotocore.credentials import AioCredentials
 from botocore.credentials import ReadOnlyCredentials
 
 from inventory.model import Account, Options
-from inventory.retry import Backoff, Budget, Failure, Kind, classify
+from inventory.retry import Backoff, Budget, CallCounter, Failure, Kind, classify
 
 _CURRENT: ContextVar[ReadOnlyCredentials] = ContextVar("inventory_credentials")
 
@@ -90,14 +90,6 @@ class _Entry:
     creds: ReadOnlyCredentials
     expires: float | None  # epoch seconds; None = never (base credentials)
     lifetime: float | None
-
-
-@dataclass(slots=True)
-class CallCounter:
-    """Every HTTP request the run makes, and how many of them were retries."""
-
-    api_calls: int = 0
-    retries: int = 0
 
 
 REFRESH_MARGIN_MAX = 300.0  # refresh at most this many seconds before expiry...

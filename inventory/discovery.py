@@ -23,12 +23,10 @@ row and an `errors` row, `record_failure`) before the message reaches the user.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,11 +37,10 @@ from botocore.credentials import ReadOnlyCredentials
 
 from inventory import logs
 from inventory.config import DISCOVER_REGIONS, role_arn_for
-from inventory.credentials import CallCounter
 from inventory.errors import InventoryError
 from inventory.model import Account, ErrorRecord, Options, OrgDiscovery, Plan, utcnow
 from inventory.regions import all_regions
-from inventory.retry import Backoff, Budget, Failure, Kind, classify
+from inventory.retry import CallFailed, Calls
 
 __all__ = [
     "DISCOVER_REGIONS",
@@ -69,15 +66,6 @@ ORG_PERMISSIONS = (
     "organizations:ListOrganizationalUnitsForParent",
     "organizations:ListRoots",
 )
-
-
-class CallFailed(Exception):
-    """One AWS call failed for good (after its retries)."""
-
-    def __init__(self, operation: str, failure: Failure, attempts: int):
-        self.operation, self.failure, self.attempts = operation, failure, attempts
-        self.ou: str | None = None  # the org_ous entry being listed, if any
-        super().__init__(f"{operation}: {failure.code}: {failure.message}")
 
 
 class DiscoveryFailed(InventoryError):
@@ -111,40 +99,6 @@ class DiscoveryFailed(InventoryError):
         if self.run_id:
             text += f" (recorded as failed run {self.run_id})"
         return text
-
-
-class Calls:
-    """Makes AWS calls with the collector's retry rules, and counts every attempt."""
-
-    def __init__(self, options: Options, counter: CallCounter | None = None):
-        self.options = options
-        self.counter = counter or CallCounter()
-        self.backoff = Backoff()
-
-    async def __call__(
-        self, operation: str, fn: Callable[..., Awaitable[Any]], **params: Any
-    ) -> dict[str, Any]:
-        budget = Budget(self.options.max_attempts)
-        end = time.monotonic() + self.options.deadline
-        while True:
-            budget.attempts += 1
-            self.counter.api_calls += 1
-            if budget.attempts > 1:
-                self.counter.retries += 1
-            remaining = end - time.monotonic()
-            try:
-                answer = await asyncio.wait_for(
-                    fn(**params), max(0.001, min(self.options.timeout, remaining))
-                )
-                return dict(answer)
-            except Exception as exc:
-                failure = classify(exc)
-                if failure.kind is Kind.EXPIRED or not budget.spend(failure):
-                    raise CallFailed(operation, failure, budget.attempts) from None
-                pause = self.backoff.delay(budget.attempts)
-                if time.monotonic() + pause >= end:
-                    raise CallFailed(operation, failure, budget.attempts) from None
-                await asyncio.sleep(pause)
 
 
 def client_kwargs(options: Options, creds: ReadOnlyCredentials) -> dict[str, Any]:

@@ -24,7 +24,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from botocore.exceptions import (
@@ -187,3 +190,59 @@ class Backoff:
     ) -> float:
         """Seconds to wait after the `attempt`-th failed attempt (1-based): U(0, ceiling)."""
         return (rng or random).uniform(0, self.ceiling(attempt, throttled))
+
+
+@dataclass(slots=True)
+class CallCounter:
+    """Every HTTP request the run makes, and how many of them were retries."""
+
+    api_calls: int = 0
+    retries: int = 0
+
+
+class CallFailed(Exception):
+    """One AWS call failed for good (after its retries)."""
+
+    def __init__(self, operation: str, failure: Failure, attempts: int):
+        self.operation, self.failure, self.attempts = operation, failure, attempts
+        self.ou: str | None = None  # discovery: the org_ous entry being listed, if any
+        super().__init__(f"{operation}: {failure.code}: {failure.message}")
+
+
+class Calls:
+    """Makes one-off AWS calls (STS, Organizations, GetRegions, ...) with the collector's
+    retry rules: attempt budget, backoff with jitter, the per-target deadline; and counts
+    every attempt. The hot call, GetContainerServices, has its own loop in collect.py
+    (circuit breaker, global pacer), and AssumeRole in credentials.py (shared waits)."""
+
+    def __init__(self, options: Any, counter: CallCounter | None = None):
+        self.options = options
+        self.counter = counter or CallCounter()
+        self.backoff = Backoff()
+
+    async def __call__(
+        self, operation: str, fn: Callable[..., Awaitable[Any]], **params: Any
+    ) -> dict[str, Any]:
+        budget = Budget(self.options.max_attempts)
+        end = time.monotonic() + self.options.deadline
+        while True:
+            budget.attempts += 1
+            self.counter.api_calls += 1
+            if budget.attempts > 1:
+                self.counter.retries += 1
+            remaining = end - time.monotonic()
+            try:
+                answer = await asyncio.wait_for(
+                    fn(**params), max(0.001, min(self.options.timeout, remaining))
+                )
+                return dict(answer)
+            except Exception as exc:
+                failure = classify(exc)
+                if failure.kind is Kind.EXPIRED or not budget.spend(failure):
+                    raise CallFailed(operation, failure, budget.attempts) from None
+                pause = self.backoff.delay(
+                    budget.attempts, throttled=failure.kind is Kind.THROTTLED
+                )
+                if time.monotonic() + pause >= end:
+                    raise CallFailed(operation, failure, budget.attempts) from None
+                await asyncio.sleep(pause)
