@@ -73,6 +73,22 @@ def use(creds: ReadOnlyCredentials) -> Iterator[None]:
         _CURRENT.reset(token)
 
 
+def assume_role_params(
+    role_arn: str, session_name: str, external_id: str | None = None
+) -> dict[str, Any]:
+    """STS AssumeRole's parameters, as every caller here sends them."""
+    params: dict[str, Any] = {"RoleArn": role_arn, "RoleSessionName": session_name}
+    if external_id:
+        params["ExternalId"] = external_id
+    return params
+
+
+def from_sts(answer: dict[str, Any]) -> ReadOnlyCredentials:
+    """The credentials in an AssumeRole answer."""
+    c = answer["Credentials"]
+    return ReadOnlyCredentials(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"])
+
+
 class AssumeRoleFailed(Exception):
     """The account's role could not be assumed; every region of the account fails with it.
 
@@ -201,12 +217,9 @@ class CredentialBroker:
 
     async def _assume(self, account: Account, deadline: float | None) -> _Entry:
         assert account.role_arn is not None
-        params: dict[str, Any] = {
-            "RoleArn": account.role_arn,
-            "RoleSessionName": self._options.session_name,
-        }
-        if account.external_id:
-            params["ExternalId"] = account.external_id
+        params = assume_role_params(
+            account.role_arn, self._options.session_name, account.external_id
+        )
         own_deadline = time.monotonic() + self._options.deadline
         end = own_deadline if deadline is None else min(deadline, own_deadline)
         budget = Budget(self._options.max_attempts)
@@ -251,9 +264,7 @@ class CredentialBroker:
             expires = expiration.timestamp() if isinstance(expiration, dt.datetime) else None
             now = self._clock()
             return _Entry(
-                creds=ReadOnlyCredentials(
-                    c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"]
-                ),
+                creds=from_sts(answer),
                 expires=expires,
                 lifetime=(expires - now) if expires is not None else None,
             )

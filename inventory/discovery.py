@@ -37,6 +37,7 @@ from botocore.credentials import ReadOnlyCredentials
 
 from inventory import logs
 from inventory.config import DISCOVER_REGIONS, role_arn_for
+from inventory.credentials import assume_role_params, from_sts
 from inventory.errors import InventoryError
 from inventory.model import Account, ErrorRecord, Options, OrgDiscovery, Plan, utcnow
 from inventory.regions import all_regions
@@ -243,8 +244,7 @@ async def list_org_accounts(
                 answer = await calls(
                     "AssumeRole",
                     sts.assume_role,
-                    RoleArn=org.management_role_arn,
-                    RoleSessionName=options.session_name,
+                    **assume_role_params(org.management_role_arn, options.session_name),
                 )
             except CallFailed as exc:
                 raise DiscoveryFailed(
@@ -257,8 +257,7 @@ async def list_org_accounts(
                     attempts=exc.attempts,
                     account_id=org.management_role_arn.split(":")[4],
                 ) from None
-            c = answer["Credentials"]
-            creds = ReadOnlyCredentials(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"])
+            creds = from_sts(answer)
         client = await stack.enter_async_context(
             session.create_client(
                 "organizations", region_name=home_region(session), **client_kwargs(options, creds)

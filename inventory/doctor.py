@@ -308,19 +308,15 @@ async def _check_roles(
 
     async def one(account: Account) -> ReadOnlyCredentials | CallFailed:
         assert account.role_arn is not None
-        params: dict[str, Any] = {
-            "RoleArn": account.role_arn,
-            "RoleSessionName": plan.options.session_name,
-        }
-        if account.external_id:
-            params["ExternalId"] = account.external_id
+        params = creds_mod.assume_role_params(
+            account.role_arn, plan.options.session_name, account.external_id
+        )
         async with limit:
             try:
                 answer = await calls("AssumeRole", sts.assume_role, **params)
             except CallFailed as exc:
                 return exc
-        c = answer["Credentials"]
-        return ReadOnlyCredentials(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"])
+        return creds_mod.from_sts(answer)
 
     answers = await asyncio.gather(*(one(a) for a in accounts))
     ok: list[tuple[Account, ReadOnlyCredentials]] = []
