@@ -35,6 +35,47 @@ def _frame_key(frame: str) -> str:
     return f"{m['func']}  ({_short(m['file'])})"
 
 
+# Where a sample's CPU goes: the first area (in this order) that any frame of its stack
+# belongs to. Needles are specific so that a worker's bootstrap frames do not swallow it.
+AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("start-up: imports", ("importlib._bootstrap",)),
+    (
+        "workers: IPC",
+        (
+            "multiprocessing/queues.py",
+            "multiprocessing/connection.py",
+            "multiprocessing/reduction.py",
+            "collect_in_workers",
+        ),
+    ),
+    ("store: DuckDB writes", ("inventory/store.py", "duckdb/")),
+    ("flatten: rows -> Arrow", ("inventory/flatten.py", "pyarrow/")),
+    ("signing: SigV4", ("botocore/auth.py", "Signer.")),
+    ("botocore/aiobotocore (STS, clients)", ("botocore/",)),
+    ("answer: json.loads", ("json/",)),
+    ("HTTP: aiohttp", ("aiohttp/", "yarl/", "multidict/")),
+    (
+        "collector: fetch/retry/credentials",
+        (
+            "inventory/collect.py",
+            "inventory/credentials.py",
+            "inventory/pacing.py",
+            "inventory/retry.py",
+            "inventory/pipeline.py",
+            "inventory/lean.py",
+        ),
+    ),
+    ("asyncio event loop", ("asyncio/", "selectors.py")),
+)
+
+
+def _area(frames: list[str]) -> str:
+    for name, needles in AREAS:
+        if any(n in f for f in frames for n in needles):
+            return name
+    return "other"
+
+
 def _process_label(frame: str) -> str:
     """py-spy --subprocesses puts `process PID:"CMDLINE"` first; name the collector's roles."""
     pid = frame.split(":", 1)[0].removeprefix("process ").strip()
@@ -45,11 +86,15 @@ def _process_label(frame: str) -> str:
     return f"process {pid}"
 
 
-def top_collapsed(path: Path, n: int) -> tuple[int, list[tuple[int, int, str]], dict[str, int]]:
-    """(samples, [(own, cumulative, function)], {process: samples}) from py-spy's raw output."""
+def top_collapsed(
+    path: Path, n: int
+) -> tuple[int, list[tuple[int, int, str]], dict[str, int], dict[str, int]]:
+    """From py-spy's raw output: (samples, [(own, cumulative, function)], {process: samples},
+    {area: samples})."""
     own: Counter[str] = Counter()
     cum: Counter[str] = Counter()
     per_process: Counter[str] = Counter()
+    areas: Counter[str] = Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -63,10 +108,12 @@ def top_collapsed(path: Path, n: int) -> tuple[int, list[tuple[int, int, str]], 
         if not frames:
             continue
         total += k
+        areas[_area(frames)] += k
         own[frames[-1]] += k
         for f in set(frames):
             cum[f] += k
-    return total, [(c, cum[f], f) for f, c in own.most_common(n)], dict(per_process)
+    top_rows = [(c, cum[f], f) for f, c in own.most_common(n)]
+    return total, top_rows, dict(per_process), dict(areas.most_common())
 
 
 def _where(key: tuple[str, int, str]) -> str:
@@ -87,7 +134,7 @@ def summary_text(path: Path, n: int = 15, rate: float = 250.0) -> str:
         for k, v in ranked:
             out.append(f"{v[2]:7.2f} {100 * v[2] / total:6.1f} {v[3]:7.2f}  {_where(k)}")
         return "\n".join(out)
-    total, rows, per_process = top_collapsed(path, n)
+    total, rows, per_process, areas = top_collapsed(path, n)
     out = [
         f"py-spy: {total} CPU samples at {rate:g}/s = {total / rate:.1f}s on CPU "
         "(idle left out; all threads and processes)"
@@ -97,6 +144,9 @@ def summary_text(path: Path, n: int = 15, rate: float = 250.0) -> str:
             "by process: "
             + ", ".join(f"{p} {c / rate:.1f}s" for p, c in sorted(per_process.items()))
         )
+    out.append(
+        "by area: " + ", ".join(f"{a} {100 * c / max(1, total):.0f}%" for a, c in areas.items())
+    )
     out.append(f"{'own s':>7} {'own %':>6} {'cum %':>6}  function")
     for own, cum, where in rows:
         out.append(
