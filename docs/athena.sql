@@ -113,6 +113,89 @@ TBLPROPERTIES (
   'storage.location.template' = 's3://YOUR-BUCKET/lightsail-inventory/containers/run_date=${run_date}/'
 );
 
+CREATE EXTERNAL TABLE IF NOT EXISTS lightsail_inventory.deployment_history (
+  `run_id` string,
+  `collected_at` timestamp,
+  `account_id` string,
+  `region` string,
+  `service_name` string,
+  `service_arn` string,
+  `version` int,
+  `state` string,
+  `created_at` timestamp,
+  `public_endpoint_container_name` string,
+  `public_endpoint_container_port` int,
+  `health_check_healthy_threshold` int,
+  `health_check_unhealthy_threshold` int,
+  `health_check_timeout_seconds` int,
+  `health_check_interval_seconds` int,
+  `health_check_path` string,
+  `health_check_success_codes` string
+)
+PARTITIONED BY (`run_date` string)
+STORED AS PARQUET
+LOCATION 's3://YOUR-BUCKET/lightsail-inventory/deployment_history/'
+TBLPROPERTIES (
+  'projection.enabled' = 'true',
+  'projection.run_date.type' = 'date',
+  'projection.run_date.format' = 'yyyy-MM-dd',
+  'projection.run_date.range' = '2024-01-01,NOW',
+  'projection.run_date.interval' = '1',
+  'projection.run_date.interval.unit' = 'DAYS',
+  'storage.location.template' = 's3://YOUR-BUCKET/lightsail-inventory/deployment_history/run_date=${run_date}/'
+);
+
+CREATE EXTERNAL TABLE IF NOT EXISTS lightsail_inventory.deployment_history_containers (
+  `run_id` string,
+  `collected_at` timestamp,
+  `account_id` string,
+  `region` string,
+  `service_name` string,
+  `service_arn` string,
+  `deployment_version` int,
+  `container_name` string,
+  `image` string,
+  `image_source` string,
+  `command` array<string>,
+  `environment` map<string,string>,
+  `ports` map<string,string>
+)
+PARTITIONED BY (`run_date` string)
+STORED AS PARQUET
+LOCATION 's3://YOUR-BUCKET/lightsail-inventory/deployment_history_containers/'
+TBLPROPERTIES (
+  'projection.enabled' = 'true',
+  'projection.run_date.type' = 'date',
+  'projection.run_date.format' = 'yyyy-MM-dd',
+  'projection.run_date.range' = '2024-01-01,NOW',
+  'projection.run_date.interval' = '1',
+  'projection.run_date.interval.unit' = 'DAYS',
+  'storage.location.template' = 's3://YOUR-BUCKET/lightsail-inventory/deployment_history_containers/run_date=${run_date}/'
+);
+
+CREATE EXTERNAL TABLE IF NOT EXISTS lightsail_inventory.container_images (
+  `run_id` string,
+  `collected_at` timestamp,
+  `account_id` string,
+  `region` string,
+  `service_name` string,
+  `image` string,
+  `digest` string,
+  `created_at` timestamp
+)
+PARTITIONED BY (`run_date` string)
+STORED AS PARQUET
+LOCATION 's3://YOUR-BUCKET/lightsail-inventory/container_images/'
+TBLPROPERTIES (
+  'projection.enabled' = 'true',
+  'projection.run_date.type' = 'date',
+  'projection.run_date.format' = 'yyyy-MM-dd',
+  'projection.run_date.range' = '2024-01-01,NOW',
+  'projection.run_date.interval' = '1',
+  'projection.run_date.interval.unit' = 'DAYS',
+  'storage.location.template' = 's3://YOUR-BUCKET/lightsail-inventory/container_images/run_date=${run_date}/'
+);
+
 CREATE EXTERNAL TABLE IF NOT EXISTS lightsail_inventory.scans (
   `run_id` string,
   `account_id` string,
@@ -175,7 +258,9 @@ CREATE EXTERNAL TABLE IF NOT EXISTS lightsail_inventory.runs (
   `deployments` bigint,
   `containers` bigint,
   `tool_version` string,
-  `schema_version` int
+  `schema_version` int,
+  `shard` int,
+  `shards` int
 )
 PARTITIONED BY (`run_date` string)
 STORED AS PARQUET
@@ -214,3 +299,32 @@ CREATE OR REPLACE VIEW lightsail_inventory.latest_containers AS
 SELECT t.run_id, t.collected_at, t.account_id, t.region, t.service_name, t.service_arn, t.slot, t.deployment_version, t.container_name, t.image, t.image_source, t.command, t.environment, t.ports
 FROM lightsail_inventory.containers AS t JOIN lightsail_inventory.latest_scans AS l
   ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region;
+
+-- One row per run: the shards of a sharded run (collect --shard K/N) are one run.
+CREATE OR REPLACE VIEW lightsail_inventory.run_totals AS
+SELECT run_id,
+       min(started_at) AS started_at,
+       max(finished_at) AS finished_at,
+       CASE
+           WHEN bool_or(status = 'running') THEN 'running'
+           WHEN bool_and(status = 'complete')
+                AND count(DISTINCT coalesce(shard, -1)) >= coalesce(max(shards), 1)
+               THEN 'complete'
+           WHEN bool_and(status = 'failed') THEN 'failed'
+           ELSE 'partial'
+       END AS status,
+       max(shards) AS shards,
+       CAST(count(*) AS INTEGER) AS shards_found,
+       CAST(sum(accounts) AS INTEGER) AS accounts,
+       CAST(sum(targets) AS INTEGER) AS targets,
+       CAST(sum(targets_ok) AS INTEGER) AS targets_ok,
+       CAST(sum(targets_failed) AS INTEGER) AS targets_failed,
+       CAST(sum(api_calls) AS BIGINT) AS api_calls,
+       CAST(sum(retries) AS BIGINT) AS retries,
+       CAST(sum(services) AS BIGINT) AS services,
+       CAST(sum(deployments) AS BIGINT) AS deployments,
+       CAST(sum(containers) AS BIGINT) AS containers,
+       max(tool_version) AS tool_version,
+       min(schema_version) AS schema_version
+FROM lightsail_inventory.runs
+GROUP BY run_id;

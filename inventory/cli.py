@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import sys
 from collections.abc import Callable, Iterator
 from enum import StrEnum
@@ -127,6 +128,39 @@ def collect(
             "bar). Example: inventory collect -c accounts.toml --log-format json 2>run.log",
         ),
     ] = LogFormat.text,
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep",
+            help="Also, per service: GetContainerServiceDeployments (deployment_history, "
+            "deployment_history_containers) and GetContainerImages (container_images).",
+        ),
+    ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            help="Collect shard K of N (K from 0): the accounts whose SHA-256 of the id mod N "
+            "is K; needs --run-id. Example: --shard 0/4 --run-id 20261127T053650Z-3f9a1c",
+        ),
+    ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            "--shards",
+            help="Like --shard K/N with K from AWS_BATCH_JOB_ARRAY_INDEX or "
+            "JOB_COMPLETION_INDEX (array jobs); needs --run-id.",
+        ),
+    ] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option(
+            "--run-id",
+            envvar="INVENTORY_RUN_ID",
+            help="The run's id (YYYYMMDDTHHMMSSZ-suffix; its time is the run's started_at), "
+            "shared by every shard. Default: a new one.",
+        ),
+    ] = None,
 ) -> None:
     """Collect every container service of every account and region into DuckDB and Parquet.
 
@@ -147,7 +181,9 @@ def collect(
             include_env_values=include_env_values,
             engine=engine,
             workers=workers,
+            deep=deep,
         )
+        part = config_mod.resolve_shard(shard, shards, run_id, os.environ)
         plan = config_mod.load_plan(config, regions=regions, org=org, options=options)
         dest = None if no_parquet else parquet_dir
         bar = False if log_format is LogFormat.json else None  # None: on a terminal only
@@ -160,6 +196,8 @@ def collect(
                     on_start=progress.start,
                     on_result=progress.advance,
                     wait_for_lock=wait,
+                    run_id=run_id,
+                    shard=part,
                 )
             )
     out = render.console()

@@ -514,6 +514,11 @@ class Flattener:
         self._enums = known_enums()
         self._reset()
 
+    @property
+    def fingerprint(self) -> Callable[[str], str] | None:
+        """What environment values are replaced by (None: stored as they are)."""
+        return self._fingerprint
+
     def _reset(self) -> None:
         self._cs = _new_buffers(INVENTORY_TABLES["container_services"], _CS_ROW)
         self._dep = _new_buffers(INVENTORY_TABLES["deployments"], _DEP_ROW)

@@ -95,10 +95,14 @@ def write_table(
 
 
 def export_run(store: Store, run_id: str, dest: str | os.PathLike[str]) -> list[WrittenFile]:
-    """Write run `run_id` of `store` to `dest`: one `<run_id>.parquet` per table (all six,
-    empty ones included), streamed from DuckDB. Exporting a run again replaces its files and
-    removes its old `<run_id>-<n>.parquet` parts (after the new file is in place, so the
-    data never disappears; a reader may briefly see both)."""
+    """Write run `run_id` of `store` to `dest`: one `<run_id>.parquet` per table (all of
+    schema.TABLES, empty ones included), streamed from DuckDB. Exporting a run again replaces
+    its files and removes its old `<run_id>-<n>.parquet` parts (after the new file is in
+    place, so the data never disappears; a reader may briefly see both).
+
+    A shard of a run (`collect --shard K/N`: runs.shard is K) writes
+    `<run_id>-shard-K.parquet` instead, and removes nothing: the other shards' parts of the
+    run sit beside it, and its own file is replaced whole."""
     run = store.run(run_id)
     if run is None:
         raise StoreError(f"{store.path}: no run {run_id}")
@@ -108,14 +112,16 @@ def export_run(store: Store, run_id: str, dest: str | os.PathLike[str]) -> list[
             "marked failed); export it once it has finished"
         )
     started_at: dt.datetime = run["started_at"]
+    part = None if run.get("shard") is None else f"shard-{run['shard']}"
     written = []
     for table_name in schema.TABLES:
         reader = store.read_run(run_id, table_name)
         try:
-            w = write_table(reader, dest, table_name, run_id, started_at)
+            w = write_table(reader, dest, table_name, run_id, started_at, part)
         finally:
             reader.close()
-        remove_parts(dest, table_name, run_id, started_at)
+        if part is None:
+            remove_parts(dest, table_name, run_id, started_at)
         written.append(w)
     return written
 

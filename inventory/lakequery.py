@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 
 from inventory import lake, schema
 from inventory.errors import StoreError, UsageError
-from inventory.store import LATEST_SCANS_SQL, LATEST_VIEWS
+from inventory.store import LATEST_SCANS_SQL, LATEST_VIEWS, RUN_TOTALS_SELECT, RUN_TOTALS_SQL
 
 PARTITION = pa.schema([pa.field("run_date", pa.date32())])
 
@@ -114,6 +114,7 @@ def open_lake(dest: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
         con.execute(LATEST_SCANS_SQL)
         for view, table in LATEST_VIEWS.items():
             con.execute(_latest_view_sql(view, table))
+        con.execute(RUN_TOTALS_SQL)
     except BaseException:
         con.close()
         raise
@@ -209,4 +210,10 @@ def athena_ddl(
             f"FROM {database}.{table} AS t JOIN {database}.latest_scans AS l\n"
             "  ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region;"
         )
+    parts.append(
+        "-- One row per run: the shards of a sharded run (collect --shard K/N) are one run.\n"
+        f"CREATE OR REPLACE VIEW {database}.run_totals AS"
+        + RUN_TOTALS_SELECT.format(runs=f"{database}.runs").rstrip()
+        + ";"
+    )
     return "\n\n".join(parts) + "\n"

@@ -32,6 +32,8 @@ class Options:
     # 'lean': the hot call through botocore's signer + one aiohttp session + json.loads
     # (lean.py); 'botocore': through the aiobotocore client. Same endpoints, same errors.
     engine: str = "lean"
+    # --deep: per service found, GetContainerServiceDeployments and GetContainerImages too
+    deep: bool = False
 
     @property
     def deadline(self) -> float:

@@ -9,6 +9,7 @@ one batch. The run becomes visible only when `finish_run` marks it complete or p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import gc
 import os
@@ -22,8 +23,10 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from inventory import __version__, discovery, lake, logs, schema
+from inventory import __version__, deep, discovery, lake, logs, schema
 from inventory.collect import Collector
+from inventory.config import Shard, run_started_at
+from inventory.errors import UsageError
 from inventory.fingerprint import Fingerprinter, load_key
 from inventory.flatten import Flattener, TargetContext
 from inventory.model import Account, ErrorRecord, Plan, TargetResult, utcnow
@@ -192,6 +195,7 @@ class RunBuilder:
         self._errors: list[dict[str, Any]] = []
         self._failed_accounts: set[str] = set()
         self._last_take = time.monotonic()
+        self._deep: deep.DeepFlattener | None = None  # collect --deep, from its first result
 
     def add(self, result: TargetResult) -> None:
         self._scans.append(_scan_row(self.run_id, result))
@@ -202,6 +206,10 @@ class RunBuilder:
             errors += [
                 a.to_error(ctx, result.attempts) for a in self.flattener.add(ctx, result.services)
             ]
+            if isinstance(result, deep.DeepResult):
+                if self._deep is None:
+                    self._deep = deep.DeepFlattener(self.flattener.fingerprint)
+                errors += self._deep.add_result(self.run_id, result)
             self.tally.anomalies += len(errors)
         else:
             self.tally.targets_failed += 1
@@ -218,7 +226,9 @@ class RunBuilder:
 
     def due(self) -> bool:
         return (
-            sum(self.flattener.rows.values()) >= FLUSH_ROWS
+            sum(self.flattener.rows.values())
+            + (sum(self._deep.rows.values()) if self._deep is not None else 0)
+            >= FLUSH_ROWS
             or len(self._scans) >= FLUSH_TARGETS
             or time.monotonic() - self._last_take >= FLUSH_SECONDS
         )
@@ -229,6 +239,8 @@ class RunBuilder:
         self.tally.services += tables["container_services"].num_rows
         self.tally.deployments += tables["deployments"].num_rows
         self.tally.containers += tables["containers"].num_rows
+        if self._deep is not None:
+            tables.update(self._deep.take())
         if self._scans:
             tables["scans"] = pa.Table.from_pylist(self._scans, schema=schema.SCANS)
         if self._errors:
@@ -252,6 +264,8 @@ async def collect_into(
 ) -> None:
     """Run the collector over `accounts`, feeding `sink` with batches of tables."""
     storms = logs.StormWatch(collector.pacer, builder.run_id)
+    if collector.options.deep:
+        collector.after_collect = deep.DeepFetcher(collector)
     async for result in collector.results(accounts):
         builder.add(result)
         storms.check()
@@ -287,14 +301,31 @@ async def run_collect(
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[bool], None] | None = None,
     wait_for_lock: bool = False,
+    run_id: str | None = None,
+    shard: Shard | None = None,
 ) -> RunSummary:
-    """Collect `plan` into the store at `db_path` (and Parquet at `parquet_dest`)."""
+    """Collect `plan` into the store at `db_path` (and Parquet at `parquet_dest`).
+
+    `run_id`: the run's id (config.check_run_id); its timestamp is the run's started_at.
+    Default: a new one, now. `shard`: collect only that shard's accounts (config.Shard), as
+    one part of run `run_id` that other processes collect the other shards of: the runs row
+    records the shard, and the Parquet files are `<run_id>-shard-K.parquet`."""
     db_path = Path(db_path)
-    started = utcnow()
-    run_id = new_run_id(started)
-    summary = RunSummary(run_id, "failed", started, started, db_path=str(db_path))
+    if shard is not None and plan.own_account:
+        raise UsageError(
+            f"--shard {shard}: sharding splits the accounts of an accounts file (or an "
+            "organization); without --config there is only your own account"
+        )
+    now = utcnow()
+    # `started`: the run's started_at in the store and the lake (its run_date partition);
+    # a given run id's own time, so that every shard of the run agrees on it. The summary
+    # (wall time) counts from when this process started.
+    started = now if run_id is None else run_started_at(run_id)
+    run_id = run_id or new_run_id(started)
+    summary = RunSummary(run_id, "failed", now, now, db_path=str(db_path))
     options = plan.options
     store = Store.open(db_path, wait=wait_for_lock)
+    store.shard = None if shard is None else (shard.index, shard.count)
     interrupts = Interrupts(summary)
     try:
         key = None if options.include_env_values else load_key(db_path)
@@ -302,6 +333,8 @@ async def run_collect(
             plan, store, run_id, started, __version__, parquet_dest
         )  # Organizations accounts, GetRegions: a failure is recorded, then raised
         plan = found.plan
+        if shard is not None:  # after discovery: Organizations accounts are sharded too
+            plan = dataclasses.replace(plan, accounts=shard.select(plan.accounts))
 
         async def to_store(tables: dict[str, pa.Table]) -> None:
             if tables:

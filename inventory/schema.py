@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.shard/shards; deployment_history*, container_images (--deep)
 
 TS = pa.timestamp("us", tz="UTC")
 STR = pa.string()
@@ -128,6 +128,31 @@ RUNS = _schema(
     ("containers", I64),
     ("tool_version", STR),
     ("schema_version", I32),
+    ("shard", I32),  # this row's shard K of a sharded run (collect --shard K/N); NULL: unsharded
+    ("shards", I32),  # N; a sharded run has one runs row per shard, all with the same run_id
+)
+
+
+def _without(sch: pa.Schema, *names: str) -> pa.Schema:
+    for name in names:
+        sch = sch.remove(sch.get_field_index(name))
+    return sch
+
+
+# `collect --deep`: GetContainerServiceDeployments (every deployment AWS still keeps of a
+# service: next, current and a few past ones) and GetContainerImages. Deployments and their
+# containers have the columns of `deployments` / `containers` without `slot`.
+DEPLOYMENT_HISTORY = _without(DEPLOYMENTS, "slot")
+DEPLOYMENT_HISTORY_CONTAINERS = _without(CONTAINERS, "slot")
+CONTAINER_IMAGES = _schema(
+    ("run_id", STR),
+    ("collected_at", TS),
+    ("account_id", STR),
+    ("region", STR),
+    ("service_name", STR),
+    ("image", STR),
+    ("digest", STR),
+    ("created_at", TS),
 )
 
 # The inventory tables (one row per thing found) and the bookkeeping tables, by name.
@@ -136,8 +161,15 @@ INVENTORY_TABLES: dict[str, pa.Schema] = {
     "deployments": DEPLOYMENTS,
     "containers": CONTAINERS,
 }
+# Filled only by `collect --deep` (empty tables otherwise).
+DEEP_TABLES: dict[str, pa.Schema] = {
+    "deployment_history": DEPLOYMENT_HISTORY,
+    "deployment_history_containers": DEPLOYMENT_HISTORY_CONTAINERS,
+    "container_images": CONTAINER_IMAGES,
+}
 TABLES: dict[str, pa.Schema] = {
     **INVENTORY_TABLES,
+    **DEEP_TABLES,
     "scans": SCANS,
     "errors": ERRORS,
     "runs": RUNS,

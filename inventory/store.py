@@ -210,6 +210,42 @@ WHERE rank = 1
 """
 
 
+# One row per run. A sharded run (collect --shard K/N) has one runs row per shard, all with
+# its run_id (in the lake; each shard's own store has its one row): here they are one run.
+# status: 'running' while a shard runs; 'complete' when every shard is complete and all N are
+# there; 'failed' when every shard failed; else 'partial'. `shards_found` counts the rows.
+# Plain SQL that DuckDB, Athena and Trino all read (lakequery.athena_ddl uses it too).
+RUN_TOTALS_SELECT = """
+SELECT run_id,
+       min(started_at) AS started_at,
+       max(finished_at) AS finished_at,
+       CASE
+           WHEN bool_or(status = 'running') THEN 'running'
+           WHEN bool_and(status = 'complete')
+                AND count(DISTINCT coalesce(shard, -1)) >= coalesce(max(shards), 1)
+               THEN 'complete'
+           WHEN bool_and(status = 'failed') THEN 'failed'
+           ELSE 'partial'
+       END AS status,
+       max(shards) AS shards,
+       CAST(count(*) AS INTEGER) AS shards_found,
+       CAST(sum(accounts) AS INTEGER) AS accounts,
+       CAST(sum(targets) AS INTEGER) AS targets,
+       CAST(sum(targets_ok) AS INTEGER) AS targets_ok,
+       CAST(sum(targets_failed) AS INTEGER) AS targets_failed,
+       CAST(sum(api_calls) AS BIGINT) AS api_calls,
+       CAST(sum(retries) AS BIGINT) AS retries,
+       CAST(sum(services) AS BIGINT) AS services,
+       CAST(sum(deployments) AS BIGINT) AS deployments,
+       CAST(sum(containers) AS BIGINT) AS containers,
+       max(tool_version) AS tool_version,
+       min(schema_version) AS schema_version
+FROM {runs}
+GROUP BY run_id
+"""
+RUN_TOTALS_SQL = "CREATE OR REPLACE VIEW run_totals AS" + RUN_TOTALS_SELECT.format(runs="runs")
+
+
 def _is_lock_conflict(exc: BaseException) -> bool:
     text = str(exc)
     return (
@@ -235,6 +271,9 @@ class Store:
         self._lock = lock
         self._mutex = threading.RLock()  # one DuckDB connection at a time from this Store
         self._closed = False
+        # (K, N): the runs this writer begins are shard K of N of a run that several
+        # processes share (collect --shard K/N); recorded in runs.shard / runs.shards.
+        self.shard: tuple[int, int] | None = None
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -395,7 +434,7 @@ class Store:
                     ).fetchall()
                 ]
                 for old in stale:
-                    for table in schema.INVENTORY_TABLES:
+                    for table in (*schema.INVENTORY_TABLES, *schema.DEEP_TABLES):
                         con.execute(f"DELETE FROM {table} WHERE run_id = ?", [old])
                     con.execute(
                         "UPDATE runs SET status = 'failed', finished_at = coalesce("
@@ -403,10 +442,21 @@ class Store:
                         "WHERE run_id = $id",
                         {"id": old, "now": now},
                     )
+                shard, shards = self.shard if self.shard is not None else (None, None)
                 con.execute(
                     "INSERT INTO runs (run_id, started_at, status, accounts, targets, "
-                    "tool_version, schema_version) VALUES (?, ?, 'running', ?, ?, ?, ?)",
-                    [run_id, started_at, accounts, targets, tool_version, schema.SCHEMA_VERSION],
+                    "tool_version, schema_version, shard, shards) "
+                    "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                    [
+                        run_id,
+                        started_at,
+                        accounts,
+                        targets,
+                        tool_version,
+                        schema.SCHEMA_VERSION,
+                        shard,
+                        shards,
+                    ],
                 )
                 con.execute("COMMIT")
             except BaseException:
@@ -683,6 +733,7 @@ def _setup(con: duckdb.DuckDBPyConnection, db: Path) -> None:
         con.execute(LATEST_SCANS_SQL)
         for view, table in LATEST_VIEWS.items():
             con.execute(_view_sql(view, table))
+        con.execute(RUN_TOTALS_SQL)
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         con.execute(
             "INSERT INTO meta VALUES ('app', ?), ('created_at', ?) ON CONFLICT DO NOTHING",

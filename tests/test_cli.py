@@ -25,6 +25,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from inventory import schema
 from inventory.cli import app
 from inventory.config import load_plan
 from inventory.pipeline import run_collect
@@ -32,7 +33,7 @@ from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
 
 WriteAccounts = Callable[..., Path]
 R2 = ("us-east-1", "ap-southeast-2")
-SIX = ("container_services", "deployments", "containers", "scans", "errors", "runs")
+SIX = tuple(schema.TABLES)  # every table (six, and the three of collect --deep)
 
 
 def invoke(*args: str) -> Any:

@@ -10,8 +10,13 @@ WITH good AS (
             ORDER BY r.started_at DESC, s.run_id DESC
         ) AS rank
     FROM scans AS s
-    JOIN runs AS r ON r.run_id = s.run_id
-    WHERE s.status = 'ok' AND r.status IN ('complete', 'partial')
+    JOIN (  -- one row per run: a sharded run has one runs row per shard
+        SELECT run_id, min(started_at) AS started_at
+        FROM runs
+        WHERE status IN ('complete', 'partial')
+        GROUP BY run_id
+    ) AS r ON r.run_id = s.run_id
+    WHERE s.status = 'ok'
 ),
 pairs AS (
     SELECT n.account_id, n.region, n.run_id AS new_run, o.run_id AS old_run
