@@ -44,7 +44,7 @@ from botocore.credentials import ReadOnlyCredentials
 
 from inventory import credentials as creds_mod
 from inventory.credentials import AssumeRoleFailed, CallCounter, CredentialBroker
-from inventory.errors import InventoryError
+from inventory.errors import CallError
 from inventory.lean import USER_AGENT, LeanHTTP, LeanLightsailClient
 from inventory.model import Account, ErrorRecord, Options, TargetResult, utcnow
 from inventory.pacing import Pacer, default_floor
@@ -231,9 +231,12 @@ class Collector:
                     "GetCallerIdentity", self._sts.get_caller_identity
                 )
         except CallFailed as exc:
-            raise InventoryError(
+            raise CallError(
                 f"GetCallerIdentity with the base credentials failed after {exc.attempts} "
-                f"attempt(s): {exc.failure.code}: {exc.failure.message}"
+                f"attempt(s): {exc.failure.code}: {exc.failure.message}",
+                "GetCallerIdentity",
+                exc.failure.code,
+                exc.attempts,
             ) from None
         return str(answer["Account"])
 

@@ -12,6 +12,15 @@ class InventoryError(Exception):
     exit_code = 1
 
 
+class CallError(InventoryError):
+    """An AWS call the run cannot do without failed for good: names the operation and the
+    error code AWS (or botocore) gave, so the run's `errors` row can too."""
+
+    def __init__(self, message: str, operation: str, error_code: str, attempts: int = 0):
+        self.operation, self.error_code, self.attempts = operation, error_code, attempts
+        super().__init__(message)
+
+
 class UsageError(InventoryError):
     """A flag, a value or a file the user gave is wrong. Names the field and the value."""
 
@@ -21,8 +30,16 @@ class UsageError(InventoryError):
 class ConfigError(UsageError):
     """The accounts file is wrong: names the file, the field (and line when known) and value."""
 
-    def __init__(self, path: str | None, field: str, value: object, problem: str, line: int | None = None):
-        self.path, self.field, self.value, self.problem, self.line = path, field, value, problem, line
+    def __init__(
+        self, path: str | None, field: str, value: object, problem: str, line: int | None = None
+    ):
+        self.path, self.field, self.value, self.problem, self.line = (
+            path,
+            field,
+            value,
+            problem,
+            line,
+        )
         where = path or "<config>"
         if line is not None:
             where += f":{line}"

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import gc
+import logging
 import os
 import secrets
 import signal
@@ -26,12 +27,13 @@ import pyarrow as pa
 from inventory import __version__, deep, discovery, lake, logs, schema
 from inventory.collect import Collector
 from inventory.config import Shard, run_started_at
-from inventory.errors import UsageError
+from inventory.errors import InventoryError, UsageError
 from inventory.fingerprint import Fingerprinter, load_key
 from inventory.flatten import Flattener, TargetContext
 from inventory.model import Account, ErrorRecord, Plan, TargetResult, utcnow
 from inventory.store import Store
 
+log = logging.getLogger("inventory.pipeline")
 FLUSH_ROWS = 20_000  # inventory rows pending before a write
 FLUSH_TARGETS = 2_000  # scans pending before a write
 FLUSH_SECONDS = 5.0
@@ -288,6 +290,38 @@ def tune_gc_for_collect() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
+def _record_unfinished(
+    store: Store, run_id: str, started: dt.datetime, begun: bool, exc: BaseException
+) -> None:
+    """A run ended by an exception is recorded 'failed' now, with an errors row saying why,
+    rather than left 'running' until the next collect (best effort: the store may be what
+    failed); like an interrupted run, it keeps its scans and errors but no inventory rows.
+    Discovery failures have recorded themselves already."""
+    if getattr(exc, "run_id", None) == run_id:
+        return
+    try:
+        if not begun:
+            store.begin_run(run_id, started, 0, 0, __version__)
+        own = isinstance(exc, InventoryError)
+        message = str(exc) if own else f"{type(exc).__name__} (its text is withheld; see the log)"
+        record = ErrorRecord(
+            utcnow(),
+            "",
+            None,
+            getattr(exc, "operation", "Collect"),
+            getattr(exc, "error_code", type(exc).__name__),
+            message,
+            getattr(exc, "attempts", 0),
+        )
+        store.append(
+            run_id,
+            {"errors": pa.Table.from_pylist([_error_row(run_id, record)], schema=schema.ERRORS)},
+        )
+        store.abandon_run(run_id)
+    except Exception as again:
+        log.warning("run %s could not be marked failed: %s", run_id, type(again).__name__)
+
+
 def default_workers(accounts: int) -> int:
     """One process per core, but only when there is enough work to share (≥ 100 accounts each)."""
     return max(1, min(os.cpu_count() or 1, accounts // 100))
@@ -327,6 +361,7 @@ async def run_collect(
     store = Store.open(db_path, wait=wait_for_lock)
     store.shard = None if shard is None else (shard.index, shard.count)
     interrupts = Interrupts(summary)
+    begun = finished = False
     try:
         key = None if options.include_env_values else load_key(db_path)
         found = await discovery.resolve_for_run(
@@ -342,9 +377,11 @@ async def run_collect(
                 await asyncio.to_thread(store.append, run_id, tables)
 
         def begin(accounts: list[Account], workers: int) -> None:
+            nonlocal begun
             summary.accounts, summary.workers = len(accounts), workers
             summary.targets = len(accounts) * len(plan.regions)
             store.begin_run(run_id, started, summary.accounts, summary.targets, __version__)
+            begun = True
             logs.run_start(
                 run_id,
                 accounts=summary.accounts,
@@ -402,10 +439,15 @@ async def run_collect(
             deployments=tally.deployments,
             containers=tally.containers,
         )
+        finished = True
         if parquet_dest:
             summary.parquet_dest = parquet_dest
             written = lake.export_run(store, run_id, parquet_dest)
             summary.parquet_files = [str(w) for w in written]
+    except BaseException as exc:
+        if not finished:
+            _record_unfinished(store, run_id, started, begun, exc)
+        raise
     finally:
         interrupts.uninstall()
         store.close()

@@ -434,14 +434,7 @@ class Store:
                     ).fetchall()
                 ]
                 for old in stale:
-                    for table in (*schema.INVENTORY_TABLES, *schema.DEEP_TABLES):
-                        con.execute(f"DELETE FROM {table} WHERE run_id = ?", [old])
-                    con.execute(
-                        "UPDATE runs SET status = 'failed', finished_at = coalesce("
-                        "(SELECT max(finished_at) FROM scans WHERE run_id = $id), $now) "
-                        "WHERE run_id = $id",
-                        {"id": old, "now": now},
-                    )
+                    _abandon(con, old, now)
                 shard, shards = self.shard if self.shard is not None else (None, None)
                 con.execute(
                     "INSERT INTO runs (run_id, started_at, status, accounts, targets, "
@@ -501,6 +494,19 @@ class Store:
             raise StoreError(f"{self.path}: run {run_id} was never begun (call begin_run)")
         if row[0] != "running":
             raise StoreError(f"{self.path}: run {run_id} is {row[0]}, not running")
+
+    def abandon_run(self, run_id: str) -> None:
+        """Mark run `run_id` failed now, as `begin_run` does with an interrupted run: its
+        inventory rows are deleted (a failed run has none), its scans and errors stay."""
+        self._require_writer()
+        with self.connection() as con:
+            con.execute("BEGIN")
+            try:
+                _abandon(con, run_id, dt.datetime.now(dt.UTC))
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
 
     def finish_run(
         self,
@@ -632,6 +638,17 @@ class Store:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _abandon(con: duckdb.DuckDBPyConnection, run_id: str, now: dt.datetime) -> None:
+    for table in (*schema.INVENTORY_TABLES, *schema.DEEP_TABLES):
+        con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+    con.execute(
+        "UPDATE runs SET status = 'failed', finished_at = coalesce("
+        "(SELECT max(finished_at) FROM scans WHERE run_id = $id), $now) "
+        "WHERE run_id = $id",
+        {"id": run_id, "now": now},
+    )
 
 
 def _select_list(con: duckdb.DuckDBPyConnection, table: str) -> str:

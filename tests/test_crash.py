@@ -337,12 +337,21 @@ async def test_an_exception_while_writing_leaves_earlier_runs_intact(
         await run_collect(plan, db, None)
     monkeypatch.setattr(Store, "append", real_append)
 
-    # the broken run is invisible; it wrote some rows, which the views do not show
+    # the broken run is marked failed at once (not left 'running'), with an errors row
+    # saying why; the views never show it, and the earlier run is intact
     after = snapshot(db)
-    assert after["runs"] == before["runs"] and after["latest"] == before["latest"]
-    assert after["leaks"] == 0
-    broken = rows(db, "select run_id, status from runs where status = 'running'")
-    assert len(broken) == 1
+    assert after["latest"] == before["latest"] and after["leaks"] == 0
+    earlier = {r[0] for r in before["runs"]}
+    assert [r for r in after["runs"] if r[0] in earlier] == before["runs"]
+    broken = [r for r in rows(db, "select run_id, status from runs") if r["run_id"] not in earlier]
+    assert [b["status"] for b in broken] == ["failed"]
+    why = rows(db, f"select * from errors where run_id = '{broken[0]['run_id']}'")
+    assert [(e["operation"], e["error_code"]) for e in why] == [("Collect", "OSError")]
+    assert all(
+        rows(db, f"select count(*) as n from {t} where run_id = '{broken[0]['run_id']}'")[0]["n"]
+        == 0
+        for t in INVENTORY
+    )
     assert (
         rows(db, f"select count(*) as n from scans where run_id = '{broken[0]['run_id']}'")[0]["n"]
         == 4

@@ -357,3 +357,28 @@ def test_parser_errors_never_quote_the_answer() -> None:
         failure = classify(exc)
         assert "wJalrXUtnFEMI" not in failure.message, type(exc)
         assert type(exc).__name__ in failure.message
+
+
+async def test_a_run_that_cannot_start_is_recorded_failed(
+    sim_env: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Contract: exit 1 with the runs and errors rows written where the store is usable."""
+    import duckdb
+
+    from inventory.model import Plan
+    from inventory.pipeline import run_collect
+
+    sim_env(Simulator(Fleet(1, seed=5, regions=(R1,)), Faults()))
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "not-a-token-the-simulator-issued")
+    db = tmp_path / "inv.duckdb"
+    plan = Plan(accounts=(), regions=(R1,), options=Options(timeout=2), own_account=True)
+    with pytest.raises(InventoryError, match="GetCallerIdentity"):
+        await run_collect(plan, db, None)
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("select status, targets from runs").fetchall() == [("failed", 0)]
+        assert con.execute("select operation, error_code, attempts from errors").fetchall() == [
+            ("GetCallerIdentity", "InvalidClientTokenId", 1)
+        ]
+    finally:
+        con.close()
