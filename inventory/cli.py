@@ -58,12 +58,19 @@ class Fmt(StrEnum):
     json = "json"
 
 
+class Engine(StrEnum):
+    lean = "lean"
+    botocore = "botocore"
+
+
 class LogFormat(StrEnum):
     text = "text"
     json = "json"
 
 
 DbOpt = Annotated[Path, typer.Option("--db", help="The DuckDB file.")]
+FmtOpt = Annotated[Fmt, typer.Option("--format", "-f", help="table, csv or json.")]
+DEFAULTS = Options()  # the CLI's defaults are the library's
 LakeOpt = Annotated[
     str | None,
     typer.Option("--lake", help="Read the Parquet lake (a folder or s3://bucket/...), not --db."),
@@ -92,10 +99,14 @@ def collect(
     ] = False,
     concurrency: Annotated[
         int, typer.Option(help="Calls in flight at once, in all (workers share them).")
-    ] = 128,
-    rate: Annotated[float, typer.Option(help="API calls per second, in all.")] = 200.0,
-    timeout: Annotated[float, typer.Option(help="Seconds for one API call.")] = 10.0,
-    max_attempts: Annotated[int, typer.Option(help="Attempts per call (retries + 1).")] = 8,
+    ] = DEFAULTS.concurrency,
+    rate: Annotated[
+        float, typer.Option(help="API calls per second, in all (lowered while AWS throttles).")
+    ] = DEFAULTS.rate,
+    timeout: Annotated[float, typer.Option(help="Seconds for one API call.")] = DEFAULTS.timeout,
+    max_attempts: Annotated[
+        int, typer.Option(help="Attempts per call (retries + 1).")
+    ] = DEFAULTS.max_attempts,
     target_deadline: Annotated[
         float | None,
         typer.Option(help="Seconds one account × region may take, retries included."),
@@ -106,11 +117,16 @@ def collect(
     ] = False,
     wait: Annotated[bool, typer.Option(help="Wait for another collect on the same --db.")] = False,
     workers: Annotated[
-        int, typer.Option(help="Processes sharing the accounts; 0 = one per core (≥100 accounts each).")
-    ] = 0,
+        int,
+        typer.Option(
+            help="Processes sharing the accounts; 0 = one per core when there are enough "
+            "accounts (pipeline.default_workers)."
+        ),
+    ] = DEFAULTS.workers,
     engine: Annotated[
-        str, typer.Option(help="'lean' (signed aiohttp + json.loads) or 'botocore' (aiobotocore).")
-    ] = "lean",
+        Engine,
+        typer.Option(help="lean: signed aiohttp + json.loads; botocore: the aiobotocore client."),
+    ] = Engine(DEFAULTS.engine),
     org: Annotated[
         bool | None,
         typer.Option(
@@ -179,12 +195,16 @@ def collect(
             max_attempts=max_attempts,
             target_deadline=target_deadline,
             include_env_values=include_env_values,
-            engine=engine,
+            engine=engine.value,
             workers=workers,
             deep=deep,
         )
         part = config_mod.resolve_shard(shard, shards, run_id, os.environ)
         plan = config_mod.load_plan(config, regions=regions, org=org, options=options)
+        if no_parquet and parquet_dir != DEFAULT_PARQUET:
+            raise UsageError(
+                f"--parquet-dir {parquet_dir!r} and --no-parquet: give one or the other"
+            )
         dest = None if no_parquet else parquet_dir
         bar = False if log_format is LogFormat.json else None  # None: on a terminal only
         with render.ProgressView(bar) as progress:
@@ -216,7 +236,7 @@ def query(
     ] = None,
     db: DbOpt = DEFAULT_DB,
     lake: LakeOpt = None,
-    format: Annotated[Fmt, typer.Option("--format", "-f")] = Fmt.table,
+    format: FmtOpt = Fmt.table,
     param: Annotated[
         list[str] | None,
         typer.Option("--param", "-p", help="NAME=VALUE, bound as $NAME (repeatable)."),
@@ -240,7 +260,10 @@ def query(
         if sql is not None or param:
             raise UsageError("--list takes no SQL, query name or --param")
         _print_rows(
-            ["name", "params", "description"], list(queries.named_queries()), format, "named queries"
+            ["name", "params", "description"],
+            list(queries.named_queries()),
+            format,
+            "named queries",
         )
         return
     if sql is None:
@@ -276,7 +299,7 @@ def _print_rows(
 @_errors_to_exit
 def runs(
     db: DbOpt = DEFAULT_DB,
-    format: Annotated[Fmt, typer.Option("--format", "-f")] = Fmt.table,
+    format: FmtOpt = Fmt.table,
 ) -> None:
     """List the stored runs, newest first.
 
@@ -312,6 +335,8 @@ def export(
 
     store = Store.open(db, read_only=True)
     try:
+        if store.run(run) is None:
+            raise UsageError(f"--run {run!r}: no such run in {db} (see: inventory runs)")
         written = lake.export_run(store, run, to)
     finally:
         store.close()
@@ -323,7 +348,9 @@ def export(
 def demo(
     accounts: Annotated[int, typer.Option(help="Simulated accounts.")] = 25,
     db: DbOpt = Path("data/demo.duckdb"),
-    parquet_dir: Annotated[str, typer.Option()] = "data/demo-parquet",
+    parquet_dir: Annotated[
+        str, typer.Option(help="Where the demo writes its Parquet lake.")
+    ] = "data/demo-parquet",
     latency_ms: Annotated[float, typer.Option(help="Simulated API latency.")] = 30.0,
 ) -> None:
     """The whole pipeline against the bundled simulator: no AWS account needed.
@@ -347,7 +374,7 @@ def diff_cmd(
     ] = None,
     db: DbOpt = DEFAULT_DB,
     lake: LakeOpt = None,
-    format: Annotated[Fmt, typer.Option("--format", "-f")] = Fmt.table,
+    format: FmtOpt = Fmt.table,
 ) -> None:
     """What changed: by default, for every account × region, between its two newest good scans.
 

@@ -287,8 +287,8 @@ def test_export_writes_the_layout_and_replaces_on_reexport(
     result = invoke(
         "export", "--run", "20990101T000000Z-000000", "--to", str(dest), "--db", str(db)
     )
-    assert result.exit_code in (1, 2)
-    assert "20990101T000000Z-000000" in error_line(result)
+    assert result.exit_code == 2  # a usage error, naming the flag and the value
+    assert "--run '20990101T000000Z-000000'" in error_line(result)
 
 
 def test_missing_database_is_a_clear_error(tmp_path: Path) -> None:
@@ -323,3 +323,14 @@ def test_python_dash_m_inventory() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "collect" in proc.stdout and "Example" in proc.stdout
+
+
+def test_conflicting_or_unknown_collect_flags_are_usage_errors(tmp_path: Path) -> None:
+    db = str(tmp_path / "inv.duckdb")
+    result = invoke("collect", "--db", db, "--parquet-dir", "lake", "--no-parquet")
+    assert result.exit_code == 2
+    assert "--parquet-dir 'lake' and --no-parquet" in error_line(result)
+    result = invoke("collect", "--db", db, "--engine", "fast")
+    assert result.exit_code == 2
+    assert "fast" in result.output and "lean" in result.output  # the choices are named
+    assert not (tmp_path / "inv.duckdb").exists()  # nothing was started
