@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 
 from inventory import lake, schema
 from inventory.errors import StoreError, UsageError
-from inventory.store import LATEST_SCANS_SQL, LATEST_VIEWS, RUN_TOTALS_SELECT, RUN_TOTALS_SQL
+from inventory.store import LATEST_VIEWS, RUN_TOTALS_SELECT, view_statements
 
 PARTITION = pa.schema([pa.field("run_date", pa.date32())])
 
@@ -93,15 +93,6 @@ def datasets(dest: str | os.PathLike[str]) -> dict[str, ds.Dataset | pa.Table]:
     return out
 
 
-def _latest_view_sql(view: str, table: str) -> str:
-    cols = ", ".join(f't."{f.name}"' for f in schema.TABLES[table])
-    return (
-        f"CREATE OR REPLACE VIEW {view} AS SELECT {cols} FROM {table} AS t "
-        "JOIN latest_scans AS l "
-        "ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region"
-    )
-
-
 def open_lake(dest: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection over the lake at `dest` (see the module docstring).
     Close it when done."""
@@ -111,10 +102,8 @@ def open_lake(dest: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
         con.execute("SET TimeZone = 'UTC'")
         for name, data in tables.items():
             con.register(name, data)
-        con.execute(LATEST_SCANS_SQL)
-        for view, table in LATEST_VIEWS.items():
-            con.execute(_latest_view_sql(view, table))
-        con.execute(RUN_TOTALS_SQL)
+        for sql in view_statements():
+            con.execute(sql)
     except BaseException:
         con.close()
         raise

@@ -38,7 +38,7 @@ import duckdb
 
 from inventory import __version__, queries, schema
 from inventory.errors import StoreError, UsageError
-from inventory.store import LATEST_SCANS_SQL, LATEST_VIEWS, Store, _view_sql
+from inventory.store import Store, view_statements
 
 FINDING_ROWS = 20  # rows shown per named query
 FAILURE_ROWS = 200  # errors rows shown
@@ -166,10 +166,8 @@ def _scope_to(con: duckdb.DuckDBPyConnection, run: dict[str, Any]) -> None:
             f"CREATE TEMP VIEW {table} AS SELECT * FROM {base}.{table} "
             "WHERE run_id IN (SELECT run_id FROM temp.main._report_runs)"
         )
-    temp = "CREATE OR REPLACE TEMP VIEW"
-    con.execute(LATEST_SCANS_SQL.replace("CREATE OR REPLACE VIEW", temp, 1))
-    for view, table in LATEST_VIEWS.items():
-        con.execute(_view_sql(view, table).replace("CREATE OR REPLACE VIEW", temp, 1))
+    for sql in view_statements("CREATE OR REPLACE TEMP VIEW"):
+        con.execute(sql)
 
 
 def gather(

@@ -246,6 +246,21 @@ GROUP BY run_id
 RUN_TOTALS_SQL = "CREATE OR REPLACE VIEW run_totals AS" + RUN_TOTALS_SELECT.format(runs="runs")
 
 
+def view_statements(create: str = "CREATE OR REPLACE VIEW") -> list[str]:
+    """latest_scans, the latest_* views and run_totals, in the order they are created: the
+    one definition the store, the lake reader (lakequery) and the report's as-of views use.
+    `create`: e.g. "CREATE OR REPLACE TEMP VIEW"."""
+    plain = "CREATE OR REPLACE VIEW"
+    return [
+        sql.replace(plain, create, 1)
+        for sql in (
+            LATEST_SCANS_SQL,
+            *(_view_sql(view, table) for view, table in LATEST_VIEWS.items()),
+            RUN_TOTALS_SQL,
+        )
+    ]
+
+
 def _is_lock_conflict(exc: BaseException) -> bool:
     text = str(exc)
     return (
@@ -747,10 +762,8 @@ def _setup(con: duckdb.DuckDBPyConnection, db: Path) -> None:
             con.execute(
                 "UPDATE runs SET schema_version = ? WHERE schema_version IS NULL", [version]
             )
-        con.execute(LATEST_SCANS_SQL)
-        for view, table in LATEST_VIEWS.items():
-            con.execute(_view_sql(view, table))
-        con.execute(RUN_TOTALS_SQL)
+        for sql in view_statements():
+            con.execute(sql)
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         con.execute(
             "INSERT INTO meta VALUES ('app', ?), ('created_at', ?) ON CONFLICT DO NOTHING",
