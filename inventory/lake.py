@@ -159,16 +159,22 @@ def remove_parts(
     return [f"s3://{bucket}/{k}" for k in keys]
 
 
-def _s3_client() -> Any:
-    """A boto3 S3 client, shared while the settings it was made from stay the same (making
-    one loads botocore's S3 model: ≈ 0.45 s, once per table otherwise)."""
+def _s3_settings() -> tuple[str | None, ...]:
+    """(region, endpoint, profile, access key): what an S3 client or filesystem is made from.
+    AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL and AWS_REGION / AWS_DEFAULT_REGION are honoured."""
     env = os.environ.get
-    return _s3_client_for(
+    return (
         env("AWS_REGION") or env("AWS_DEFAULT_REGION"),
         env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL"),
         env("AWS_PROFILE"),
         env("AWS_ACCESS_KEY_ID"),
     )
+
+
+def _s3_client() -> Any:
+    """A boto3 S3 client, shared while the settings it was made from stay the same (making
+    one loads botocore's S3 model: ≈ 0.45 s, once per table otherwise)."""
+    return _s3_client_for(*_s3_settings())
 
 
 @functools.lru_cache(maxsize=4)
@@ -221,10 +227,15 @@ def _filesystem(directory: str) -> tuple[pafs.FileSystem | None, str]:
 
 
 def s3_filesystem() -> pafs.S3FileSystem:
-    """An S3 filesystem honouring AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL and AWS_REGION /
-    AWS_DEFAULT_REGION; credentials come from the standard AWS chain."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    """An S3 filesystem made from `_s3_settings()` (credentials from the standard AWS
+    chain), shared while those settings stay the same."""
+    return _s3_filesystem_for(*_s3_settings())
+
+
+@functools.lru_cache(maxsize=4)
+def _s3_filesystem_for(
+    region: str | None, endpoint: str | None, *_settings: str | None
+) -> pafs.S3FileSystem:
     kwargs: dict[str, object] = {}
     if endpoint:
         scheme, sep, rest = endpoint.partition("://")
