@@ -435,7 +435,6 @@ class Collector:
             finished_at=finished,
             attempts=attempts,
             services=services,
-            retries=attempts - 1,
             anomalies=anomalies,
         )
 
@@ -479,5 +478,4 @@ class Collector:
                 message=failure.message,
                 attempts=error_attempts,
             ),
-            retries=max(0, attempts - 1),
         )

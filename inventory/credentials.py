@@ -1,4 +1,5 @@
-"""Credentials: the base identity from the standard AWS chain, and one assumed role per account.
+"""Credentials: one assumed role per account, over the base identity (collect.base_source:
+the standard AWS chain, read fresh for every AssumeRole).
 
 A role is assumed once per account, shared by all that account's regions, and refreshed
 before it expires (single-flight: concurrent regions wait on one STS call). The Lightsail
@@ -49,10 +50,7 @@ class ContextCredentials(AioCredentials):
         super().__init__("context", "context", None)
 
     async def get_frozen_credentials(self) -> ReadOnlyCredentials:
-        try:
-            return _CURRENT.get()
-        except LookupError:
-            raise RuntimeError("a shared client was called outside credentials.use()") from None
+        return current()
 
 
 def current() -> ReadOnlyCredentials:

@@ -98,7 +98,6 @@ class TargetResult:
     attempts: int  # API calls made for it (0 when the account's AssumeRole failed)
     services: list[dict[str, Any]] | None  # None when failed
     error: ErrorRecord | None = None
-    retries: int = 0
     anomalies: list[ErrorRecord] = field(default_factory=list)  # stored, but worth a look
 
     @property

@@ -60,17 +60,9 @@ class Tally:
     failures: list[ErrorRecord] = field(default_factory=list)
 
     def merge(self, other: Tally) -> None:
-        for name in (
-            "targets_ok",
-            "targets_failed",
-            "anomalies",
-            "services",
-            "deployments",
-            "containers",
-            "api_calls",
-            "retries",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for f in dataclasses.fields(self):
+            if f.name != "failures":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         room = MAX_FAILURES_KEPT - len(self.failures)
         self.failures.extend(other.failures[: max(0, room)])
 
@@ -408,7 +400,6 @@ async def run_collect(
                 builder = RunBuilder(run_id, Flattener(fingerprinter(key)))
                 await collect_into(builder, collector, accounts, to_store, on_result)
                 summary.tally = builder.tally
-                summary.tally.api_calls = collector.counter.api_calls  # GetCallerIdentity too
         else:
             from inventory import workers as workers_mod
 
