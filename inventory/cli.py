@@ -288,7 +288,7 @@ def _print_rows(
     columns: list[str], rows: list[tuple[Any, ...]], fmt: Fmt, title: str | None
 ) -> None:
     if fmt is Fmt.table:
-        render.console().print(render.rows_table(columns, rows, title))
+        render.print_wide(render.rows_table(columns, rows, title))
     else:
         sys.stdout.write(render.format_rows(columns, rows, fmt.value))
         if fmt is Fmt.json:
@@ -307,13 +307,17 @@ def runs(
     """
     from inventory.store import Store
 
+    # run_totals: one row per run (the shards of a sharded run together)
+    compact = (
+        "select run_id, status, strftime(started_at, '%Y-%m-%d %H:%M:%SZ') as started, "
+        "round(epoch(finished_at) - epoch(started_at), 1) as seconds, accounts, "
+        "targets_ok || '/' || targets as targets_ok, services, containers, api_calls, retries "
+        "from run_totals order by started_at desc, run_id desc"
+    )
+    full = "select * from run_totals order by started_at desc, run_id desc"
     store = Store.open(db, read_only=True)
     try:
-        columns, rows = store.query_rows(
-            "select run_id, status, started_at, finished_at, accounts, targets, targets_ok, "
-            "targets_failed, api_calls, retries, services, deployments, containers "
-            "from runs order by started_at desc, run_id desc"
-        )
+        columns, rows = store.query_rows(compact if format is Fmt.table else full)
     finally:
         store.close()
     _print_rows(columns, rows, format, "runs")

@@ -104,7 +104,8 @@ def failures_table(s: RunSummary, limit: int = 10) -> Table | None:
     if not failures:
         return None
     t = Table(
-        title=f"failures ({s.tally.targets_failed} targets; every error is in the errors table)"
+        title=f"failures ({s.tally.targets_failed} target{'' if s.tally.targets_failed == 1 else 's'}"
+        "; every error is in the errors table)"
     )
     for col in ("account", "region", "operation", "error", "attempts", "message"):
         t.add_column(col)
@@ -148,12 +149,30 @@ def format_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str)
     return buf.getvalue()
 
 
+SHORT_CELL = 24  # columns whose values are all this short are never wrapped
+WIDEST = 400  # a results table is printed at its natural width, up to this many columns
+
+
+def print_wide(table: Table) -> None:
+    """A results table at its natural width (as psql prints wide rows): ids, regions and
+    states stay whole; a terminal narrower than that wraps the lines itself."""
+    out = console()
+    need = Console(width=WIDEST).measure(table).maximum
+    if need > out.width:
+        out = Console(width=need, highlight=False, soft_wrap=False)
+    out.print(table)
+
+
 def rows_table(
     columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
 ) -> Table:
+    cells = [["" if v is None else str(_plain(v)) for v in r] for r in rows]
     t = Table(title=title)
-    for c in columns:
-        t.add_column(Text(c), overflow="fold")
-    for r in rows:  # Text: values are shown as stored, never read as markup
-        t.add_row(*(Text("" if v is None else str(_plain(v))) for v in r))
+    for i, c in enumerate(columns):
+        # short values (ids, regions, states) stay whole; long ones fold
+        widest = max((len(row[i]) for row in cells), default=0)
+        short = widest <= SHORT_CELL
+        t.add_column(Text(c), overflow="fold", no_wrap=short, min_width=widest if short else None)
+    for row in cells:  # Text: values are shown as stored, never read as markup
+        t.add_row(*(Text(v) for v in row))
     return t
