@@ -54,7 +54,8 @@ def run(*, accounts: int, db: Path, parquet_dir: str, latency_ms: float, seed: i
             )
             out.print(
                 f"simulator at {sim.url}: {accounts} accounts × {len(plan.regions)} regions "
-                f"({latency_ms:g} ms latency, 2% throttling)"
+                f"({latency_ms:g} ms latency, 2% throttling)",
+                soft_wrap=True,
             )
             with render.ProgressView() as progress:
                 summary = asyncio.run(
@@ -78,5 +79,8 @@ def run(*, accounts: int, db: Path, parquet_dir: str, latency_ms: float, seed: i
     finally:
         store.close()
     out.print(render.rows_table(columns, rows, "services by region and state (latest run)"))
-    out.print(f'\nAsk it more: inventory query --db {db} "select * from latest_containers limit 5"')
+    out.print(
+        f'\nAsk it more: inventory query --db {db} "select * from latest_containers limit 5"',
+        soft_wrap=True,
+    )
     return summary.exit_code
