@@ -107,8 +107,9 @@ def failures_table(s: RunSummary, limit: int = 10) -> Table | None:
         title=f"failures ({s.tally.targets_failed} target{'' if s.tally.targets_failed == 1 else 's'}"
         "; every error is in the errors table)"
     )
-    for col in ("account", "region", "operation", "error", "attempts", "message"):
-        t.add_column(col)
+    for col in ("account", "region", "operation", "error", "attempts"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("message", overflow="fold")
     for e in failures[:limit]:
         t.add_row(
             e.account_id,
@@ -116,7 +117,7 @@ def failures_table(s: RunSummary, limit: int = 10) -> Table | None:
             e.operation,
             e.error_code,
             str(e.attempts),
-            Text(e.message[:80]),
+            Text(e.message[:160]),
         )
     return t
 
