@@ -155,10 +155,11 @@ WIDEST = 400  # a results table is printed at its natural width, up to this many
 
 
 def print_wide(table: Table) -> None:
-    """A results table at its natural width (as psql prints wide rows): ids, regions and
-    states stay whole; a terminal narrower than that wraps the lines itself."""
+    """A results table no narrower than its short columns need (ids, regions and states stay
+    whole; long text folds): a terminal narrower than that wraps lines, as psql's do."""
     out = console()
-    need = Console(width=WIDEST).measure(table).maximum
+    # the least width at which the short columns stay whole (long ones fold within it)
+    need = Console(width=WIDEST).measure(table).minimum
     if need > out.width:
         out = Console(width=need, highlight=False, soft_wrap=False)
     out.print(table)
