@@ -23,8 +23,12 @@ peer and against the first variant. The JSON of every run goes to benchmarks/res
 Variants (`--variants`, separated by `;`, or by `,` when no variant has several options):
 each is `[label:]opt=value[+opt=value...]`, where `opt` becomes `--opt value` on the collect
 command line (`opt=true` a bare flag `--opt`, `opt=false` `--no-opt`), and `env.NAME=value`
-sets an environment variable for that run only (for levers toggled by environment).
-`base` (or an empty variant) runs collect with no extra option.
+sets an environment variable for that run only (for levers toggled by environment), and
+`patch=NAME` runs it with benchmarks/experiments/NAME/sitecustomize.py loaded (a lever tried
+before it exists in the collector). `base` (or an empty variant) runs collect as it is.
+
+    python -m benchmarks.run --fleets 1000 --no-peer \
+        --variants "base;workers=1;prefetch:workers=1+patch=prefetch_roles"
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from benchmarks.measure import ProcResult, proc_cpu_s, run_measured, wait_for_qu
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
+EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
 ROLE_NAME = "LightsailInventoryReader"
 BASE_ENV = {
     "AWS_ACCESS_KEY_ID": "AKIABENCHHUB00000000",
@@ -294,6 +299,12 @@ def parse_variants(text: str | None) -> list[Variant]:
                 raise SystemExit(f"--variants: {item!r} is not opt=value")
             if key.startswith("env."):
                 v.env[key[4:]] = value
+                continue
+            if key == "patch":
+                folder = EXPERIMENTS / value
+                if not (folder / "sitecustomize.py").is_file():
+                    raise SystemExit(f"--variants: no experiment {folder}/sitecustomize.py")
+                v.env["PYTHONPATH"] = os.pathsep.join([str(folder), str(ROOT)])
                 continue
             opt = "--" + key.strip("-").replace("_", "-")
             if value.lower() == "true":
