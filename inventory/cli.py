@@ -119,8 +119,8 @@ def collect(
     workers: Annotated[
         int,
         typer.Option(
-            help="Processes sharing the accounts; 0 = one per core when there are enough "
-            "accounts (pipeline.default_workers)."
+            help="Processes sharing the accounts. One process keeps up with 256 calls in "
+            "flight at 50 ms; more pay only past that. 0 = one per core (≥ 100 accounts each)."
         ),
     ] = DEFAULTS.workers,
     engine: Annotated[
