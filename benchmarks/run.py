@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.measure import ProcResult, proc_cpu_s, run_measured, wait_for_quiet
+from inventory.model import Options
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -837,7 +838,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--fleets", default="100,1000,10000", help="accounts per fleet, comma list")
     p.add_argument("--latency-ms", type=float, default=50.0, help="simulated API latency")
-    p.add_argument("--concurrency", type=int, default=64, help="our --concurrency")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=Options().concurrency,
+        help="our --concurrency (default: the collector's own default)",
+    )
     p.add_argument("--rate", type=float, default=100_000.0, help="our --rate (high: unpaced)")
     p.add_argument("--quick", action="store_true", help="only the smallest fleet (< 60 s)")
     p.add_argument("--no-peer", action="store_true", help="skip the boto3 peer")
