@@ -207,6 +207,15 @@ class CredentialBroker:
         finally:
             lock.release()
 
+    def forget(self, account: Account) -> None:
+        """Every target of `account` is done: drop what is kept for it, so the broker's
+        memory follows the accounts in flight, not the fleet."""
+        self._cache.pop(account.id, None)
+        self._failed.pop(account.id, None)
+        lock = self._locks.get(account.id)
+        if lock is not None and not lock.locked():
+            del self._locks[account.id]
+
     def invalidate(self, account: Account, creds: ReadOnlyCredentials) -> None:
         """AWS said these credentials expired: the next `get` assumes the role again."""
         entry = self._cache.get(account.id)

@@ -109,3 +109,22 @@ def test_more_workers_than_accounts_is_fine(make_simulator, tmp_path, workers):
         run_collect(_plan(sim.fleet, ("us-east-1",), workers=workers), tmp_path / "w.duckdb", None)
     )
     assert s.workers == 2 and s.status == "complete" and s.tally.targets_ok == 2
+
+
+async def test_credentials_kept_follow_the_accounts_in_flight(make_simulator) -> None:
+    """Roles are assumed ahead of the targets, but at most PREFETCH_AHEAD accounts ahead,
+    and an account's credentials are dropped once its last target is done."""
+    from inventory import collect
+    from inventory.collect import Collector
+
+    sim = make_simulator(accounts=150, seed=6)
+    plan = _plan(sim.fleet, ("us-east-1", "eu-west-2"), concurrency=8)
+    kept: list[int] = []
+    async with Collector(plan.options, plan.regions) as c:
+        assert c.broker is not None
+        async for _ in c.results(plan.accounts):
+            kept.append(len(c.broker._cache))
+        assert (len(c.broker._cache), len(c.broker._locks)) == (0, 0)
+    assert len(kept) == 300
+    assert max(kept) <= collect.PREFETCH_AHEAD + 8  # ahead of the workers + in flight
+    assert sim.operation_stats("AssumeRole")["calls"] == 150  # still once per account
