@@ -284,11 +284,12 @@ def _write_local(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return rows
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (best effort: not every filesystem allows it)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

@@ -127,24 +127,6 @@ def query_rows(
 # --------------------------------------------------------------------------- Athena / Trino
 
 
-def _hive_type(t: pa.DataType) -> str:
-    if pa.types.is_string(t):
-        return "string"
-    if pa.types.is_int32(t):
-        return "int"
-    if pa.types.is_int64(t):
-        return "bigint"
-    if pa.types.is_boolean(t):
-        return "boolean"
-    if pa.types.is_timestamp(t):
-        return "timestamp"
-    if pa.types.is_map(t):
-        return f"map<{_hive_type(t.key_type)},{_hive_type(t.item_type)}>"
-    if pa.types.is_list(t):
-        return f"array<{_hive_type(t.value_type)}>"
-    raise TypeError(f"no Hive type for Arrow type {t}")
-
-
 def athena_ddl(
     location: str = "s3://YOUR-BUCKET/lightsail-inventory", database: str = "lightsail_inventory"
 ) -> str:
@@ -166,7 +148,7 @@ def athena_ddl(
         f"CREATE DATABASE IF NOT EXISTS {database};",
     ]
     for name, sch in schema.TABLES.items():
-        cols = ",\n".join(f"  `{f.name}` {_hive_type(f.type)}" for f in sch)
+        cols = ",\n".join(f"  `{f.name}` {schema.hive_type(f.type)}" for f in sch)
         parts.append(
             f"CREATE EXTERNAL TABLE IF NOT EXISTS {database}.{name} (\n{cols}\n)\n"
             "PARTITIONED BY (`run_date` string)\n"

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from inventory import schema
 from inventory.errors import StoreError, UsageError
+from inventory.lake import fsync_dir
 from inventory.store import Store
 
 log = logging.getLogger(__name__)
@@ -184,20 +185,7 @@ def compact_file(store: Store) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, db)
-        _fsync_dir(db.parent)
+        fsync_dir(db.parent)
     finally:
         for p in (tmp, tmp_wal):
             p.unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

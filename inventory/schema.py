@@ -195,6 +195,25 @@ def duckdb_type(t: pa.DataType) -> str:
     raise TypeError(f"no DuckDB type for Arrow type {t}")
 
 
+def hive_type(t: pa.DataType) -> str:
+    """The Hive (Athena / Trino) type for an Arrow type used in our schemas."""
+    if pa.types.is_string(t):
+        return "string"
+    if pa.types.is_int32(t):
+        return "int"
+    if pa.types.is_int64(t):
+        return "bigint"
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_timestamp(t):
+        return "timestamp"
+    if pa.types.is_map(t):
+        return f"map<{hive_type(t.key_type)},{hive_type(t.item_type)}>"
+    if pa.types.is_list(t):
+        return f"array<{hive_type(t.value_type)}>"
+    raise TypeError(f"no Hive type for Arrow type {t}")
+
+
 def create_table_sql(name: str, schema: pa.Schema | None = None) -> str:
     schema = schema or TABLES[name]
     cols = ",\n  ".join(f"{f.name} {duckdb_type(f.type)}" for f in schema)

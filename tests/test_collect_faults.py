@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import pytest
 from aiohttp import web
+from helpers import rows
 from typer.testing import CliRunner
 
 from inventory.cli import app
@@ -24,7 +25,6 @@ from inventory.model import Account, Options, Plan
 from inventory.pipeline import run_collect
 from inventory.retry import Backoff
 from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
-from inventory.store import Store
 
 R1, R2, R3 = "us-east-1", "eu-west-2", "ap-south-1"
 
@@ -35,15 +35,6 @@ def role(account_id: str) -> str:
 
 def accounts_of(fleet: Fleet) -> list[Account]:
     return [Account(id=a, role_arn=role(a)) for a in fleet.account_ids]
-
-
-def rows(db: Path, sql: str) -> list[dict[str, Any]]:
-    store = Store.open(db, read_only=True)
-    try:
-        cols, data = store.query_rows(sql)
-    finally:
-        store.close()
-    return [dict(zip(cols, r, strict=True)) for r in data]
 
 
 @pytest.fixture

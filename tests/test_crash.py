@@ -26,6 +26,7 @@ from typing import Any
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from helpers import rows
 
 from inventory import pipeline
 from inventory.config import load_plan
@@ -36,15 +37,6 @@ from inventory.store import Store
 
 REGIONS = ("us-east-1", "eu-west-2")
 INVENTORY = ("container_services", "deployments", "containers")
-
-
-def rows(db: Path, sql: str) -> list[dict[str, Any]]:
-    store = Store.open(db, read_only=True)
-    try:
-        cols, data = store.query_rows(sql)
-    finally:
-        store.close()
-    return [dict(zip(cols, r, strict=True)) for r in data]
 
 
 def write_accounts(path: Path, fleet: Fleet) -> Path:

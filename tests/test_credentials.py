@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from helpers import rows
 
 from inventory.collect import Collector
 from inventory.model import Account, Options, Plan
 from inventory.pipeline import run_collect
 from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
-from inventory.store import Store
 
 REGIONS = ("us-east-1", "eu-west-2", "ap-south-1")
 
@@ -36,15 +36,6 @@ class Clock:
 
 def accounts_of(fleet: Fleet) -> list[Account]:
     return [Account(id=a, role_arn=f"arn:aws:iam::{a}:role/Reader") for a in fleet.account_ids]
-
-
-def rows(db: Path, sql: str) -> list[dict[str, Any]]:
-    store = Store.open(db, read_only=True)
-    try:
-        cols, data = store.query_rows(sql)
-    finally:
-        store.close()
-    return [dict(zip(cols, r, strict=True)) for r in data]
 
 
 async def test_credentials_are_refreshed_before_they_expire(make_simulator: Any) -> None:

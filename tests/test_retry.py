@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from botocore.exceptions import ClientError, ReadTimeoutError
+from helpers import rows
 
 from inventory.collect import Collector
 from inventory.errors import InventoryError
@@ -26,7 +27,6 @@ from inventory.model import Account, Options, Plan
 from inventory.pipeline import run_collect
 from inventory.retry import THROTTLED_FACTOR, Backoff, Budget, Failure, Kind, classify
 from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
-from inventory.store import Store
 
 R1, R2, R3 = "us-east-1", "eu-west-2", "ap-south-1"
 
@@ -55,15 +55,6 @@ def make_plan(fleet: Fleet, **options: Any) -> Plan:
         regions=tuple(fleet.regions),
         options=Options(**options),
     )
-
-
-def rows(db: Path, sql: str) -> list[dict[str, Any]]:
-    store = Store.open(db, read_only=True)
-    try:
-        cols, data = store.query_rows(sql)
-    finally:
-        store.close()
-    return [dict(zip(cols, r, strict=True)) for r in data]
 
 
 class ScriptedSimulator(Simulator):

@@ -16,22 +16,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from helpers import rows
+
 from inventory.model import Account, Options, Plan
 from inventory.pipeline import RunSummary, run_collect
 from inventory.simulator import Faults, Fleet, Simulator
-from inventory.store import Store
 
 REGIONS = ("us-east-1", "eu-west-2", "ap-south-1", "ca-central-1", "ap-northeast-1")
 DENIED_REGION, HUNG_REGION = "ap-south-1", "ca-central-1"
-
-
-def rows(db: Path, sql: str) -> list[dict[str, Any]]:
-    store = Store.open(db, read_only=True)
-    try:
-        cols, data = store.query_rows(sql)
-    finally:
-        store.close()
-    return [dict(zip(cols, r, strict=True)) for r in data]
 
 
 def plan(fleet: Fleet) -> Plan:
