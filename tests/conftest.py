@@ -64,6 +64,23 @@ def simulator(fleet: Fleet, make_simulator: MakeSimulator) -> Simulator:
     return make_simulator(fleet=fleet)
 
 
+@pytest.fixture
+def sim_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Simulator], Simulator]]:
+    """`sim_env(SomeSimulator(...))`: start a simulator, any subclass (one that misbehaves
+    on purpose), and point this test's AWS variables at it; stopped after the test."""
+    started: list[Simulator] = []
+
+    def use(sim: Simulator) -> Simulator:
+        sim.start()
+        started.append(sim)
+        use_simulator_env(monkeypatch, sim)
+        return sim
+
+    yield use
+    for sim in started:
+        sim.stop()
+
+
 # --------------------------------------------------------------------------- end to end
 # `write_accounts(path, ids, names=..., regions=..., ...)`: writes an accounts file (TOML).
 

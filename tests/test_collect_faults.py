@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from inventory.collect import BREAKER_TARGETS, BREAKER_TIMEOUTS, Collector, run_
 from inventory.model import Account, Options, Plan
 from inventory.pipeline import run_collect
 from inventory.retry import Backoff
-from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
+from inventory.simulator import Faults, Fleet, Simulator
 
 R1, R2, R3 = "us-east-1", "eu-west-2", "ap-south-1"
 
@@ -35,25 +34,6 @@ def role(account_id: str) -> str:
 
 def accounts_of(fleet: Fleet) -> list[Account]:
     return [Account(id=a, role_arn=role(a)) for a in fleet.account_ids]
-
-
-@pytest.fixture
-def sim_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """Start a simulator (any subclass) and point this test's AWS variables at it."""
-    started: list[Simulator] = []
-
-    def use(sim: Simulator) -> Simulator:
-        sim.start()
-        started.append(sim)
-        for name in UNSET_ENV:
-            monkeypatch.delenv(name, raising=False)
-        for name, value in sim.env().items():
-            monkeypatch.setenv(name, value)
-        return sim
-
-    yield use
-    for sim in started:
-        sim.stop()
 
 
 # --------------------------------------------------------------------------- 2. storms

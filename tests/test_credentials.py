@@ -143,27 +143,18 @@ class ExpireAtFirstCall(Simulator):
         return await super()._lightsail(request, op, body)
 
 
-async def test_expired_sessions_mid_run_refresh_once_per_account(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_expired_sessions_mid_run_refresh_once_per_account(sim_env: Any) -> None:
     """All six regions of each account get ExpiredToken at once, and still only one of
     them calls STS for the account; no target fails."""
     fleet = Fleet(4, seed=23, regions=(*REGIONS, "us-west-2", "eu-central-1", "ca-central-1"))
-    sim = ExpireAtFirstCall(fleet, Faults(latency_ms=30)).start()
-    try:
-        for name in UNSET_ENV:
-            monkeypatch.delenv(name, raising=False)
-        for name, value in sim.env().items():
-            monkeypatch.setenv(name, value)
-        async with Collector(Options(concurrency=24, timeout=2), fleet.regions) as c:
-            assert c.broker is not None
-            results = [r async for r in c.results(accounts_of(fleet))]
-            assert all(r.ok for r in results) and len(results) == 24
-            assert sim.operation_stats("GetContainerServices")["expired"] == 24
-            assert c.broker.assume_role_calls == sim.operation_stats("AssumeRole")["calls"] == 8
-            assert c.broker.refreshes == 4
-    finally:
-        sim.stop()
+    sim = sim_env(ExpireAtFirstCall(fleet, Faults(latency_ms=30)))
+    async with Collector(Options(concurrency=24, timeout=2), fleet.regions) as c:
+        assert c.broker is not None
+        results = [r async for r in c.results(accounts_of(fleet))]
+        assert all(r.ok for r in results) and len(results) == 24
+        assert sim.operation_stats("GetContainerServices")["expired"] == 24
+        assert c.broker.assume_role_calls == sim.operation_stats("AssumeRole")["calls"] == 8
+        assert c.broker.refreshes == 4
 
 
 class ThrottledSTS(Simulator):

@@ -11,7 +11,6 @@ with AWS's code; persistent faults stop at the attempt budget or the target dead
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from inventory.errors import InventoryError
 from inventory.model import Account, Options, Plan
 from inventory.pipeline import run_collect
 from inventory.retry import THROTTLED_FACTOR, Backoff, Budget, Failure, Kind, classify
-from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
+from inventory.simulator import Faults, Fleet, Simulator
 
 R1, R2, R3 = "us-east-1", "eu-west-2", "ap-south-1"
 
@@ -74,25 +73,6 @@ class ScriptedSimulator(Simulator):
         self._count(op, "calls")
         self._calls[key] = self._calls.get(key, 0) + 1
         return self._json_error(op, "other_errors", 400, code, f"{code} for {key}")
-
-
-@pytest.fixture
-def sim_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """Start a simulator (any subclass) and point this test's AWS variables at it."""
-    started: list[Simulator] = []
-
-    def use(sim: Simulator) -> Simulator:
-        sim.start()
-        started.append(sim)
-        for name in UNSET_ENV:
-            monkeypatch.delenv(name, raising=False)
-        for name, value in sim.env().items():
-            monkeypatch.setenv(name, value)
-        return sim
-
-    yield use
-    for sim in started:
-        sim.stop()
 
 
 # --------------------------------------------------------------------------- classify
