@@ -382,28 +382,18 @@ class Collector:
                     break
                 deadline += await self.pacer.acquire()  # queued for the rate: not the target's
                 remaining = deadline - time.monotonic()
-                budget.attempts += 1
-                self.counter.api_calls += 1
-                if budget.attempts > 1:
-                    self.counter.retries += 1
                 try:
-                    with creds_mod.use(creds):
-                        answer = await asyncio.wait_for(
-                            client.get_container_services(),
-                            min(self.options.timeout, max(0.001, remaining)),
-                        )
+                    answer = await self.attempt(
+                        budget, creds, client.get_container_services, remaining
+                    )
                 except Exception as exc:
-                    failure = classify(exc)
+                    failure = self.react(classify(exc), account, creds)
                     if failure.code == "Timeout":
                         failure = self._timed_out(failure, remaining)
                         health.timeouts += 1
                         health.accounts.add(account.id)
                     if failure.status is not None:
                         health.answered += 1
-                    if failure.kind is Kind.THROTTLED:
-                        self.pacer.on_throttle()
-                    elif failure.kind is Kind.EXPIRED:
-                        self.broker.invalidate(account, creds)
                     if not budget.spend(failure):
                         break
                     pause = self.backoff.delay(
@@ -447,6 +437,35 @@ class Collector:
             "GetContainerServices",
             budget.attempts,
         )
+
+    async def attempt(
+        self,
+        budget: Budget,
+        creds: ReadOnlyCredentials,
+        call: Callable[..., Awaitable[Any]],
+        remaining: float,
+        **params: Any,
+    ) -> Any:
+        """One attempt of a call for a target: counted, signed with `creds`, bounded by
+        --timeout and what is left of the target's deadline. Raises what the call raised."""
+        budget.attempts += 1
+        self.counter.api_calls += 1
+        if budget.attempts > 1:
+            self.counter.retries += 1
+        with creds_mod.use(creds):
+            return await asyncio.wait_for(
+                call(**params), min(self.options.timeout, max(0.001, remaining))
+            )
+
+    def react(self, failure: Failure, account: Account, creds: ReadOnlyCredentials) -> Failure:
+        """What a failed attempt changes for everyone: throttling slows the whole collector,
+        expired credentials are dropped so the next attempt assumes the role again."""
+        assert self.broker is not None
+        if failure.kind is Kind.THROTTLED:
+            self.pacer.on_throttle()
+        elif failure.kind is Kind.EXPIRED:
+            self.broker.invalidate(account, creds)
+        return failure
 
     def _timed_out(self, failure: Failure, remaining: float) -> Failure:
         """A Timeout's message says which limit it hit (asyncio's says nothing)."""

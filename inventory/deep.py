@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from inventory import credentials as creds_mod
 from inventory import schema
 from inventory.credentials import AssumeRoleFailed
 from inventory.flatten import (
@@ -209,22 +208,10 @@ class DeepFetcher:
                 return _Failed(op, name, self._late(None), budget.attempts)
             deadline.at += await c.pacer.acquire()  # queued for the rate: not the target's
             remaining = deadline.at - time.monotonic()
-            budget.attempts += 1
-            c.counter.api_calls += 1
-            if budget.attempts > 1:
-                c.counter.retries += 1
             try:
-                with creds_mod.use(creds):
-                    answer = await asyncio.wait_for(
-                        method(serviceName=name),
-                        min(c.options.timeout, max(0.001, remaining)),
-                    )
+                answer = await c.attempt(budget, creds, method, remaining, serviceName=name)
             except Exception as exc:
-                failure = classify(exc)
-                if failure.kind is Kind.THROTTLED:
-                    c.pacer.on_throttle()
-                elif failure.kind is Kind.EXPIRED:
-                    c.broker.invalidate(account, creds)
+                failure = c.react(classify(exc), account, creds)
                 if not budget.spend(failure):
                     return _Failed(op, name, failure, budget.attempts)
                 pause = c.backoff.delay(budget.attempts, throttled=failure.kind is Kind.THROTTLED)
