@@ -23,13 +23,14 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 import typer
+from conftest import use_simulator_env
 from typer.testing import CliRunner
 
 from inventory import schema
 from inventory.cli import app
 from inventory.config import load_plan
 from inventory.pipeline import run_collect
-from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
+from inventory.simulator import Faults, Fleet, Simulator
 
 WriteAccounts = Callable[..., Path]
 R2 = ("us-east-1", "ap-southeast-2")
@@ -161,10 +162,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str,
     )
     db = tmp / "inv.duckdb"
     with Simulator(fleet, Faults()) as sim, pytest.MonkeyPatch.context() as mp:
-        for name in UNSET_ENV:
-            mp.delenv(name, raising=False)
-        for name, value in sim.env().items():
-            mp.setenv(name, value)
+        use_simulator_env(mp, sim)
         mp.setenv("INVENTORY_FINGERPRINT_KEY", "cli-key")
         summary = asyncio.run(run_collect(load_plan(config), db, None))
     assert summary.status == "complete"

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from conftest import use_simulator_env
 from helpers import rows
 
 from inventory.collect import Collector
 from inventory.model import Account, Options, Plan
 from inventory.pipeline import run_collect
-from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
+from inventory.simulator import Faults, Fleet, Simulator
 
 REGIONS = ("us-east-1", "eu-west-2", "ap-south-1")
 
@@ -90,10 +91,7 @@ async def test_expired_token_mid_run_is_refreshed_and_retried(
     fleet = Fleet(3, seed=22, regions=REGIONS)
     sim = ExpiresMidRun(fleet, at=4).start()
     try:
-        for name in UNSET_ENV:
-            monkeypatch.delenv(name, raising=False)
-        for name, value in sim.env().items():
-            monkeypatch.setenv(name, value)
+        use_simulator_env(monkeypatch, sim)
         db = tmp_path / "inv.duckdb"
         plan = Plan(tuple(accounts_of(fleet)), REGIONS, Options(concurrency=2, workers=1))
         summary = await run_collect(plan, db, None)
@@ -178,10 +176,7 @@ async def test_assume_role_is_retried_and_counted(
     fleet = Fleet(3, seed=24, regions=REGIONS[:2])
     sim = ThrottledSTS(fleet).start()
     try:
-        for name in UNSET_ENV:
-            monkeypatch.delenv(name, raising=False)
-        for name, value in sim.env().items():
-            monkeypatch.setenv(name, value)
+        use_simulator_env(monkeypatch, sim)
         db = tmp_path / "inv.duckdb"
         plan = Plan(tuple(accounts_of(fleet)), REGIONS[:2], Options(concurrency=6, workers=1))
         summary = await run_collect(plan, db, None)

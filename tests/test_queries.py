@@ -29,12 +29,13 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
+from conftest import use_simulator_env
 from typer.testing import CliRunner
 
 from inventory import cli, queries
 from inventory.model import Account, Options, Plan
 from inventory.pipeline import run_collect
-from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
+from inventory.simulator import Faults, Fleet, Simulator
 
 QUERIES_DIR = Path(__file__).resolve().parent.parent / "sql" / "queries"
 FAILING_REGION = "us-east-1"
@@ -110,10 +111,7 @@ def inv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inventory]:
     first = tmp / "first-run.duckdb"
     faults = Faults()
     with pytest.MonkeyPatch.context() as mp, Simulator(gen0, faults) as sim:
-        for name in UNSET_ENV:
-            mp.delenv(name, raising=False)
-        for name, value in sim.env().items():
-            mp.setenv(name, value)
+        use_simulator_env(mp, sim)
         assert asyncio.run(run_collect(plan, db, None)).status == "complete"
         shutil.copy(db, first)
         sim.set_fleet(gen1)

@@ -25,12 +25,13 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from conftest import use_simulator_env
 from typer.testing import CliRunner
 
 from inventory import cli, report, schema
 from inventory.model import Account, Options, Plan
 from inventory.pipeline import run_collect
-from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
+from inventory.simulator import Faults, Fleet, Simulator
 from inventory.store import Store
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
@@ -175,10 +176,7 @@ def inv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inventory]:
     db = tmp_path_factory.mktemp("report") / "inventory.duckdb"
     faults = Faults()
     with pytest.MonkeyPatch.context() as mp, Simulator(gen0, faults) as sim:
-        for name in UNSET_ENV:
-            mp.delenv(name, raising=False)
-        for name, value in sim.env().items():
-            mp.setenv(name, value)
+        use_simulator_env(mp, sim)
         first = asyncio.run(run_collect(plan(False), db, None))
         assert first.status == "complete"
         sim.set_fleet(gen1)
