@@ -1,6 +1,6 @@
 """The project's exceptions. Each carries a message a user can act on.
 
-Exit codes (CONTRACT.md): 0 ok, 3 partial, 1 fatal, 2 usage or configuration error.
+Exit codes (docs/contract.md): 0 ok, 3 partial, 1 fatal, 2 usage or configuration error.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 `hmac-sha256:` + the first 16 hex digits of HMAC-SHA256(key, value): a changed value shows as a
 changed fingerprint across runs, the value itself is never stored.
 
-The key (CONTRACT.md) comes from the environment variable `INVENTORY_FINGERPRINT_KEY` when it is
+The key (docs/contract.md) comes from the environment variable `INVENTORY_FINGERPRINT_KEY` when it is
 set (shards of one fleet share it; its UTF-8 bytes are the key), else from a file beside the
 database, `<db>.fingerprint-key`, created on first use with 32 random bytes and mode 0600.
 

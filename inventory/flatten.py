@@ -1,5 +1,5 @@
 """Lightsail `GetContainerServices` answers -> Arrow tables `container_services`, `deployments`,
-`containers` (CONTRACT.md). Pure: no I/O, no globals but the cached botocore enum lists.
+`containers` (docs/contract.md). Pure: no I/O, no globals but the cached botocore enum lists.
 
 Streaming use (the collector): one `Flattener` per writer; `add()` each account × region answer
 as it arrives (cheap: appends to Python lists, one per column), `take()` a batch of Arrow tables

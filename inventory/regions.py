@@ -6,7 +6,7 @@ from functools import cache
 
 from inventory.errors import UsageError
 
-# The 15 regions the Lightsail API reference names (CONTRACT.md), in its order.
+# The 15 regions the Lightsail API reference names (docs/contract.md), in its order.
 DOCUMENTED_REGIONS: tuple[str, ...] = (
     "us-east-1",
     "us-east-2",

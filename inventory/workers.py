@@ -1,6 +1,6 @@
 """`collect --workers N`: N processes, each with its own event loop, split the accounts.
 
-One asyncio process saturates one core long before the network does (ENGINEERING.md),
+One asyncio process saturates one core long before the network does,
 so on a multi-core machine the accounts are dealt round-robin to N spawned workers. Each
 runs its own Collector (its own clients, its own AssumeRole per account of its share, its
 share of --concurrency and --rate) and its own RunBuilder, and sends finished Arrow

@@ -4,7 +4,7 @@ compared with the simulator's ground truth, row for row and column for column.
 Real parts throughout: aioboto3/aiobotocore clients over HTTP to the simulator, STS
 AssumeRole per account, a DuckDB file and Parquet files on disk. The expected rows are
 computed here from the raw `GetContainerServices` dicts (`fleet.services`) by the
-contract's rules (CONTRACT.md), never with `inventory.flatten`, so a mistake there cannot
+contract's rules (docs/contract.md), never with `inventory.flatten`, so a mistake there cannot
 hide itself. Fleets are small; the first test covers every Lightsail region.
 """
 
