@@ -420,3 +420,15 @@ def test_the_error_line_shows_escapes(
     assert "\x1b" not in result.stderr and "\x07" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "\\x1b]0;pwned\\x07no\\x1b[31m regions for you" in line
+
+
+def test_doctor_shows_escapes(tmp_path: Path, fleet: Fleet, make_simulator: MakeSimulator) -> None:
+    message = f"{ESC_TITLE}not here{ESC_RED}\nok    region       all fine"
+    make_simulator(fleet=fleet, faults=Faults(denied_regions={("*", R2)}, denied_message=message))
+    config = write_accounts(tmp_path / "a.toml", fleet.account_ids)
+    result = invoke("doctor", "-c", str(config), "--regions", f"{R1},{R2}", "--sample", "0")
+    assert result.exit_code == 1, result.output
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "\\x1b]0;pwned\\x07not here\\x1b[31m\\nok    region       all fine" in result.stdout
+    # the forged check line stays inside the real one
+    assert not any(line.startswith("ok    region") for line in result.stdout.splitlines())
