@@ -25,11 +25,12 @@ lint: install
 	$(BIN)/ruff format --check inventory tests benchmarks
 	$(BIN)/mypy
 
+# BENCH_ARGS: more options, e.g. make bench-quick BENCH_ARGS="--huge-answer-mb 50"
 bench: install
-	$(BIN)/python -m benchmarks.run --fleets 100,1000,10000
+	$(BIN)/python -m benchmarks.run --fleets 100,1000,10000 $(BENCH_ARGS)
 
 bench-quick: install
-	$(BIN)/python -m benchmarks.run --fleets 100 --quick
+	$(BIN)/python -m benchmarks.run --fleets 100 --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data/*.duckdb* data/demo-parquet data/parquet

@@ -925,6 +925,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--regions", default=None, help="comma list (default: every region)")
     p.add_argument("--sim-arg", action="append", default=[], help="extra simulator option")
     p.add_argument(
+        "--huge-answer-mb",
+        type=float,
+        default=0.0,
+        help="one target (the fleet's first account, first region) answers this many MB: "
+        "the RSS columns show the collector's peak memory with such an answer",
+    )
+    p.add_argument(
         "--profile", action="store_true", help="one extra run of the first variant, profiled"
     )
     p.add_argument(
@@ -1000,7 +1007,14 @@ def main(argv: list[str] | None = None) -> int:
             work = work_root / f"fleet-{n}"
             work.mkdir()
             t0 = time.perf_counter()
-            with Simulator(n, args.seed, args.latency_ms, args.sim_arg) as sim:
+            sim_args, huge = list(args.sim_arg), None
+            if args.huge_answer_mb > 0:
+                from inventory.simulator import Fleet
+
+                huge = (Fleet(n, seed=args.seed).account_ids[0], (regions or ["us-east-1"])[0])
+                sim_args += ["--huge-answer", ":".join(huge)]
+                sim_args += ["--huge-bytes", str(int(args.huge_answer_mb * 1024 * 1024))]
+            with Simulator(n, args.seed, args.latency_ms, sim_args) as sim:
                 info = fleet_info(sim, n, args.seed, regions)
                 write_accounts(work / "accounts.toml", info)
                 print(
@@ -1045,7 +1059,14 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     else:
                         print(f"profile failed: {r.error}")
-            if info.expected_services is not None:
+            for r in runs if huge else ():
+                if r.fleet == n:
+                    notes.append(
+                        f"huge answer ({args.huge_answer_mb:g} MB from {huge[0]} {huge[1]}) at "
+                        f"{n:,}: {r.label}: peak RSS {r.maxrss_mb:.0f} MB, "
+                        f"{r.targets_failed} target(s) failed"
+                    )
+            if info.expected_services is not None and not huge:
                 for r in runs:
                     if r.fleet == n and r.error is None and r.services != info.expected_services:
                         notes.append(

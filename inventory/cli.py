@@ -18,6 +18,7 @@ from rich.markup import escape
 from inventory import __version__, queries, render
 from inventory.errors import InventoryError, UsageError
 from inventory.model import Options
+from inventory.terminal import visible
 
 app = typer.Typer(
     name="inventory",
@@ -43,9 +44,10 @@ def _errors_to_exit(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except InventoryError as exc:
-            # one line however long (a path must stay whole), the message shown as written
+            # one line however long (a path must stay whole), the message shown as written,
+            # its control characters made visible (it may quote AWS's text)
             render.console(stderr=True).print(
-                f"[red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True
+                f"[red]error:[/] {escape(visible(str(exc)))}", markup=True, soft_wrap=True
             )
             raise typer.Exit(exc.exit_code) from None
 
@@ -152,6 +154,15 @@ def collect(
             "deployment_history_containers) and GetContainerImages (container_images).",
         ),
     ] = False,
+    max_answer_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-answer-bytes",
+            help="Bytes of one AWS answer read at most (64 KiB to 1 GiB); a larger answer "
+            "fails its account × region with AnswerTooLarge, unread. Example: "
+            "--max-answer-bytes 67108864",
+        ),
+    ] = DEFAULTS.max_answer_bytes,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -198,6 +209,7 @@ def collect(
             engine=engine.value,
             workers=workers,
             deep=deep,
+            max_answer_bytes=max_answer_bytes,
         )
         part = config_mod.resolve_shard(shard, shards, run_id, os.environ)
         plan = config_mod.load_plan(config, regions=regions, org=org, options=options)

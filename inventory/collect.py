@@ -42,6 +42,7 @@ from aiobotocore.session import AioSession
 from botocore.credentials import ReadOnlyCredentials
 
 from inventory import credentials as creds_mod
+from inventory.answers import session_class
 from inventory.credentials import AssumeRoleFailed, CallCounter, CredentialBroker
 from inventory.errors import CallError
 from inventory.lean import USER_AGENT, LeanHTTP, LeanLightsailClient
@@ -109,6 +110,8 @@ def client_config(options: Options, pool: int) -> AioConfig:
         read_timeout=options.timeout,
         retries={"total_max_attempts": 1, "mode": "standard"},
         max_pool_connections=max(10, pool),
+        # answers of bounded size, no redirects followed (answers.py)
+        http_session_cls=session_class(options.max_answer_bytes),
     )
 
 
@@ -187,6 +190,7 @@ class Collector:
                     limit=max(10, self.options.concurrency),
                     timeout=self.options.timeout,
                     verify=session.get_config_variable("ca_bundle"),  # AWS_CA_BUNDLE, as botocore
+                    max_answer_bytes=self.options.max_answer_bytes,
                 )
             )
         for region in self.regions:

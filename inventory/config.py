@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from inventory.errors import ConfigError, UsageError
-from inventory.model import Account, Options, OrgDiscovery, Plan
+from inventory.model import (
+    MAX_MAX_ANSWER_BYTES,
+    MIN_MAX_ANSWER_BYTES,
+    Account,
+    Options,
+    OrgDiscovery,
+    Plan,
+)
 from inventory.regions import all_regions, parse_regions
 
 __all__ = [
@@ -107,6 +114,9 @@ def validate_options(options: Options) -> Options:
         _check_positive("--target-deadline", options.target_deadline)
     _check_int("--max-attempts", options.max_attempts, 1, None)
     _check_int("--workers", options.workers, 0, 64)
+    _check_int(
+        "--max-answer-bytes", options.max_answer_bytes, MIN_MAX_ANSWER_BYTES, MAX_MAX_ANSWER_BYTES
+    )
     if options.engine not in ENGINES:
         raise UsageError(f"--engine {options.engine!r}: must be one of {', '.join(ENGINES)}")
     if not isinstance(options.include_env_values, bool):

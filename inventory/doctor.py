@@ -43,6 +43,7 @@ from inventory.discovery import (
 )
 from inventory.model import Account, Plan
 from inventory.regions import all_regions
+from inventory.terminal import visible
 
 __all__ = ["Check", "Report", "diagnose", "render"]
 
@@ -468,7 +469,8 @@ def _region_fix(report: Report, by_code: dict[str, list[Account]]) -> str:
 
 
 def render(report: Report) -> str:
-    """The report as plain text: one line per check, then the problems and their fixes."""
+    """The report as plain text: one line per check, then the problems and their fixes
+    (each line through terminal.visible: details quote AWS's messages)."""
     lines = ["inventory doctor", ""]
     width = max((len(c.step) for c in report.checks), default=8)
     for c in report.checks:
@@ -480,7 +482,7 @@ def render(report: Report) -> str:
     problems = report.problems
     if report.ok:
         lines.append("All good: a collect with these settings should work.")
-        return "\n".join(lines) + "\n"
+        return "\n".join(map(visible, lines)) + "\n"
     n = len(problems)
     skipped = f" ({_n(len(report.skipped), 'check')} skipped)" if report.skipped else ""
     lines.append(f"{_n(n, 'problem')} found{skipped}. What fixes {'them' if n != 1 else 'it'}:")
@@ -488,4 +490,4 @@ def render(report: Report) -> str:
     for i, key in enumerate(used, 1):
         what, how = report.fixes[key]
         lines += ["", f"{i}. {what}", *(f"   {line}" for line in how.splitlines())]
-    return "\n".join(lines) + "\n"
+    return "\n".join(map(visible, lines)) + "\n"

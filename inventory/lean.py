@@ -14,6 +14,9 @@ botocore's, so behaviour does not drift:
 - the errors: a non-2xx answer is parsed by botocore's JSON-protocol parser and raised as
   the same botocore ClientError a client would raise (same code, message, status).
 
+As on the aiobotocore path (answers.py): at most `max_answer_bytes` of an answer are read
+(else AnswerTooLarge), and a redirect is an error (UnexpectedRedirect), never followed.
+
 Timestamps stay epoch seconds (flatten accepts both forms).
 """
 
@@ -36,7 +39,9 @@ from botocore.model import OperationModel
 from botocore.parsers import ResponseParserError, create_parser
 
 from inventory import __version__
+from inventory.answers import read_bounded, refuse_redirect
 from inventory.credentials import current as current_credentials
+from inventory.model import DEFAULT_MAX_ANSWER_BYTES
 
 TARGET = "Lightsail_20161128.GetContainerServices"
 USER_AGENT = f"lightsail-inventory/{__version__}"
@@ -122,8 +127,16 @@ def _raise_error(status: int, headers: dict[str, str], body: bytes) -> None:
 class LeanHTTP:
     """One aiohttp session (one connection pool, one TLS context) shared by every region."""
 
-    def __init__(self, *, limit: int, timeout: float, verify: bool | str | None = None):
+    def __init__(
+        self,
+        *,
+        limit: int,
+        timeout: float,
+        verify: bool | str | None = None,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+    ):
         self._limit = limit
+        self.max_answer_bytes = max_answer_bytes
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
         self._verify = verify
         self.session: aiohttp.ClientSession | None = None
@@ -195,10 +208,17 @@ class LeanLightsailClient:
         assert session is not None, "LeanHTTP not entered"
         headers = self._signer.headers(current_credentials(), self._headers)
         async with session.post(
-            self.url, data=BODY, headers=headers, proxy=self._proxy, proxy_auth=self._proxy_auth
+            self.url,
+            data=BODY,
+            headers=headers,
+            proxy=self._proxy,
+            proxy_auth=self._proxy_auth,
+            allow_redirects=False,
         ) as resp:
-            body = await resp.read()
             status = resp.status
+            if 300 <= status < 400:
+                refuse_redirect(resp)
+            body = await read_bounded(resp, self._http.max_answer_bytes)
             if status >= 300:
                 _raise_error(status, {k.lower(): v for k, v in resp.headers.items()}, body)
         try:

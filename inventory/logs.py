@@ -36,6 +36,7 @@ from typing import Any
 import pyarrow as pa
 
 from inventory.errors import UsageError
+from inventory.terminal import visible
 
 FORMATS = ("text", "json")
 ROOT = "inventory"
@@ -88,7 +89,8 @@ class TextFormatter(logging.Formatter):
     """`2026-11-27T05:36:50.123Z WARNING message`: for people reading a terminal or a mail."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"{_ts(record.created)} {record.levelname:<7} {record.getMessage()}"
+        # one line, AWS's text included: control characters shown, never obeyed
+        return f"{_ts(record.created)} {record.levelname:<7} {visible(record.getMessage())}"
 
 
 class _Stderr:

@@ -6,6 +6,24 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+# --max-answer-bytes (answers.py): a real region answers in kilobytes.
+DEFAULT_MAX_ANSWER_BYTES = 32 * 1024 * 1024
+MIN_MAX_ANSWER_BYTES = 64 * 1024
+MAX_MAX_ANSWER_BYTES = 1024 * 1024 * 1024
+
+# An error message stored, logged or printed has at most this many characters (and says so
+# when it was cut): an error body is the answering account's text, of any length.
+MAX_MESSAGE_CHARS = 1024
+
+
+def cap_message(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`text` when it has at most `limit` characters, else its start marked as cut, `limit`
+    characters in all (so capping again changes nothing)."""
+    if len(text) <= limit:
+        return text
+    mark = f"… [cut: {len(text):,} characters in all]"
+    return text[: max(0, limit - len(mark))] + mark
+
 
 @dataclass(frozen=True, slots=True)
 class Account:
@@ -34,6 +52,8 @@ class Options:
     engine: str = "lean"
     # --deep: per service found, GetContainerServiceDeployments and GetContainerImages too
     deep: bool = False
+    # bytes of one answer read at most; a larger one fails its call 'AnswerTooLarge' (answers.py)
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
 
     @property
     def deadline(self) -> float:
@@ -83,8 +103,12 @@ class ErrorRecord:
     region: str | None
     operation: str
     error_code: str
-    message: str
+    message: str  # at most MAX_MESSAGE_CHARS (longer ones are cut, and say so)
     attempts: int
+
+    def __post_init__(self) -> None:
+        if len(self.message) > MAX_MESSAGE_CHARS:
+            self.message = cap_message(self.message)
 
 
 @dataclass(slots=True)

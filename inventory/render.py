@@ -22,6 +22,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from inventory.terminal import visible
+
 if TYPE_CHECKING:  # importing the pipeline loads aiobotocore, duckdb, pyarrow
     from inventory.pipeline import RunSummary
 
@@ -70,7 +72,9 @@ class ProgressView:
 
 def summary_table(s: RunSummary) -> Table:
     colour = {"complete": "green", "partial": "yellow"}.get(s.status, "red")
-    t = Table(title=f"run {s.run_id}: [{colour}]{s.status}[/]", show_header=False, box=None)
+    t = Table(
+        title=f"run {visible(s.run_id)}: [{colour}]{s.status}[/]", show_header=False, box=None
+    )
     t.add_column(style="bold")
     t.add_column(justify="right")
     n = s.tally
@@ -95,7 +99,7 @@ def summary_table(s: RunSummary) -> Table:
     if s.parquet_dest:
         rows.append(("parquet", f"{s.parquet_dest} ({len(s.parquet_files)} files)"))
     for k, v in rows:
-        t.add_row(k, v)
+        t.add_row(k, Text(visible(v)))
     return t
 
 
@@ -110,14 +114,14 @@ def failures_table(s: RunSummary, limit: int = 10) -> Table | None:
     for col in ("account", "region", "operation", "error", "attempts"):
         t.add_column(col, no_wrap=True)
     t.add_column("message", overflow="fold")
-    for e in failures[:limit]:
+    for e in failures[:limit]:  # AWS's text: control characters shown, never obeyed
         t.add_row(
-            e.account_id,
-            e.region or "(all)",
-            e.operation,
-            e.error_code,
+            Text(visible(e.account_id)),
+            Text(visible(e.region or "(all)")),
+            Text(visible(e.operation)),
+            Text(visible(e.error_code)),
             str(e.attempts),
-            Text(e.message[:160]),
+            Text(visible(e.message[:160])),
         )
     return t
 
@@ -168,13 +172,16 @@ def print_wide(table: Table) -> None:
 def rows_table(
     columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
 ) -> Table:
-    cells = [["" if v is None else str(_plain(v)) for v in r] for r in rows]
-    t = Table(title=title)
+    # values are shown as stored, control characters made visible (terminal.visible)
+    cells = [["" if v is None else visible(str(_plain(v))) for v in r] for r in rows]
+    t = Table(title=None if title is None else Text(visible(title)))
     for i, c in enumerate(columns):
         # short values (ids, regions, states) stay whole; long ones fold
         widest = max((len(row[i]) for row in cells), default=0)
         short = widest <= SHORT_CELL
-        t.add_column(Text(c), overflow="fold", no_wrap=short, min_width=widest if short else None)
+        t.add_column(
+            Text(visible(c)), overflow="fold", no_wrap=short, min_width=widest if short else None
+        )
     for row in cells:  # Text: values are shown as stored, never read as markup
         t.add_row(*(Text(v) for v in row))
     return t

@@ -41,6 +41,9 @@ from botocore.exceptions import (
 )
 from botocore.parsers import ResponseParserError
 
+from inventory.answers import AnswerRefused
+from inventory.model import cap_message
+
 THROTTLING_CODES = frozenset(
     {
         "Throttling",
@@ -88,11 +91,18 @@ class Failure:
 
 
 def classify(exc: BaseException) -> Failure:
-    """Turn an exception from an aiobotocore call into a Failure with AWS's error code."""
+    """Turn an exception from an aiobotocore call into a Failure with AWS's error code.
+
+    AWS's message is kept up to model.MAX_MESSAGE_CHARS (an error body is the answering
+    account's text, of any length)."""
+    if isinstance(exc, HTTPClientError) and isinstance(exc.kwargs.get("error"), AnswerRefused):
+        exc = exc.kwargs["error"]  # aiobotocore wraps what its HTTP session raised
+    if isinstance(exc, AnswerRefused):  # too large, or a redirect (answers.py): same again
+        return Failure(exc.code, str(exc), Kind.FATAL, exc.status)
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {}) or {}
-        code = str(err.get("Code") or "Unknown")
-        message = str(err.get("Message") or "")
+        code = cap_message(str(err.get("Code") or "Unknown"), 200)
+        message = cap_message(str(err.get("Message") or ""))
         status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
         if code in THROTTLING_CODES or status == 429:
             return Failure(code, message, Kind.THROTTLED, status)

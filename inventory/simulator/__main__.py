@@ -3,8 +3,8 @@
     python -m inventory.simulator --port 0 --accounts 1000 --seed 1 --latency-ms 50
 
 Prints one line, `listening on http://127.0.0.1:PORT`, then serves until SIGTERM / SIGINT.
-Pair options (`--hang-region`, `--deny-region`, `--unenabled-region`, `--malformed`) take
-`REGION` (every account) or `ACCOUNT:REGION`, and may be repeated.
+Pair options (`--hang-region`, `--deny-region`, `--unenabled-region`, `--malformed`,
+`--huge-answer`) take `REGION` (every account) or `ACCOUNT:REGION`, and may be repeated.
 """
 
 from __future__ import annotations
@@ -48,6 +48,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unenabled-region", action="append", default=[], type=_pair)
     p.add_argument("--hang-region", action="append", default=[], type=_pair)
     p.add_argument("--malformed", action="append", default=[], type=_pair)
+    p.add_argument(
+        "--huge-answer",
+        action="append",
+        default=[],
+        type=_pair,
+        help="GetContainerServices answers of --huge-bytes there",
+    )
+    p.add_argument("--huge-bytes", type=int, default=50 * 1024 * 1024)
     p.add_argument("--credential-ttl", type=float, default=3600.0, metavar="SECONDS")
     p.add_argument("--external-id", default=None)
     p.add_argument("--fault-seed", type=int, default=0)
@@ -76,6 +84,8 @@ def build(args: argparse.Namespace) -> Simulator:
         unenabled_regions=set(args.unenabled_region),
         hang_regions=set(args.hang_region),
         malformed=set(args.malformed),
+        huge_answers=set(args.huge_answer),
+        huge_bytes=args.huge_bytes,
         credential_ttl_s=args.credential_ttl,
         external_id=args.external_id,
         seed=args.fault_seed,

@@ -25,6 +25,21 @@ class Faults:
     unenabled_regions: set[Pair] = field(default_factory=set)  # 400 UnrecognizedClientException
     hang_regions: set[Pair] = field(default_factory=set)  # accepted, never answered
     malformed: set[Pair] = field(default_factory=set)  # answered with an unexpected shape
+    # Lightsail: an answer of `huge_bytes` (valid JSON), streamed chunked, or with its
+    # Content-Length when `huge_with_length`; for the operations in `huge_operations`
+    huge_answers: set[Pair] = field(default_factory=set)
+    huge_operations: frozenset[str] = frozenset({"GetContainerServices"})
+    huge_bytes: int = 50 * 1024 * 1024
+    huge_with_length: bool = False
+    # Lightsail: a 400 error whose message is `huge_error_bytes` long
+    huge_errors: set[Pair] = field(default_factory=set)
+    huge_error_bytes: int = 5 * 1024 * 1024
+    denied_message: str | None = None  # AccessDeniedException's message (None: AWS's)
+    # 307 to `redirect_to` + the request's path: Lightsail calls of these pairs, and every
+    # STS call when `redirect_sts`
+    redirect_regions: set[Pair] = field(default_factory=set)
+    redirect_sts: bool = False
+    redirect_to: str = ""
     credential_ttl_s: float = 3600.0  # AssumeRole credentials live at most this long
     external_id: str | None = None  # AssumeRole without this ExternalId: AccessDenied
     hang_max_s: float = 600.0  # a hung request is closed unanswered after this long
@@ -49,6 +64,15 @@ class Faults:
 
     def is_malformed(self, account_id: str, region: str) -> bool:
         return self._has(self.malformed, account_id, region)
+
+    def is_redirected(self, account_id: str, region: str) -> bool:
+        return self._has(self.redirect_regions, account_id, region)
+
+    def has_huge_error(self, account_id: str, region: str) -> bool:
+        return self._has(self.huge_errors, account_id, region)
+
+    def is_huge(self, account_id: str, region: str, op: str) -> bool:
+        return op in self.huge_operations and self._has(self.huge_answers, account_id, region)
 
     def latency_s(self) -> float:
         if self.latency_ms <= 0:

@@ -61,6 +61,8 @@ COUNTERS = (
     "denied",
     "expired",
     "other_errors",
+    "huge",
+    "redirected",
 )
 # Variables a client must NOT inherit from the caller's environment (they would win over
 # the simulator's base keys or endpoints).
@@ -152,6 +154,7 @@ class Simulator:
         self._ops: dict[str, dict[str, int]] = {}
         self._calls: dict[tuple[str, str], int] = {}
         self.total_requests = 0
+        self.huge_bytes_sent = 0  # bytes of huge answers the client took (huge_answers fault)
         self.hanging = 0  # requests being held open right now (hang faults)
         self._runner: web.AppRunner | None = None
         self._sock: socket.socket | None = None
@@ -424,6 +427,8 @@ class Simulator:
         self._count(op or "<none>", "calls")
         caller = self._authenticate(request, op, xml=True)
         await self._latency()
+        if self.faults.redirect_sts:
+            return self._redirect(request, op)
         if op == "GetCallerIdentity":
             return self._caller_identity(op, caller)
         if op == "AssumeRole":
@@ -538,6 +543,19 @@ class Simulator:
         if faults.hang_regions and faults.is_hang(account, region):
             return await self._hang(request, op)
         await self._latency()
+        if faults.redirect_regions and faults.is_redirected(account, region):
+            return self._redirect(request, op)
+        if faults.huge_answers and faults.is_huge(account, region, op):
+            return await self._huge(request, op)
+        if faults.huge_errors and faults.has_huge_error(account, region):
+            text = f"{op} refused in {region}: "
+            return self._json_error(
+                op,
+                "other_errors",
+                400,
+                "AccessDeniedException",
+                text + "x" * max(0, faults.huge_error_bytes - len(text)),
+            )
         if faults.unenabled_regions and faults.is_unenabled_region(account, region):
             return self._json_error(
                 op,
@@ -552,7 +570,8 @@ class Simulator:
                 "denied",
                 400,
                 "AccessDeniedException",
-                f"User is not authorized to perform: lightsail:{op} in {region}",
+                faults.denied_message
+                or f"User is not authorized to perform: lightsail:{op} in {region}",
             )
         fault = faults.draw()
         if fault == "drop":
@@ -634,6 +653,50 @@ class Simulator:
             "NotFoundException",
             f"The container service {name!r} does not exist.",
         )
+
+    def _redirect(self, request: web.Request, op: str) -> web.Response:
+        """307 Temporary Redirect to `faults.redirect_to` (the same path): AWS never does."""
+        self._count(op, "redirected")
+        return web.Response(
+            status=307,
+            headers={
+                "Location": self.faults.redirect_to.rstrip("/") + request.path_qs,
+                "x-amzn-RequestId": str(uuid.uuid4()),
+            },
+        )
+
+    async def _huge(self, request: web.Request, op: str) -> web.StreamResponse:
+        """An answer of `faults.huge_bytes` (valid JSON: one service with a long tag), written
+        in 64 KiB pieces for as long as the client takes them; `huge_bytes_sent` counts what
+        it took (what the socket buffers accepted, at least what the client read)."""
+        self._count(op, "huge")
+        size = self.faults.huge_bytes
+        resp = web.StreamResponse(
+            status=200, headers={"Content-Type": _JSON_CT, "x-amzn-RequestId": str(uuid.uuid4())}
+        )
+        if self.faults.huge_with_length:
+            resp.content_length = size
+        head = (
+            b'{"containerServices":[{"containerServiceName":"huge","tags":[{"key":"pad","value":"'
+        )
+        tail = b'"}]}]}'
+        piece = b"x" * 65536
+        left = size - len(head) - len(tail)
+        try:
+            await resp.prepare(request)
+            await resp.write(head)
+            self.huge_bytes_sent += len(head)
+            while left > 0:
+                chunk = piece if left >= len(piece) else piece[:left]
+                await resp.write(chunk)
+                self.huge_bytes_sent += len(chunk)
+                left -= len(chunk)
+            await resp.write(tail)
+            self.huge_bytes_sent += len(tail)
+            await resp.write_eof()
+        except (ConnectionError, RuntimeError):  # the client closed the connection
+            pass
+        return resp
 
     def _drop(self, request: web.Request) -> web.StreamResponse:
         """Close the connection without a byte of answer."""
