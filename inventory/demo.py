@@ -70,9 +70,7 @@ def run(*, accounts: int, db: Path, parquet_dir: str, latency_ms: float, seed: i
                 else:
                     os.environ[k] = v
     out.print(render.summary_table(summary))
-    failures = render.failures_table(summary)
-    if failures is not None:
-        out.print(failures)
+    render.print_failures(out, summary)
     store = Store.open(db, read_only=True)
     try:
         columns, rows = store.query_rows(DEMO_QUERY)

@@ -353,6 +353,7 @@ async def run_collect(
     store = Store.open(db_path, wait=wait_for_lock)
     store.shard = None if shard is None else (shard.index, shard.count)
     interrupts = Interrupts(summary)
+    failure_log = logs.FailureLog(run_id)
     begun = finished = False
     try:
         key = None if options.include_env_values else load_key(db_path)
@@ -365,7 +366,7 @@ async def run_collect(
 
         async def to_store(tables: dict[str, pa.Table]) -> None:
             if tables:
-                logs.batch(run_id, tables)
+                failure_log.batch(tables)
                 await asyncio.to_thread(store.append, run_id, tables)
 
         def begin(accounts: list[Account], workers: int) -> None:
@@ -442,5 +443,6 @@ async def run_collect(
     finally:
         interrupts.uninstall()
         store.close()
+        failure_log.flush()  # the stopped targets, grouped
     logs.run_end(summary)
     return summary
