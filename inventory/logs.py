@@ -5,7 +5,8 @@
 
 Events (the `event` field of a JSON line; text lines carry the same message):
 
-- `run_start`    run_id, accounts, regions, targets, workers, db, source, org
+- `run_start`    run_id, accounts, regions, targets, workers, db, source, org, run_deadline
+  (seconds: unfinished targets then end 'RunDeadline')
 - `target_failed` run_id, account_id, region (null: every region of the account, e.g.
   AssumeRole), operation, error_code, attempts, error_message (AWS's)
 - `anomaly`      the same fields: an answer stored, but with something odd in it
@@ -145,6 +146,7 @@ def run_start(
     db: str,
     source: str | None,
     org: bool,
+    run_deadline: float | None = None,
 ) -> None:
     event(
         log,
@@ -160,6 +162,7 @@ def run_start(
         db=db,
         source=source,
         org=org,
+        run_deadline=None if run_deadline is None else round(run_deadline, 1),
     )
 
 

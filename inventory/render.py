@@ -155,14 +155,9 @@ def print_failures(out: Console, s: RunSummary) -> None:
         "every error is in the errors table: inventory query "
         f"\"select * from errors where run_id = '{s.run_id}'\" --db {s.db_path}"
     )
-    if out.is_terminal:
-        t = Table(title=title)
-        for col in ("region", "operation", "error", "failed", "example accounts"):
-            t.add_column(col, overflow="fold")
-        t.add_column("message", overflow="fold")
-        for row in cells:
-            t.add_row(*(Text(v) for v in row))
-        out.print(t)
+    if out.is_terminal:  # short values whole, long ones (accounts, message) folded
+        columns = ("region", "operation", "error", "failed", "example accounts", "message")
+        print_wide(rows_table(columns, cells, title))
     else:
         lines = [title]
         lines += [f"  {'  '.join(row[:4])}  ({row[4]}): {row[5]}" for row in cells]

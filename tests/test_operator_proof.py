@@ -9,8 +9,11 @@ import csv
 import io
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from typer.testing import CliRunner
 from inventory import logs
 from inventory.cli import app
 from inventory.pacing import Pacer
-from inventory.simulator import Faults, Fleet, Simulator
+from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
 
 WriteAccounts = Callable[..., Path]
 MakeSimulator = Callable[..., Simulator]
@@ -387,3 +390,40 @@ def test_simulator_prints_an_accounts_file_collect_reads(
     names = rows(db, "select distinct account_id, account_name from container_services")
     index = {a: i for i, a in enumerate(sim.fleet.account_ids)}
     assert names and all(r["account_name"] == f"team-{index[r['account_id']]:02d}" for r in names)
+
+
+def test_ctrl_c_logs_one_line_per_region_and_error(tmp_path: Path) -> None:
+    """A real process interrupted mid-collect: the unfinished targets are logged as one
+    `stopped:` line per (region, error code), whose counts add up to the failed targets,
+    never one line per target."""
+    fleet = Fleet(8, seed=31, regions=R2)
+    with Simulator(fleet, Faults(latency_ms=200, seed=31)) as sim:
+        config = tmp_path / "a.toml"
+        config.write_text(
+            f'role_name = "R"\nregions = {list(R2)!r}\n'.replace("'", '"')
+            + "".join(f'[[accounts]]\nid = "{a}"\n' for a in fleet.account_ids)
+        )
+        env = {k: v for k, v in os.environ.items() if k not in UNSET_ENV}
+        env.update(sim.env(), INVENTORY_FINGERPRINT_KEY="k")
+        db = tmp_path / "inv.duckdb"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "inventory", "collect", "--config", str(config), "--db",
+             str(db), "--no-parquet", "--concurrency", "2"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        while sim.total_requests < 8 + 4 and proc.poll() is None:  # roles, then a few calls
+            time.sleep(0.01)
+        assert proc.poll() is None, "the collect ended before the signal"
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    [run] = rows(db, "select targets_failed from runs")
+    assert run["targets_failed"] >= 2
+    assert not [line for line in err.splitlines() if "failed:" in line]
+    stopped = [line for line in err.splitlines() if " stopped: " in line]
+    assert 1 <= len(stopped) <= len(R2)
+    regions = [line.split(" in ", 1)[1].split(":", 1)[0] for line in stopped]
+    assert len(set(regions)) == len(regions) and set(regions) <= set(R2)
+    counts = [int(line.split(" stopped: ", 1)[1].split()[0]) for line in stopped]
+    assert sum(counts) == run["targets_failed"]
+    assert all(": Interrupted (" in line for line in stopped)
