@@ -228,10 +228,10 @@ def collect(
     from inventory.pipeline import run_collect, tune_gc_for_collect
 
     tune_gc_for_collect()
-    if quiet and log_level is not None:
-        raise UsageError(f"--quiet and --log-level {log_level.value}: give one or the other")
     level = LogLevel.warning if quiet else log_level or LogLevel.info
     with logs.configured(log_format.value, level.level), _fatal_logged(log_format):
+        if quiet and log_level is not None:
+            raise UsageError(f"--quiet and --log-level {log_level.value}: give one or the other")
         options = Options(
             concurrency=concurrency,
             rate=rate,
@@ -396,7 +396,7 @@ def export(
         written = lake.export_run(store, run, to)
     finally:
         store.close()
-    render.console().print(f"exported run {run}: {len(written)} files under {to}")
+    render.console().print(f"exported run {run}: {render.plural(len(written), 'file')} under {to}")
 
 
 @app.command()

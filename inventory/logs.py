@@ -43,6 +43,7 @@ import pyarrow as pa
 
 from inventory.errors import UsageError
 from inventory.model import ErrorRecord, group_failures, utcnow
+from inventory.render import plural
 
 FORMATS = ("text", "json")
 ROOT = "inventory"
@@ -152,8 +153,9 @@ def run_start(
         log,
         logging.INFO,
         "run_start",
-        f"run {run_id} started: {accounts} accounts × {len(regions)} regions = {targets} "
-        f"targets" + (f" ({workers} workers)" if workers > 1 else ""),
+        f"run {run_id} started: {plural(accounts, 'account')} × "
+        f"{plural(len(regions), 'region')} = {plural(targets, 'target')}"
+        + (f" ({workers} workers)" if workers > 1 else ""),
         run_id=run_id,
         accounts=accounts,
         regions=list(regions),
@@ -239,7 +241,7 @@ class FailureLog:
                 log,
                 logging.WARNING,
                 "targets_stopped",
-                f"stopped: {g.count} target{'' if g.count == 1 else 's'} in "
+                f"stopped: {plural(g.count, 'target')} in "
                 f"{g.region or '(every region)'}: {g.error_code} ({example})",
                 run_id=self.run_id,
                 region=g.region,
@@ -316,8 +318,9 @@ def _run_end(summary: Any) -> tuple[int, str, dict[str, Any]]:
     )
     text = (
         f"run {summary.run_id} {summary.status}: {t.targets_ok}/{summary.targets} targets ok, "
-        f"{t.targets_failed} failed, {t.services} services, {t.api_calls} API calls "
-        f"({t.retries} retries) in {summary.wall_seconds:.1f} s"
+        f"{t.targets_failed} failed, {plural(t.services, 'service')}, "
+        f"{plural(t.api_calls, 'API call')} ({plural(t.retries, 'retry', 'retries')}) "
+        f"in {summary.wall_seconds:.1f} s"
     )
     fields = dict(
         run_id=summary.run_id,

@@ -100,7 +100,7 @@ def summary_table(s: RunSummary) -> Table:
         ("database", s.db_path),
     ]
     if s.parquet_dest:
-        rows.append(("parquet", f"{s.parquet_dest} ({len(s.parquet_files)} files)"))
+        rows.append(("parquet", f"{s.parquet_dest} ({plural(len(s.parquet_files), 'file')})"))
     for k, v in rows:
         t.add_row(k, v)
     return t

@@ -385,6 +385,7 @@ def test_simulator_prints_an_accounts_file_collect_reads(
         "--regions", "us-east-1",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert "started: 3 accounts × 1 region = 3 targets" in result.stderr  # plurals right
     got = rows(db, "select account_id from scans where status = 'ok'")
     assert sorted(r["account_id"] for r in got) == sorted(sim.fleet.account_ids)
     names = rows(db, "select distinct account_id, account_name from container_services")
