@@ -428,3 +428,18 @@ def test_ctrl_c_logs_one_line_per_region_and_error(tmp_path: Path) -> None:
     counts = [int(line.split(" stopped: ", 1)[1].split()[0]) for line in stopped]
     assert sum(counts) == run["targets_failed"]
     assert all(": Interrupted (" in line for line in stopped)
+
+
+def test_demo_says_how_to_run_inventory_again(tmp_path: Path) -> None:
+    """After `make demo` (`.venv/bin/inventory demo`, the .venv not on PATH) the hint at the
+    end names the command that works: that path, not a bare `inventory`."""
+    exe = Path(sys.executable).with_name("inventory")
+    env = {k: v for k, v in os.environ.items() if k not in UNSET_ENV}
+    env["PATH"] = "/usr/bin:/bin"
+    proc = subprocess.run(
+        [str(exe), "demo", "--accounts", "2", "--latency-ms", "0", "--db",
+         str(tmp_path / "d.duckdb"), "--parquet-dir", str(tmp_path / "lake")],
+        capture_output=True, text=True, env=env, timeout=120, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"Ask it more: {exe} query --db {tmp_path / 'd.duckdb'} " in proc.stdout
