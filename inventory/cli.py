@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -34,6 +35,8 @@ DEFAULT_PARQUET = "data/parquet"
 SQL_DIR = queries.SQL_DIR
 
 F = TypeVar("F", bound=Callable[..., Any])
+MAX_DEMO_ACCOUNTS = 2_000  # the demo's simulator runs in this process
+MAX_DEMO_LATENCY_MS = 10_000
 
 
 def _errors_to_exit(fn: F) -> F:
@@ -68,6 +71,17 @@ class Engine(StrEnum):
 class LogFormat(StrEnum):
     text = "text"
     json = "json"
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+    @property
+    def level(self) -> int:
+        return int(getattr(logging, self.value.upper()))
 
 
 DbOpt = Annotated[Path, typer.Option("--db", help="The DuckDB file.")]
@@ -113,6 +127,15 @@ def collect(
         float | None,
         typer.Option(help="Seconds one account × region may take, retries included."),
     ] = None,
+    run_deadline: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds the whole collect may take; targets unfinished then fail with "
+            "RunDeadline (the run is kept, partial). Default: the bound that follows from "
+            "--timeout, --max-attempts, --concurrency and --rate for the run's targets.",
+            show_default=False,
+        ),
+    ] = None,
     include_env_values: Annotated[
         bool,
         typer.Option(help="Store container environment VALUES (secrets!). Default: fingerprints."),
@@ -146,6 +169,24 @@ def collect(
             "bar). Example: inventory collect -c accounts.toml --log-format json 2>run.log",
         ),
     ] = LogFormat.text,
+    log_level: Annotated[
+        LogLevel | None,
+        typer.Option(
+            "--log-level",
+            help="The least severe log lines shown: debug, info (default), warning (what "
+            "needs a human: failed targets, the rate stuck at its floor), error.",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="For cron: logs at warning and above, no progress bar, and nothing on "
+            "stdout when every target was collected (exit 0).",
+        ),
+    ] = False,
     deep: Annotated[
         bool,
         typer.Option(
@@ -198,13 +239,17 @@ def collect(
     from inventory.pipeline import run_collect, tune_gc_for_collect
 
     tune_gc_for_collect()
-    with logs.configured(log_format.value), _fatal_logged(log_format):
+    level = LogLevel.warning if quiet else log_level or LogLevel.info
+    with logs.configured(log_format.value, level.level), _fatal_logged(log_format):
+        if quiet and log_level is not None:
+            raise UsageError(f"--quiet and --log-level {log_level.value}: give one or the other")
         options = Options(
             concurrency=concurrency,
             rate=rate,
             timeout=timeout,
             max_attempts=max_attempts,
             target_deadline=target_deadline,
+            run_deadline=run_deadline,
             include_env_values=include_env_values,
             engine=engine.value,
             workers=workers,
@@ -218,7 +263,8 @@ def collect(
                 f"--parquet-dir {parquet_dir!r} and --no-parquet: give one or the other"
             )
         dest = None if no_parquet else parquet_dir
-        bar = False if log_format is LogFormat.json else None  # None: on a terminal only
+        # None: on a terminal only
+        bar = False if log_format is LogFormat.json or quiet else None
         with render.ProgressView(bar) as progress:
             summary = asyncio.run(
                 run_collect(
@@ -232,11 +278,14 @@ def collect(
                     shard=part,
                 )
             )
+    if quiet and summary.exit_code == 0:
+        raise typer.Exit(0)  # --quiet: nothing to say about a complete run
+    if log_format is LogFormat.json:  # stdout is JSON too: the run_end event, one line
+        sys.stdout.write(logs.summary_json(summary) + "\n")
+        raise typer.Exit(summary.exit_code)
     out = render.console()
     out.print(render.summary_table(summary))
-    failures = render.failures_table(summary)
-    if failures is not None:
-        out.print(failures)
+    render.print_failures(out, summary)
     raise typer.Exit(summary.exit_code)
 
 
@@ -281,18 +330,21 @@ def query(
     if sql is None:
         raise UsageError("give SQL text or a query name (see: inventory query --list)")
     text, name = queries.resolve_sql(sql)
+    queries.check_one_statement(text, name)
     values = queries.bind(text, name, queries.parse_params(param or []))
+    # the SQL reads the store (or the lake) and the files a named query needs, nothing else
+    allowed = queries.allowed_files(name, values)
     if lake is not None:
         from inventory import lakequery
 
-        columns, rows = lakequery.query_rows(lake, text, values or None)
-        _print_rows(columns, rows, format, name)
-        return
-    store = Store.open(db, read_only=True)
-    try:
-        columns, rows = store.query_rows(text, values or None)
-    finally:
-        store.close()
+        con = lakequery.open_lake(lake)
+        try:
+            columns, rows = queries.run_sandboxed(con, text, values or None, allowed)
+        finally:
+            con.close()
+    else:
+        with Store.open(db, read_only=True) as store, store.connection() as con:
+            columns, rows = queries.run_sandboxed(con, text, values or None, allowed)
     _print_rows(columns, rows, format, name)
 
 
@@ -356,7 +408,7 @@ def export(
         written = lake.export_run(store, run, to)
     finally:
         store.close()
-    render.console().print(f"exported run {run}: {len(written)} files under {to}")
+    render.console().print(f"exported run {run}: {render.plural(len(written), 'file')} under {to}")
 
 
 @app.command()
@@ -375,6 +427,10 @@ def demo(
     """
     from inventory import demo as demo_mod
 
+    if not 1 <= accounts <= MAX_DEMO_ACCOUNTS:
+        raise UsageError(f"--accounts {accounts}: must be from 1 to {MAX_DEMO_ACCOUNTS:,}")
+    if not 0 <= latency_ms <= MAX_DEMO_LATENCY_MS:
+        raise UsageError(f"--latency-ms {latency_ms:g}: must be from 0 to {MAX_DEMO_LATENCY_MS:,}")
     code = demo_mod.run(accounts=accounts, db=db, parquet_dir=parquet_dir, latency_ms=latency_ms)
     raise typer.Exit(code)
 
@@ -451,7 +507,9 @@ def prune(
 @app.command()
 @_errors_to_exit
 def report(
-    html: Annotated[Path, typer.Option("--html", help="The HTML file to write.")],
+    html: Annotated[
+        str, typer.Option("--html", help="The HTML file to write ('-': standard output).")
+    ],
     db: DbOpt = DEFAULT_DB,
     run: Annotated[
         str | None, typer.Option("--run", help="The run id (default: the newest finished run).")
@@ -464,11 +522,21 @@ def report(
     """
     from inventory import report as report_mod
 
-    result = report_mod.write(db, html, run_id=run, sql_dir=SQL_DIR)
+    if not html.strip():
+        raise UsageError(f"--html {html!r}: give a file name, or - for standard output")
+    if html == "-":
+        result = report_mod.load(db, run_id=run, sql_dir=SQL_DIR)
+        sys.stdout.write(result.html)
+        sys.stdout.flush()
+    else:
+        result = report_mod.write(db, Path(html), run_id=run, sql_dir=SQL_DIR)
     ran = sum(1 for f in result.findings if f.ran)
-    render.console().print(
-        f"wrote {html}: run {result.run_id} ({result.run.get('status')}), "
-        f"{ran} named queries, {result.errors_total} failures"
+    # with the page on stdout, the note goes to stderr
+    render.console(stderr=html == "-").print(
+        f"wrote {'the page to standard output' if html == '-' else html}: run {result.run_id} "
+        f"({result.run.get('status')}), {render.plural(ran, 'named query', 'named queries')}, "
+        f"{render.plural(result.errors_total, 'failure')}",
+        soft_wrap=True,
     )
 
 

@@ -25,7 +25,9 @@ Bounds, whatever the network does (`run_time_bound`):
 
 Stopping (`stop`, e.g. on Ctrl-C): no new call starts, calls in flight are cancelled, and
 every target not finished yet still gets its TargetResult: failed, error code
-'Interrupted', with the attempts it made.
+'Interrupted', with the attempts it made. The run deadline (`Options.run_deadline`, by
+default `run_time_bound` of the targets) stops `results()` the same way, with error code
+'RunDeadline': whatever the settings and the network, a run ends.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from inventory.retry import Backoff, Budget, CallFailed, Calls, Failure, Kind, c
 BREAKER_TIMEOUTS = 6  # calls to one region timed out, none answered: stop calling it...
 BREAKER_TARGETS = 3  # ...when they came from at least this many accounts
 INTERRUPTED = "Interrupted"  # error code of the targets a stop left unfinished
+RUN_DEADLINE = "RunDeadline"  # ... and of those the run deadline left unfinished
 
 
 PREFETCH_IN_FLIGHT = 8  # AssumeRole calls made ahead of the targets at once
@@ -74,6 +77,14 @@ def run_time_bound(options: Options, targets: int) -> float:
     workers = min(options.concurrency, targets)
     calls = targets * Budget(options.max_attempts).limit
     return (targets / workers + 2) * options.deadline + calls / default_floor(options.rate)
+
+
+def run_deadline(options: Options, targets: int) -> float:
+    """Seconds after which `results()` stops the targets not finished yet ('RunDeadline'):
+    `--run-deadline`, or by default the bound that follows from the settings."""
+    if options.run_deadline is not None:
+        return options.run_deadline
+    return run_time_bound(options, targets)
 
 
 @dataclass(slots=True)
@@ -165,6 +176,7 @@ class Collector:
         self._health = {region: _RegionHealth() for region in self.regions}
         self._fetching: set[asyncio.Task[Any]] = set()
         self.stop_reason: str | None = None
+        self.stop_code = INTERRUPTED  # the error code of the targets a stop leaves unfinished
         self.base: ReadOnlyCredentials | None = None
         self.broker: CredentialBroker | None = None
 
@@ -218,14 +230,16 @@ class Collector:
     def _sts_region(self) -> str:
         return self._session.get_config_variable("region") or "us-east-1"
 
-    def stop(self, reason: str = "interrupted") -> None:
-        """Make no new calls: cancel those in flight; unfinished targets end 'Interrupted'.
+    def stop(self, reason: str = "interrupted", code: str = INTERRUPTED) -> None:
+        """Make no new calls: cancel those in flight; unfinished targets end with error
+        code `code` ('Interrupted', or 'RunDeadline').
 
         Safe to call from a signal handler on the loop (loop.add_signal_handler) and more
         than once (the first reason stays)."""
         if self.stop_reason is not None:
             return
         self.stop_reason = reason
+        self.stop_code = code
         for task in list(self._fetching):
             task.cancel()
 
@@ -290,6 +304,10 @@ class Collector:
                 return
             await done.put(None)  # this worker is finished
 
+        limit = run_deadline(self.options, len(accounts) * len(self.regions))
+        timer = asyncio.get_running_loop().call_later(
+            limit, self.stop, f"the {limit:g}s run deadline passed", RUN_DEADLINE
+        )
         prefetch = asyncio.create_task(self._prefetch(accounts, ahead, reached))
         tasks = [asyncio.create_task(worker()) for _ in range(workers)]
         try:
@@ -305,6 +323,7 @@ class Collector:
             for account, region in targets:  # stopped: the targets no worker started
                 yield self._interrupted(account, region, utcnow(), 0)
         finally:
+            timer.cancel()
             for t in (prefetch, *tasks):
                 t.cancel()
             await asyncio.gather(prefetch, *tasks, return_exceptions=True)
@@ -523,7 +542,7 @@ class Collector:
         self, account: Account, region: str, started: Any, attempts: int
     ) -> TargetResult:
         failure = Failure(
-            INTERRUPTED,
+            self.stop_code,
             f"collect was stopped ({self.stop_reason or 'interrupted'}) "
             "before this account × region finished",
             Kind.FATAL,

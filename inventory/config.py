@@ -73,6 +73,13 @@ ACCOUNT_KEYS: tuple[str, ...] = ("id", "name", "role_arn", "external_id")
 _ORG_ONLY_KEYS: tuple[str, ...] = ("org_ous", "skip_accounts", "management_role_arn")
 
 MAX_CONCURRENCY = 10_000
+# Upper bounds of the collect flags: past these a value is a typo, and a run could outlast
+# the night (a call that may take a day, a million retries).
+MAX_RATE = 100_000.0  # calls/s
+MAX_TIMEOUT = 900.0  # seconds for one call
+MAX_ATTEMPTS = 50  # per call
+MAX_TARGET_DEADLINE = 3_600.0  # seconds for one account × region
+MAX_RUN_DEADLINE = 7 * 86_400.0  # seconds for the whole run
 
 _ACCOUNT_ID = re.compile(r"[0-9]{12}")
 # IAM role names and path segments: [\w+=,.@-]; a name is at most 64 characters.
@@ -108,11 +115,13 @@ def validate_options(options: Options) -> Options:
     Raises `UsageError` naming the flag, e.g. `--concurrency 0: must be at least 1`.
     """
     _check_int("--concurrency", options.concurrency, 1, MAX_CONCURRENCY)
-    _check_positive("--rate", options.rate)
-    _check_positive("--timeout", options.timeout)
+    _check_positive("--rate", options.rate, MAX_RATE)
+    _check_positive("--timeout", options.timeout, MAX_TIMEOUT)
     if options.target_deadline is not None:
-        _check_positive("--target-deadline", options.target_deadline)
-    _check_int("--max-attempts", options.max_attempts, 1, None)
+        _check_positive("--target-deadline", options.target_deadline, MAX_TARGET_DEADLINE)
+    if options.run_deadline is not None:
+        _check_positive("--run-deadline", options.run_deadline, MAX_RUN_DEADLINE)
+    _check_int("--max-attempts", options.max_attempts, 1, MAX_ATTEMPTS)
     _check_int("--workers", options.workers, 0, 64)
     _check_int(
         "--max-answer-bytes", options.max_answer_bytes, MIN_MAX_ANSWER_BYTES, MAX_MAX_ANSWER_BYTES
@@ -142,11 +151,13 @@ def _check_int(flag: str, value: object, low: int, high: int | None) -> None:
         raise UsageError(f"{flag} {value}: must be at most {high:,}")
 
 
-def _check_positive(flag: str, value: object) -> None:
+def _check_positive(flag: str, value: object, high: float | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise UsageError(f"{flag} {value!r}: must be a number")
     if not math.isfinite(value) or value <= 0:
         raise UsageError(f"{flag} {value}: must be a finite number greater than 0")
+    if high is not None and value > high:
+        raise UsageError(f"{flag} {value:g}: must be at most {high:,g}")
 
 
 def load_plan(

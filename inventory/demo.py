@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import sys
 from pathlib import Path
 
 from inventory import render
@@ -70,9 +72,7 @@ def run(*, accounts: int, db: Path, parquet_dir: str, latency_ms: float, seed: i
                 else:
                     os.environ[k] = v
     out.print(render.summary_table(summary))
-    failures = render.failures_table(summary)
-    if failures is not None:
-        out.print(failures)
+    render.print_failures(out, summary)
     store = Store.open(db, read_only=True)
     try:
         columns, rows = store.query_rows(DEMO_QUERY)
@@ -80,7 +80,20 @@ def run(*, accounts: int, db: Path, parquet_dir: str, latency_ms: float, seed: i
         store.close()
     out.print(render.rows_table(columns, rows, "services by region and state (latest run)"))
     out.print(
-        f'\nAsk it more: inventory query --db {db} "select * from latest_containers limit 5"',
+        f"\nAsk it more: {command_name()} query --db {db} "
+        '"select * from latest_containers limit 5"',
         soft_wrap=True,
     )
     return summary.exit_code
+
+
+def command_name(argv0: str | None = None) -> str:
+    """How to run `inventory` again from here: `inventory` when that is the one on PATH,
+    else the path this one was started by (`.venv/bin/inventory` after `make demo`)."""
+    started = argv0 if argv0 is not None else sys.argv[0]
+    if Path(started).name != "inventory":  # python -m inventory, or embedded
+        return "inventory"
+    on_path = shutil.which("inventory")
+    if on_path is not None and Path(on_path).resolve() == Path(started).resolve():
+        return "inventory"
+    return started

@@ -43,6 +43,9 @@ class Options:
     rate: float = 1000.0  # calls/s, in all; halved while AWS throttles (pacing.Pacer)
     timeout: float = 10.0  # one API call, seconds (connect and read)
     target_deadline: float | None = None  # one account × region with its retries; None: derived
+    # the whole collect: unfinished targets then end 'RunDeadline'; None: derived from the
+    # others (collect.run_time_bound), so that a run always ends
+    run_deadline: float | None = None
     max_attempts: int = 8
     include_env_values: bool = False
     session_name: str = "lightsail-inventory"
@@ -135,3 +138,44 @@ class TargetResult:
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+@dataclass(slots=True)
+class FailureGroup:
+    """The failures of one (region, operation, error code): how many, a few example
+    accounts (in the order they failed) and the first one's message."""
+
+    region: str | None  # None: every region of the account (e.g. AssumeRole)
+    operation: str
+    error_code: str
+    count: int
+    accounts: list[str]
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "region": self.region,
+            "operation": self.operation,
+            "error_code": self.error_code,
+            "count": self.count,
+            "accounts": self.accounts,
+            "message": self.message,
+        }
+
+
+def group_failures(failures: list[ErrorRecord], examples: int = 3) -> list[FailureGroup]:
+    """Failures grouped by (region, operation, error code), the biggest group first (then
+    by region, operation and code), each with up to `examples` example accounts."""
+    groups: dict[tuple[str | None, str, str], FailureGroup] = {}
+    for e in failures:
+        key = (e.region, e.operation, e.error_code)
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = FailureGroup(e.region, e.operation, e.error_code, 0, [], e.message)
+        g.count += 1
+        if len(g.accounts) < examples and e.account_id not in g.accounts:
+            g.accounts.append(e.account_id)
+    return sorted(
+        groups.values(),
+        key=lambda g: (-g.count, g.region or "", g.operation, g.error_code),
+    )

@@ -43,6 +43,8 @@ class Pacer:
         self.throttles = 0  # throttled answers seen
         self.waited = 0.0  # seconds callers spent queued here, summed
         self._last_decrease = -float("inf")
+        # since the last `take_drop()`: the rate before the first decrease, the lowest after
+        self._drop: tuple[float, float] | None = None
         self._lock = asyncio.Lock()
         self._throttler = Throttler(rate_limit=1, period=1.0, retry_interval=0.005)
         self._apply()
@@ -77,6 +79,14 @@ class Pacer:
             return
         self._last_decrease = now
         self.decreases += 1
+        before = self.rate
         self.rate = max(self.floor, self.rate * 0.5)
         self.min_rate = min(self.min_rate, self.rate)
+        drop = self._drop
+        self._drop = (before, self.rate) if drop is None else (drop[0], min(drop[1], self.rate))
         self._apply()
+
+    def take_drop(self) -> tuple[float, float] | None:
+        """(rate before, lowest rate) of the decreases since the last call; None if none."""
+        drop, self._drop = self._drop, None
+        return drop

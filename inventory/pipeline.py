@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from inventory import __version__, deep, discovery, lake, logs, schema
-from inventory.collect import Collector
+from inventory.collect import Collector, run_deadline
 from inventory.config import Shard, run_started_at
 from inventory.errors import InventoryError, UsageError
 from inventory.fingerprint import Fingerprinter, load_key
@@ -353,6 +353,7 @@ async def run_collect(
     store = Store.open(db_path, wait=wait_for_lock)
     store.shard = None if shard is None else (shard.index, shard.count)
     interrupts = Interrupts(summary)
+    failure_log = logs.FailureLog(run_id)
     begun = finished = False
     try:
         key = None if options.include_env_values else load_key(db_path)
@@ -365,7 +366,7 @@ async def run_collect(
 
         async def to_store(tables: dict[str, pa.Table]) -> None:
             if tables:
-                logs.batch(run_id, tables)
+                failure_log.batch(tables)
                 await asyncio.to_thread(store.append, run_id, tables)
 
         def begin(accounts: list[Account], workers: int) -> None:
@@ -383,6 +384,7 @@ async def run_collect(
                 db=str(db_path),
                 source=plan.source,
                 org=plan.org is not None,
+                run_deadline=run_deadline(plan.options, summary.targets),
             )
             if on_start:
                 on_start(summary.targets)
@@ -403,6 +405,11 @@ async def run_collect(
         else:
             from inventory import workers as workers_mod
 
+            # every worker stops at the whole run's deadline, not one of its own share
+            limit = run_deadline(plan.options, len(accounts) * len(plan.regions))
+            plan = dataclasses.replace(
+                plan, options=dataclasses.replace(plan.options, run_deadline=limit)
+            )
             begin(accounts, workers)
             pool = workers_mod.WorkerPool(plan, accounts, run_id, key, workers)
             interrupts.install()
@@ -442,5 +449,6 @@ async def run_collect(
     finally:
         interrupts.uninstall()
         store.close()
+        failure_log.flush()  # the stopped targets, grouped
     logs.run_end(summary)
     return summary

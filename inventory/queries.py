@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from inventory.errors import UsageError
+from inventory.errors import StoreError, UsageError
+
+if TYPE_CHECKING:
+    import duckdb
 
 SQL_DIR = Path(os.environ.get("INVENTORY_SQL_DIR", Path(__file__).resolve().parent.parent / "sql"))
 
@@ -136,3 +141,73 @@ def named_queries() -> list[tuple[str, str, str]]:
         )
         for q in load()
     ]
+
+
+def check_one_statement(text: str, name: str | None) -> None:
+    """`inventory query` runs exactly one statement: empty SQL, or several statements (of
+    which DuckDB would return only the last result), is a usage error. Text that does not
+    parse is left for running it to report."""
+    import duckdb
+
+    what = f"query {name!r}" if name else "the SQL"
+    try:
+        n = len(duckdb.extract_statements(text))
+    except duckdb.Error:
+        return
+    if n == 0:
+        raise UsageError(
+            f"{what} {text!r}: no SQL statement in it; give one, or a query name "
+            "(see: inventory query --list)"
+        )
+    if n > 1:
+        raise UsageError(
+            f"{what} has {n} statements; inventory query runs one at a time "
+            "(give each its own inventory query)"
+        )
+
+
+def allowed_files(name: str | None, values: Mapping[str, str]) -> list[str]:
+    """The files a query may read besides the store: for a named query, the files its bound
+    parameters name (e.g. monthly_cost's price list); for ad-hoc SQL, none."""
+    if name is None:
+        return []
+    return sorted({str(Path(v).resolve()) for v in values.values() if v and Path(v).is_file()})
+
+
+def sandbox(con: duckdb.DuckDBPyConnection, allowed: Iterable[str] = ()) -> None:
+    """Lock `con` down for SQL the user typed: from now on it reads what is attached (the
+    store, or the lake's registered tables) and the `allowed` files, and nothing else: no
+    other file read or written (COPY, read_csv, ATTACH), no network, no extension, and no
+    setting changed back (lock_configuration)."""
+    paths = [str(p) for p in allowed]
+    if paths:
+        con.execute(
+            "SET allowed_paths = ["
+            + ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+            + "]"
+        )
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def run_sandboxed(
+    con: duckdb.DuckDBPyConnection, text: str, params: Any, allowed: Iterable[str] = ()
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one statement on `con` inside `sandbox`: (column names, rows). A statement that
+    reaches outside is a usage error that says so; any other failure a StoreError."""
+    import duckdb
+    import pyarrow as pa
+
+    sandbox(con, allowed)
+    try:
+        cur = con.execute(text, params)
+        return [d[0] for d in cur.description or []], cur.fetchall()
+    except (duckdb.PermissionException, duckdb.InvalidInputException) as e:
+        first = str(e).strip().splitlines()[0]
+        if isinstance(e, duckdb.InvalidInputException) and "has been locked" not in first:
+            raise StoreError(f"query failed: {e}") from e
+        raise UsageError(
+            f"query: SQL here reads the inventory only, no other file, URL or setting ({first})"
+        ) from e
+    except (duckdb.Error, pa.ArrowException, OSError) as e:
+        raise StoreError(f"query failed: {e}") from e

@@ -22,6 +22,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from inventory.model import FailureGroup, group_failures
 from inventory.terminal import visible
 
 if TYPE_CHECKING:  # importing the pipeline loads aiobotocore, duckdb, pyarrow
@@ -30,6 +31,11 @@ if TYPE_CHECKING:  # importing the pipeline loads aiobotocore, duckdb, pyarrow
 
 def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """`1 failure`, `2 failures`, `1,000 runs` (`words`: an irregular plural)."""
+    return f"{n:,} {word if n == 1 else words or word + 's'}"
 
 
 class ProgressView:
@@ -97,33 +103,70 @@ def summary_table(s: RunSummary) -> Table:
         ("database", s.db_path),
     ]
     if s.parquet_dest:
-        rows.append(("parquet", f"{s.parquet_dest} ({len(s.parquet_files)} files)"))
+        rows.append(("parquet", f"{s.parquet_dest} ({plural(len(s.parquet_files), 'file')})"))
     for k, v in rows:
         t.add_row(k, Text(visible(v)))
     return t
 
 
-def failures_table(s: RunSummary, limit: int = 10) -> Table | None:
+FAILURE_GROUPS_SHOWN = 20  # groups printed; the errors table has every failure
+
+
+def failure_cells(g: FailureGroup) -> tuple[str, str, str, str, str, str]:
+    """One group of failures as text cells, every value whole: region, operation, error
+    code, how many failed, example accounts, the first message. AWS's text: control
+    characters shown escaped, never obeyed."""
+    more = g.count - len(g.accounts)
+    return (
+        visible(g.region or "(every region)"),
+        visible(g.operation),
+        visible(g.error_code),
+        plural(g.count, "target") if g.region else plural(g.count, "account"),
+        visible(", ".join(g.accounts)) + (f" and {more} more" if more > 0 else ""),
+        visible(g.message),
+    )
+
+
+def print_failures(out: Console, s: RunSummary) -> None:
+    """The run's failures grouped by (region, operation, error code), biggest first, with
+    counts and example accounts; then how many groups are not shown and where every error
+    is. On a terminal a table; elsewhere (cron, a log file) one line per group with every
+    value whole, never cut to the terminal's width. Nothing when nothing failed."""
     failures = s.tally.failures
     if not failures:
-        return None
-    t = Table(
-        title=f"failures ({s.tally.targets_failed} target{'' if s.tally.targets_failed == 1 else 's'}"
-        "; every error is in the errors table)"
+        return
+    groups = group_failures(failures)
+    shown, rest = groups[:FAILURE_GROUPS_SHOWN], groups[FAILURE_GROUPS_SHOWN:]
+    cells = [failure_cells(g) for g in shown]
+    title = (
+        f"failures: {plural(s.tally.targets_failed, 'target')} failed, "
+        f"{plural(len(groups), 'group')} by region and error"
     )
-    for col in ("account", "region", "operation", "error", "attempts"):
-        t.add_column(col, no_wrap=True)
-    t.add_column("message", overflow="fold")
-    for e in failures[:limit]:  # AWS's text: control characters shown, never obeyed
-        t.add_row(
-            Text(visible(e.account_id)),
-            Text(visible(e.region or "(all)")),
-            Text(visible(e.operation)),
-            Text(visible(e.error_code)),
-            str(e.attempts),
-            Text(visible(e.message[:160])),
+    regions = s.targets // s.accounts if s.accounts else 0
+
+    def targets(gs: list[FailureGroup]) -> int:  # an account's AssumeRole: all its regions
+        return sum(g.count if g.region else g.count * regions for g in gs)
+
+    notes = []
+    if rest:
+        notes.append(
+            f"and {plural(len(rest), 'more group')} "
+            f"({plural(targets(rest), 'more failed target')}), not shown"
         )
-    return t
+    if targets(groups) < s.tally.targets_failed:
+        notes.append(f"grouped from the first {plural(len(failures), 'failure')} of the run")
+    notes.append(
+        "every error is in the errors table: inventory query "
+        f"\"select * from errors where run_id = '{s.run_id}'\" --db {s.db_path}"
+    )
+    if out.is_terminal:  # short values whole, long ones (accounts, message) folded
+        columns = ("region", "operation", "error", "failed", "example accounts", "message")
+        print_wide(rows_table(columns, cells, title))
+    else:
+        lines = [title]
+        lines += [f"  {'  '.join(row[:4])}  ({row[4]}): {row[5]}" for row in cells]
+        out.print(Text("\n".join(lines)), soft_wrap=True)
+    out.print(Text("\n".join(notes)), soft_wrap=True)
 
 
 def _plain(v: Any) -> Any:
@@ -150,8 +193,17 @@ def format_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str)
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
     for r in rows:
-        w.writerow([json.dumps(_plain(v)) if isinstance(v, dict | list) else _plain(v) for v in r])
+        w.writerow([_csv_cell(v) for v in r])
     return buf.getvalue()
+
+
+def _csv_cell(v: Any) -> Any:
+    """Booleans as `true` / `false` and maps and lists as JSON, as the json format has them."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, dict | list):
+        return json.dumps(_plain(v))
+    return _plain(v)
 
 
 SHORT_CELL = 24  # columns whose values are all this short are never wrapped

@@ -639,13 +639,18 @@ def build(
     return report
 
 
-def write(db: Path, out: Path, run_id: str | None = None, sql_dir: Path | None = None) -> Report:
-    """Write the report of `db` to `out` (whole or not at all: a temporary file renamed)."""
+def load(db: Path, run_id: str | None = None, sql_dir: Path | None = None) -> Report:
+    """The report of `db` (read-only), not written anywhere yet."""
     store = Store.open(db, read_only=True)
     try:
-        report = build(store, run_id, sql_dir)
+        return build(store, run_id, sql_dir)
     finally:
         store.close()
+
+
+def write(db: Path, out: Path, run_id: str | None = None, sql_dir: Path | None = None) -> Report:
+    """Write the report of `db` to `out` (whole or not at all: a temporary file renamed)."""
+    report = load(db, run_id, sql_dir)
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

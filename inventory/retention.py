@@ -27,9 +27,11 @@ import pyarrow as pa
 from inventory import schema
 from inventory.errors import StoreError, UsageError
 from inventory.lake import fsync_dir
+from inventory.render import plural
 from inventory.store import Store
 
 log = logging.getLogger(__name__)
+MAX_KEEP_DAYS = 36_500  # a century: more is a typo (and past the dates Python can count back)
 
 
 @dataclass
@@ -48,14 +50,14 @@ class PruneResult:
 
     def describe(self) -> str:
         verb = "would remove" if self.dry_run else "removed"
-        lines = [f"{verb} {len(self.removed)} runs; {self.kept} runs kept"]
+        lines = [f"{verb} {plural(len(self.removed), 'run')}; {plural(self.kept, 'run')} kept"]
         if self.removed:
             lines.append(f"  oldest {self.removed[0]}, newest {self.removed[-1]}")
         if self.rows:
             lines.append("  rows deleted: " + ", ".join(f"{t} {n:,}" for t, n in self.rows.items()))
         if self.protected:
             lines.append(
-                f"  {len(self.protected)} older runs kept: still the newest good snapshot of "
+                f"  {plural(len(self.protected), 'older run')} kept: still the newest good snapshot of "
                 f"some account × region ({', '.join(self.protected[:3])}"
                 + (", …)" if len(self.protected) > 3 else ")")
             )
@@ -90,8 +92,8 @@ def select(
     kept in all)."""
     if (keep_days is None) == (keep_runs is None):
         raise UsageError("give one of --keep-days N or --keep-runs N")
-    if keep_days is not None and keep_days < 0:
-        raise UsageError(f"--keep-days {keep_days}: must be 0 or more")
+    if keep_days is not None and not 0 <= keep_days <= MAX_KEEP_DAYS:
+        raise UsageError(f"--keep-days {keep_days}: must be from 0 to {MAX_KEEP_DAYS:,}")
     if keep_runs is not None and keep_runs < 0:
         raise UsageError(f"--keep-runs {keep_runs}: must be 0 or more")
     now = now or dt.datetime.now(dt.UTC)

@@ -150,10 +150,10 @@ def test_cli(tmp_path: Path) -> None:
 
     out = runner.invoke(app, ["prune", "--db", str(db), "--keep-days", "30", "--dry-run"])
     assert out.exit_code == 0, out.output
-    assert "would remove 1 runs" in out.stdout and counts(db)["runs"] == dict.fromkeys(runs, 1)
+    assert "would remove 1 run;" in out.stdout and counts(db)["runs"] == dict.fromkeys(runs, 1)
     out = runner.invoke(app, ["prune", "--db", str(db), "--keep-days", "30"])
     assert out.exit_code == 0, out.output
-    assert "removed 1 runs; 2 runs kept" in out.stdout and "reclaimed" in out.stdout
+    assert "removed 1 run; 2 runs kept" in out.stdout and "reclaimed" in out.stdout
     assert sorted(counts(db)["runs"]) == runs[1:]
     out = runner.invoke(app, ["prune", "--db", str(db), "--keep-runs", "1"])
     assert out.exit_code == 0 and sorted(counts(db)["runs"]) == runs[2:]

@@ -3,6 +3,8 @@
     python -m inventory.simulator --port 0 --accounts 1000 --seed 1 --latency-ms 50
 
 Prints one line, `listening on http://127.0.0.1:PORT`, then serves until SIGTERM / SIGINT.
+`--print-accounts` prints an accounts file (TOML) for the fleet that the same `--accounts`
+and `--seed` serve, and exits: `inventory collect --config` reads it as it is.
 Pair options (`--hang-region`, `--deny-region`, `--unenabled-region`, `--malformed`,
 `--huge-answer`) take `REGION` (every account) or `ACCOUNT:REGION`, and may be repeated.
 """
@@ -60,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--external-id", default=None)
     p.add_argument("--fault-seed", type=int, default=0)
     p.add_argument("--print-env", action="store_true", help="also print export lines")
+    p.add_argument(
+        "--print-accounts",
+        action="store_true",
+        help="print an accounts file (TOML) for this fleet and exit; the same --accounts, "
+        "--seed and --external-id serve it",
+    )
     return p.parse_args(argv)
 
 
@@ -106,8 +114,26 @@ async def serve(sim: Simulator, print_env: bool = False) -> None:
         await stop.wait()
 
 
+def accounts_toml(fleet: Fleet, external_id: str | None = None) -> str:
+    """An accounts file for `fleet`: the role every simulated account has, one
+    [[accounts]] entry per member account (named team-00, team-01, ...)."""
+    lines = [
+        "# the bundled simulator's accounts: python -m inventory.simulator --print-accounts",
+        'role_name = "LightsailInventoryReader"',
+    ]
+    if external_id:
+        lines.append(f'external_id = "{external_id}"')
+    for i, account_id in enumerate(fleet.account_ids):
+        lines += ["", "[[accounts]]", f'id = "{account_id}"', f'name = "team-{i:02d}"']
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.print_accounts:
+        sim = build(args)
+        sys.stdout.write(accounts_toml(sim.fleet, args.external_id))
+        return 0
     asyncio.run(serve(build(args), args.print_env))
     return 0
 
