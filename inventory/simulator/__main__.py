@@ -3,7 +3,8 @@
     python -m inventory.simulator --port 0 --accounts 1000 --seed 1 --latency-ms 50
 
 Prints one line, `listening on http://127.0.0.1:PORT`, then serves until SIGTERM / SIGINT.
-Pair options (`--hang-region`, `--deny-region`, `--unenabled-region`, `--malformed`) take
+Pair options (`--hang-region`, `--deny-region`, `--unenabled-region`, `--malformed`,
+`--unknown-members`, `--bad-leaves`, `--no-services-member`, `--services-not-list`) take
 `REGION` (every account) or `ACCOUNT:REGION`, and may be repeated.
 """
 
@@ -48,6 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unenabled-region", action="append", default=[], type=_pair)
     p.add_argument("--hang-region", action="append", default=[], type=_pair)
     p.add_argument("--malformed", action="append", default=[], type=_pair)
+    for flag in (
+        "--unknown-members",
+        "--bad-leaves",
+        "--no-services-member",
+        "--services-not-list",
+    ):
+        p.add_argument(flag, action="append", default=[], type=_pair)
     p.add_argument("--credential-ttl", type=float, default=3600.0, metavar="SECONDS")
     p.add_argument("--external-id", default=None)
     p.add_argument("--fault-seed", type=int, default=0)
@@ -76,6 +84,10 @@ def build(args: argparse.Namespace) -> Simulator:
         unenabled_regions=set(args.unenabled_region),
         hang_regions=set(args.hang_region),
         malformed=set(args.malformed),
+        unknown_members=set(args.unknown_members),
+        bad_leaves=set(args.bad_leaves),
+        no_services_member=set(args.no_services_member),
+        services_not_list=set(args.services_not_list),
         credential_ttl_s=args.credential_ttl,
         external_id=args.external_id,
         seed=args.fault_seed,
