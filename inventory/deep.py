@@ -356,10 +356,10 @@ class DeepFlattener:
                     ctx.account_id,
                     ctx.region,
                     name,
-                    arn,
                     chk.str_(img, "image", path),
                     chk.str_(img, "digest", path),
                     chk.ts(img, "createdAt", path),
+                    arn,
                 )
             )
         return anomalies

@@ -455,7 +455,6 @@ _CS_ROW = (
     "arn",
     "created_at",
     "availability_zone",
-    "location_region_name",
     "resource_type",
     "power",
     "power_id",
@@ -469,6 +468,7 @@ _CS_ROW = (
     "url",
     "ecr_image_puller_role_active",
     "ecr_image_puller_role_principal_arn",
+    "location_region_name",
     "extra",
 )
 _DEP_ROW = (
@@ -726,7 +726,6 @@ class Flattener:
             arn,
             chk.ts(svc, "createdAt"),
             chk.str_(location, "availabilityZone", "location"),
-            chk.str_(location, "regionName", "location"),
             chk.str_(svc, "resourceType"),
             chk.enum(svc, "power", POWER),
             chk.str_(svc, "powerId"),
@@ -740,6 +739,7 @@ class Flattener:
             chk.str_(svc, "url"),
             chk.bool_(puller, "isActive", "privateRegistryAccess.ecrImagePullerRole"),
             chk.str_(puller, "principalArn", "privateRegistryAccess.ecrImagePullerRole"),
+            chk.str_(location, "regionName", "location"),
             extra,
         )
         self._cs_rows.append(row)

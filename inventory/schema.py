@@ -38,7 +38,6 @@ CONTAINER_SERVICES = _schema(
     ("arn", STR),
     ("created_at", TS),
     ("availability_zone", STR),
-    ("location_region_name", STR),
     ("resource_type", STR),
     ("power", STR),
     ("power_id", STR),
@@ -54,7 +53,8 @@ CONTAINER_SERVICES = _schema(
     ("public_domain_names", STR_LIST_MAP),
     ("ecr_image_puller_role_active", BOOL),
     ("ecr_image_puller_role_principal_arn", STR),
-    ("extra", STR),
+    ("location_region_name", STR),  # version 3: location.regionName
+    ("extra", STR),  # version 3: members the model does not know, JSON (flatten.py)
 )
 
 DEPLOYMENTS = _schema(
@@ -159,10 +159,10 @@ CONTAINER_IMAGES = _schema(
     ("account_id", STR),
     ("region", STR),
     ("service_name", STR),
-    ("service_arn", STR),
     ("image", STR),
     ("digest", STR),
     ("created_at", TS),
+    ("service_arn", STR),  # version 3
 )
 
 # The inventory tables (one row per thing found) and the bookkeeping tables, by name.

@@ -94,7 +94,7 @@ def truth(fleet: Fleet, fp: Callable[[str], str]) -> dict[str, list[Row]]:
                      None if ports is None else tuple(sorted(ports.items())))
                 )  # fmt: skip
         for i in fleet.images(a, r, name)["containerImages"]:
-            images.append((a, r, name, arn, i["image"], i["digest"], ms(i["createdAt"])))
+            images.append((a, r, name, i["image"], i["digest"], ms(i["createdAt"]), arn))
     return {
         "deployment_history": sorted(history, key=repr),
         "deployment_history_containers": sorted(containers, key=repr),
