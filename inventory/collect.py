@@ -591,4 +591,5 @@ def _json_type(v: object) -> str:
         return "boolean"
     if isinstance(v, int | float):
         return "number"
-    return {str: "string", dict: "object", list: "array"}.get(type(v), type(v).__name__)
+    names: dict[type, str] = {str: "string", dict: "object", list: "array"}
+    return names.get(type(v), type(v).__name__)
