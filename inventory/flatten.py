@@ -796,6 +796,8 @@ class Flattener:
     def _report(self, chk: _Check, member: str, table: str) -> None:
         """One UnknownMember anomaly per member path per run (the first place it was seen)."""
         member = member if len(member) <= 200 else member[:200] + "…"
+        if not _utf8_ok(member):  # a name with a lone surrogate: escaped, Arrow cannot store it
+            member = member.encode("utf-8", "backslashreplace").decode("utf-8")
         seen = self._unknown_seen
         if member in seen or len(seen) > MAX_UNKNOWN_PATHS:
             return

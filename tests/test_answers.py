@@ -189,6 +189,7 @@ def test_unknown_members_unit_nested_levels_and_environment_values() -> None:
         "location": {"regionName": R1, "newZone": "z"},
         "privateRegistryAccess": {"ecrImagePullerRole": {"isActive": True, "new": [1, 2.5]}},
         "future": {"environment": {"A": "v1", "B": 7}, "nan": float("nan")},
+        "odd\ud800": "\udfff",  # not valid Unicode: escaped in the message and the JSON
         "currentDeployment": {
             "version": 1,
             "containers": {"c": {"image": "x", "environment": {"E": "v2"}, "new": None}},
@@ -203,6 +204,7 @@ def test_unknown_members_unit_nested_levels_and_environment_values() -> None:
         "location": {"newZone": "z"},
         "privateRegistryAccess": {"ecrImagePullerRole": {"new": [1, 2.5]}},
         "future": {"environment": {"A": fp("v1"), "B": fp("7")}, "nan": None},
+        "odd\ud800": "\udfff",
     }
     dep = tables["deployments"].to_pylist()[0]
     assert json.loads(dep["extra"]) == {"publicEndpoint": {"healthCheck": {"grpc": True}}}
@@ -213,6 +215,7 @@ def test_unknown_members_unit_nested_levels_and_environment_values() -> None:
             "location.newZone",
             "privateRegistryAccess.ecrImagePullerRole.new",
             "future",
+            "odd\\ud800",
             "currentDeployment.publicEndpoint.healthCheck.grpc",
             "currentDeployment.containers.*.new",
         )
