@@ -36,7 +36,9 @@ CREATE EXTERNAL TABLE IF NOT EXISTS lightsail_inventory.container_services (
   `tags` map<string,string>,
   `public_domain_names` map<string,array<string>>,
   `ecr_image_puller_role_active` boolean,
-  `ecr_image_puller_role_principal_arn` string
+  `ecr_image_puller_role_principal_arn` string,
+  `location_region_name` string,
+  `extra` string
 )
 PARTITIONED BY (`run_date` string)
 STORED AS PARQUET
@@ -69,7 +71,8 @@ CREATE EXTERNAL TABLE IF NOT EXISTS lightsail_inventory.deployments (
   `health_check_timeout_seconds` int,
   `health_check_interval_seconds` int,
   `health_check_path` string,
-  `health_check_success_codes` string
+  `health_check_success_codes` string,
+  `extra` string
 )
 PARTITIONED BY (`run_date` string)
 STORED AS PARQUET
@@ -98,7 +101,8 @@ CREATE EXTERNAL TABLE IF NOT EXISTS lightsail_inventory.containers (
   `image_source` string,
   `command` array<string>,
   `environment` map<string,string>,
-  `ports` map<string,string>
+  `ports` map<string,string>,
+  `extra` string
 )
 PARTITIONED BY (`run_date` string)
 STORED AS PARQUET
@@ -181,7 +185,8 @@ CREATE EXTERNAL TABLE IF NOT EXISTS lightsail_inventory.container_images (
   `service_name` string,
   `image` string,
   `digest` string,
-  `created_at` timestamp
+  `created_at` timestamp,
+  `service_arn` string
 )
 PARTITIONED BY (`run_date` string)
 STORED AS PARQUET
@@ -286,17 +291,17 @@ SELECT account_id, region, run_id, run_started_at FROM (
 WHERE rn = 1;
 
 CREATE OR REPLACE VIEW lightsail_inventory.latest_container_services AS
-SELECT t.run_id, t.collected_at, t.account_id, t.account_name, t.region, t.service_name, t.arn, t.created_at, t.availability_zone, t.resource_type, t.power, t.power_id, t.state, t.state_detail_code, t.state_detail_message, t.scale, t.is_disabled, t.principal_arn, t.private_domain_name, t.url, t.tags, t.public_domain_names, t.ecr_image_puller_role_active, t.ecr_image_puller_role_principal_arn
+SELECT t.run_id, t.collected_at, t.account_id, t.account_name, t.region, t.service_name, t.arn, t.created_at, t.availability_zone, t.resource_type, t.power, t.power_id, t.state, t.state_detail_code, t.state_detail_message, t.scale, t.is_disabled, t.principal_arn, t.private_domain_name, t.url, t.tags, t.public_domain_names, t.ecr_image_puller_role_active, t.ecr_image_puller_role_principal_arn, t.location_region_name, t.extra
 FROM lightsail_inventory.container_services AS t JOIN lightsail_inventory.latest_scans AS l
   ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region;
 
 CREATE OR REPLACE VIEW lightsail_inventory.latest_deployments AS
-SELECT t.run_id, t.collected_at, t.account_id, t.region, t.service_name, t.service_arn, t.slot, t.version, t.state, t.created_at, t.public_endpoint_container_name, t.public_endpoint_container_port, t.health_check_healthy_threshold, t.health_check_unhealthy_threshold, t.health_check_timeout_seconds, t.health_check_interval_seconds, t.health_check_path, t.health_check_success_codes
+SELECT t.run_id, t.collected_at, t.account_id, t.region, t.service_name, t.service_arn, t.slot, t.version, t.state, t.created_at, t.public_endpoint_container_name, t.public_endpoint_container_port, t.health_check_healthy_threshold, t.health_check_unhealthy_threshold, t.health_check_timeout_seconds, t.health_check_interval_seconds, t.health_check_path, t.health_check_success_codes, t.extra
 FROM lightsail_inventory.deployments AS t JOIN lightsail_inventory.latest_scans AS l
   ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region;
 
 CREATE OR REPLACE VIEW lightsail_inventory.latest_containers AS
-SELECT t.run_id, t.collected_at, t.account_id, t.region, t.service_name, t.service_arn, t.slot, t.deployment_version, t.container_name, t.image, t.image_source, t.command, t.environment, t.ports
+SELECT t.run_id, t.collected_at, t.account_id, t.region, t.service_name, t.service_arn, t.slot, t.deployment_version, t.container_name, t.image, t.image_source, t.command, t.environment, t.ports, t.extra
 FROM lightsail_inventory.containers AS t JOIN lightsail_inventory.latest_scans AS l
   ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region;
 

@@ -9,7 +9,13 @@ Clients: one aiobotocore Lightsail client per region, shared by every account; e
 task signs with its own account's credentials through credentials.use(). Botocore's own
 retries are off (one attempt per call) so that every attempt is counted here. With
 `engine='lean'` the hot call goes through lean.py instead, with the same endpoint,
-credentials and errors.
+credentials and errors. Both engines hand the flattener the same thing: the answer's JSON as
+`json.loads` reads it (`raw_answer`: botocore's parser would drop the members its model does
+not know and raise on a leaf of the wrong type, costing the whole account × region).
+
+An answer whose `containerServices` is missing or not a list is a failed scan (error code
+'UnexpectedShape', not retried), never an empty account × region: the `latest_*` views keep
+that account × region's previous good snapshot.
 
 Bounds, whatever the network does (`run_time_bound`):
 - one call: `timeout` (connect and read, and an asyncio timeout around the whole call);
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -42,6 +49,7 @@ from typing import Any
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore.credentials import ReadOnlyCredentials
+from botocore.parsers import ResponseParserError
 
 from inventory import credentials as creds_mod
 from inventory.answers import session_class
@@ -56,6 +64,8 @@ BREAKER_TIMEOUTS = 6  # calls to one region timed out, none answered: stop calli
 BREAKER_TARGETS = 3  # ...when they came from at least this many accounts
 INTERRUPTED = "Interrupted"  # error code of the targets a stop left unfinished
 RUN_DEADLINE = "RunDeadline"  # ... and of those the run deadline left unfinished
+UNEXPECTED_SHAPE = "UnexpectedShape"  # a 200 answer without a containerServices list
+RAW_ANSWER_EVENT = "before-parse.lightsail.GetContainerServices"
 
 
 PREFETCH_IN_FLIGHT = 8  # AssumeRole calls made ahead of the targets at once
@@ -102,6 +112,26 @@ class _RegionHealth:
             and self.timeouts >= BREAKER_TIMEOUTS
             and len(self.accounts) >= BREAKER_TARGETS
         )
+
+
+def raw_answer(
+    response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any
+) -> None:
+    """botocore `before-parse` hook for GetContainerServices (engine 'botocore'): the answer
+    becomes the body's JSON as `json.loads` reads it, as in the lean engine (lean.py), and
+    botocore's parser sees `{}`. Error answers (status >= 300) are left to botocore."""
+    if response_dict.get("status_code", 500) >= 300:
+        return
+    try:
+        answer = json.loads(response_dict["body"])
+    except (ValueError, TypeError) as exc:
+        raise ResponseParserError(f"GetContainerServices: answer is not JSON: {exc}") from None
+    if not isinstance(answer, dict):
+        raise ResponseParserError(
+            f"GetContainerServices: answer is a JSON {type(answer).__name__}, expected an object"
+        )
+    response_dict["body"] = b"{}"
+    customized_response_dict.update(answer)
 
 
 class _SharedCredentialsSession(AioSession):
@@ -210,7 +240,9 @@ class Collector:
                 self._session.create_client("lightsail", region_name=region, config=cfg)
             )
             self.botocore_clients[region] = client
-            if lean_http is not None:  # botocore still resolves the endpoint
+            if lean_http is None:
+                client.meta.events.register(RAW_ANSWER_EVENT, raw_answer)
+            else:  # botocore still resolves the endpoint
                 client = LeanLightsailClient(
                     lean_http, region, client.meta.endpoint_url, USER_AGENT
                 )
@@ -430,7 +462,7 @@ class Collector:
                 health.answered += 1
                 self.pacer.on_success()
                 result = self._collected(account, region, started, budget.attempts, answer)
-                if self.after_collect is not None:
+                if self.after_collect is not None and result.ok:
                     result = await self.after_collect(result)
                 return result
         except asyncio.CancelledError:
@@ -513,29 +545,24 @@ class Collector:
         self, account: Account, region: str, started: Any, attempts: int, answer: Any
     ) -> TargetResult:
         services = answer.get("containerServices") if isinstance(answer, dict) else None
-        finished = utcnow()
-        anomalies = []
         if not isinstance(services, list):
-            anomalies.append(
-                ErrorRecord(
-                    finished,
-                    account.id,
-                    region,
-                    "GetContainerServices",
-                    "UnexpectedShape",
-                    f"containerServices is {type(services).__name__}, expected a list",
-                    attempts,
-                )
+            got = "missing" if services is None else f"a JSON {_json_type(services)}"
+            failure = Failure(
+                UNEXPECTED_SHAPE,
+                f"the answer's containerServices is {got}, expected a list: not stored, "
+                "the previous good snapshot of this account × region stays the latest",
+                Kind.FATAL,
             )
-            services = []
+            return self._failed(
+                account, region, started, attempts, failure, "GetContainerServices", attempts
+            )
         return TargetResult(
             account=account,
             region=region,
             started_at=started,
-            finished_at=finished,
+            finished_at=utcnow(),
             attempts=attempts,
             services=services,
-            anomalies=anomalies,
         )
 
     def _interrupted(
@@ -579,3 +606,13 @@ class Collector:
                 attempts=error_attempts,
             ),
         )
+
+
+def _json_type(v: object) -> str:
+    """The JSON name of a parsed value's type (for messages: never the value)."""
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int | float):
+        return "number"
+    names: dict[type, str] = {str: "string", dict: "object", list: "array"}
+    return names.get(type(v), type(v).__name__)

@@ -10,7 +10,8 @@ for an account × region, the collector also calls:
   those deployments; the columns of `containers` without `slot`; environment values
   fingerprinted exactly as in `containers`, or stored with --include-env-values only);
 - `GetContainerImages(serviceName)` -> table `container_images` (the images pushed to the
-  service's Lightsail registry: image, digest, created_at).
+  service's Lightsail registry: image, digest, created_at; with the service's `service_arn`,
+  since a service deleted and created again under the same name is another service).
 
 How the calls are made (decided):
 - In the same worker task as the account × region's GetContainerServices, right after it
@@ -234,14 +235,15 @@ class DeepFetcher:
 
 
 def _services(services: list[Any]) -> list[tuple[str, str | None]]:
-    """(name, arn) of the services that have a usable name, in answer order."""
+    """(name, arn) of the services that have a usable identity (the ones stored), in answer
+    order."""
     out: list[tuple[str, str | None]] = []
     for svc in services:
         if not isinstance(svc, dict):
             continue
         name, arn = svc.get("containerServiceName"), svc.get("arn")
-        if isinstance(name, str) and name:
-            out.append((name, arn if isinstance(arn, str) else None))
+        if isinstance(name, str) and name and isinstance(arn, str) and arn:
+            out.append((name, arn))
     return out
 
 
@@ -298,7 +300,7 @@ class DeepFlattener:
         if operation == DEPLOYMENTS:
             return self._deployments(ctx, name, arn, answer)
         if operation == IMAGES:
-            return self._container_images(ctx, name, answer)
+            return self._container_images(ctx, name, arn, answer)
         raise ValueError(f"not a deep operation: {operation!r}")
 
     def _list(self, name: str, answer: object, key: str, anomalies: list[Anomaly]) -> list[Any]:
@@ -335,7 +337,9 @@ class DeepFlattener:
                 anomalies.append(Anomaly(a.error_code, message))
         return anomalies
 
-    def _container_images(self, ctx: TargetContext, name: str, answer: object) -> list[Anomaly]:
+    def _container_images(
+        self, ctx: TargetContext, name: str, arn: str | None, answer: object
+    ) -> list[Anomaly]:
         anomalies: list[Anomaly] = []
         chk = _Check(anomalies, self._enums)
         chk.svc = {"containerServiceName": name}
@@ -355,6 +359,7 @@ class DeepFlattener:
                     chk.str_(img, "image", path),
                     chk.str_(img, "digest", path),
                     chk.ts(img, "createdAt", path),
+                    arn,
                 )
             )
         return anomalies
@@ -367,10 +372,10 @@ class DeepFlattener:
         columns = list(zip(*images, strict=True)) if images else [()] * len(schema.CONTAINER_IMAGES)
         return {
             "deployment_history": flat["deployments"]
-            .drop_columns(["slot"])
+            .drop_columns(["slot", "extra"])
             .cast(schema.DEPLOYMENT_HISTORY),
             "deployment_history_containers": flat["containers"]
-            .drop_columns(["slot"])
+            .drop_columns(["slot", "extra"])
             .cast(schema.DEPLOYMENT_HISTORY_CONTAINERS),
             "container_images": pa.Table.from_arrays(
                 [

@@ -13,7 +13,18 @@ Values mirror the API: a field it left out (or sent as null) is NULL; one it sen
 empty. An answer of unexpected shape never raises: the bad part becomes NULL (an unknown enum
 string is kept as it is), the rest is stored, and `add()` returns one `Anomaly` per problem.
 Anomaly messages name the service, the field path and the type or enum value, never an
-environment value (for environment problems only the variable's name).
+environment value (for environment problems only the variable's name). The exception is a
+service's identity: one without a usable `containerServiceName` and `arn` (non-empty strings)
+is not stored at all, and its anomaly names its position in the answer.
+
+Members the installed botocore model does not know (`known_members()`: AWS added them after
+this botocore was released) are kept, not dropped: as JSON text in the `extra` column of the
+row of their level (service, deployment, container; the members of a service's `location`,
+`stateDetail` and `privateRegistryAccess`, and of a deployment's `publicEndpoint` and its
+`healthCheck`, under their nested keys in that row's `extra`). Every value under a key named
+`environment` in them is fingerprinted like an environment value. Each member path is reported
+once per Flattener (one run) as an `UnknownMember` anomaly, in the account × region where it was
+first seen. Cost when there are none: one frozenset test per object.
 
 Environment values are replaced by `fingerprint(value)` unless `fingerprint` is None (that is
 `--include-env-values`): the value never reaches an Arrow buffer.
@@ -22,6 +33,7 @@ Environment values are replaced by `fingerprint(value)` unless `fingerprint` is 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,15 +50,19 @@ __all__ = [
     "FLATTEN_ERROR",
     "UNEXPECTED_SHAPE",
     "UNKNOWN_ENUM_VALUE",
+    "UNKNOWN_MEMBER",
     "Anomaly",
     "Flattener",
     "TargetContext",
     "flatten",
     "known_enums",
+    "known_members",
 ]
 
 UNEXPECTED_SHAPE = "UnexpectedShape"
 UNKNOWN_ENUM_VALUE = "UnknownEnumValue"
+UNKNOWN_MEMBER = "UnknownMember"  # a member the installed botocore model does not know: kept
+MAX_UNKNOWN_PATHS = 1_000  # distinct unknown member paths reported one by one per Flattener
 FLATTEN_ERROR = "FlattenError"  # a service that could not be flattened at all (a bug): skipped
 OPERATION = "GetContainerServices"
 
@@ -80,7 +96,7 @@ class TargetContext:
 class Anomaly:
     """A problem in an answer that was stored as well as it could be. Never holds a secret."""
 
-    error_code: str  # UNEXPECTED_SHAPE | UNKNOWN_ENUM_VALUE | FLATTEN_ERROR
+    error_code: str  # UNEXPECTED_SHAPE | UNKNOWN_ENUM_VALUE | UNKNOWN_MEMBER | FLATTEN_ERROR
     message: str
 
     def to_error(self, ctx: TargetContext, attempts: int = 1) -> ErrorRecord:
@@ -105,6 +121,52 @@ def known_enums() -> Mapping[str, frozenset[str]]:
     return MappingProxyType(
         {name: frozenset(shapes.get(name, {}).get("enum", ())) for name in _ENUM_SHAPES}
     )
+
+
+@cache
+def known_members() -> Mapping[str, frozenset[str]]:
+    """The member names the installed botocore Lightsail model knows at each level of a
+    GetContainerServices answer (loaded once): 'service', 'location', 'stateDetail',
+    'privateRegistryAccess', 'ecrImagePullerRole', 'deployment', 'publicEndpoint',
+    'healthCheck', 'container'. Followed from the operation's output shape, member by member."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("lightsail")
+    out: Any = model.operation_model(OPERATION).output_shape
+    svc = out.members["containerServices"].member
+    dep = svc.members["currentDeployment"]
+    endpoint = dep.members["publicEndpoint"]
+    registry = svc.members["privateRegistryAccess"]
+    shapes = {
+        "service": svc,
+        "location": svc.members["location"],
+        "stateDetail": svc.members["stateDetail"],
+        "privateRegistryAccess": registry,
+        "ecrImagePullerRole": registry.members["ecrImagePullerRole"],
+        "deployment": dep,
+        "publicEndpoint": endpoint,
+        "healthCheck": endpoint.members["healthCheck"],
+        "container": dep.members["containers"].value,
+    }
+    return MappingProxyType({level: frozenset(s.members) for level, s in shapes.items()})
+
+
+def _scrub(v: Any, fingerprint: Callable[[str], str] | None, secret: bool) -> Any:
+    """An unknown member's value, ready for JSON: every scalar under a key named `environment`
+    fingerprinted (unless `fingerprint` is None), non-finite numbers as null."""
+    if isinstance(v, dict):
+        return {str(k): _scrub(x, fingerprint, secret or k == "environment") for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_scrub(x, fingerprint, secret) for x in v]
+    if v is None:
+        return None
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if not isinstance(v, str | int | float):  # bool is an int
+        v = str(v)
+    if secret and fingerprint is not None:
+        return fingerprint(v if isinstance(v, str) else json.dumps(v))
+    return v
 
 
 # --- value checks -----------------------------------------------------------------------------
@@ -293,6 +355,11 @@ def _is_key(k: object) -> bool:
     return isinstance(k, str) and (k.isascii() or _utf8_ok(k))
 
 
+def _is_identity(v: object) -> bool:
+    """A usable containerServiceName or arn: a non-empty string Arrow can store."""
+    return isinstance(v, str) and v != "" and (v.isascii() or _utf8_ok(v))
+
+
 # --- column buffers ---------------------------------------------------------------------------
 
 
@@ -401,6 +468,8 @@ _CS_ROW = (
     "url",
     "ecr_image_puller_role_active",
     "ecr_image_puller_role_principal_arn",
+    "location_region_name",
+    "extra",
 )
 _DEP_ROW = (
     "service_name",
@@ -417,6 +486,7 @@ _DEP_ROW = (
     "health_check_interval_seconds",
     "health_check_path",
     "health_check_success_codes",
+    "extra",
 )
 _CON_ROW = (
     "service_name",
@@ -426,6 +496,7 @@ _CON_ROW = (
     "container_name",
     "image",
     "image_source",
+    "extra",
 )
 _SLOTS = (("current", "currentDeployment"), ("next", "nextDeployment"))
 _DEP_PATHS = {
@@ -512,6 +583,20 @@ class Flattener:
     def __init__(self, fingerprint: Callable[[str], str] | None) -> None:
         self._fingerprint = fingerprint
         self._enums = known_enums()
+        known = known_members()
+        self._k_svc, self._k_loc, self._k_detail = (
+            known["service"],
+            known["location"],
+            known["stateDetail"],
+        )
+        self._k_reg, self._k_puller = known["privateRegistryAccess"], known["ecrImagePullerRole"]
+        self._k_dep, self._k_ep, self._k_hc = (
+            known["deployment"],
+            known["publicEndpoint"],
+            known["healthCheck"],
+        )
+        self._k_con = known["container"]
+        self._unknown_seen: set[str] = set()  # member paths reported (for the whole run)
         self._reset()
 
     @property
@@ -608,17 +693,34 @@ class Flattener:
                     col.extend([v] * n)
 
     def _service(self, chk: _Check, svc: dict[str, Any]) -> None:
-        name = svc.get("containerServiceName")
-        if name is None:
-            chk.note(UNEXPECTED_SHAPE, "containerServiceName", "missing")
-        elif not _is_key(name):
-            chk.bad("containerServiceName", "string", name)
-            name = None
-        arn = chk.str_(svc, "arn")
+        name, arn = svc.get("containerServiceName"), svc.get("arn")
+        if not (_is_identity(name) and _is_identity(arn)):
+            self._skip(chk, name, arn)
+            return
         location = chk.obj(svc, "location")
         detail = chk.obj(svc, "stateDetail")
         registry = chk.obj(svc, "privateRegistryAccess")
         puller = chk.obj(registry, "ecrImagePullerRole", "privateRegistryAccess")
+        extra = None
+        if not (
+            self._k_svc.issuperset(svc)
+            and self._k_loc.issuperset(location)
+            and self._k_detail.issuperset(detail)
+            and self._k_reg.issuperset(registry)
+            and self._k_puller.issuperset(puller)
+        ):
+            extra = self._extra(
+                chk,
+                "container_services",
+                "",
+                (
+                    ("", svc, self._k_svc),
+                    ("location", location, self._k_loc),
+                    ("stateDetail", detail, self._k_detail),
+                    ("privateRegistryAccess", registry, self._k_reg),
+                    ("privateRegistryAccess.ecrImagePullerRole", puller, self._k_puller),
+                ),
+            )
         row = (
             name,
             arn,
@@ -637,6 +739,8 @@ class Flattener:
             chk.str_(svc, "url"),
             chk.bool_(puller, "isActive", "privateRegistryAccess.ecrImagePullerRole"),
             chk.str_(puller, "principalArn", "privateRegistryAccess.ecrImagePullerRole"),
+            chk.str_(location, "regionName", "location"),
+            extra,
         )
         self._cs_rows.append(row)
         self._tags(chk, svc.get("tags"))
@@ -649,6 +753,63 @@ class Flattener:
                 self._deployment(chk, name, arn, slot, key, dep)
             else:
                 chk.bad(key, "object", dep)
+
+    def _skip(self, chk: _Check, name: object, arn: object) -> None:
+        """A service without a usable identity: not stored; the anomaly names its position."""
+        problems = []
+        for field, v in (("containerServiceName", name), ("arn", arn)):
+            if v is None:
+                problems.append(f"{field} missing")
+            elif not _is_identity(v):
+                got = "an empty string" if v == "" else _describe(v)
+                problems.append(f"{field}: expected a non-empty string, got {got}")
+        known = name if _is_identity(name) else arn if _is_identity(arn) else None
+        chk.scope = f"containerServices[{chk.index}]" + (f" ({_r(known)})" if known else "")
+        chk.note(UNEXPECTED_SHAPE, "", f"not stored, no usable identity: {'; '.join(problems)}")
+        chk.scope = ""
+
+    def _extra(
+        self,
+        chk: _Check,
+        table: str,
+        prefix: str,
+        parts: tuple[tuple[str, Mapping[str, Any], frozenset[str]], ...],
+    ) -> str | None:
+        """The `extra` JSON of one row: the members of each part (its path in the row, the
+        object, the names the model knows) that the model does not know; reports new paths."""
+        out: dict[str, Any] = {}
+        for rel, d, known in parts:
+            unknown = [k for k in d if k not in known]
+            if not unknown:
+                continue
+            node = out
+            for step in rel.split(".") if rel else ():
+                node = node.setdefault(step, {})
+            for k in unknown:
+                name = str(k)
+                self._report(chk, ".".join(p for p in (prefix, rel, name) if p), table)
+                node[name] = _scrub(d[k], self._fingerprint, name == "environment")
+        if not out:
+            return None
+        return json.dumps(out, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    def _report(self, chk: _Check, member: str, table: str) -> None:
+        """One UnknownMember anomaly per member path per run (the first place it was seen)."""
+        member = member if len(member) <= 200 else member[:200] + "…"
+        if not _utf8_ok(member):  # a name with a lone surrogate: escaped, Arrow cannot store it
+            member = member.encode("utf-8", "backslashreplace").decode("utf-8")
+        seen = self._unknown_seen
+        if member in seen or len(seen) > MAX_UNKNOWN_PATHS:
+            return
+        seen.add(member)
+        if len(seen) > MAX_UNKNOWN_PATHS:
+            text = f"more than {MAX_UNKNOWN_PATHS} unknown member paths: the rest are not reported"
+        else:
+            text = (
+                f"containerServices[*].{member}: a member the installed botocore Lightsail "
+                f"model does not know; kept in {table}.extra"
+            )
+        chk.anomalies.append(Anomaly(UNKNOWN_MEMBER, text))
 
     def _tags(self, chk: _Check, tags: object) -> None:
         col = self._tags_col
@@ -716,6 +877,22 @@ class Flattener:
         endpoint = chk.obj(dep, "publicEndpoint", key)
         health = chk.obj(endpoint, "healthCheck", ep)
         version = chk.int32(dep, "version", key)
+        extra = None
+        if not (
+            self._k_dep.issuperset(dep)
+            and self._k_ep.issuperset(endpoint)
+            and self._k_hc.issuperset(health)
+        ):
+            extra = self._extra(
+                chk,
+                "deployments",
+                key,
+                (
+                    ("", dep, self._k_dep),
+                    ("publicEndpoint", endpoint, self._k_ep),
+                    ("publicEndpoint.healthCheck", health, self._k_hc),
+                ),
+            )
         row = (
             name,
             arn,
@@ -731,6 +908,7 @@ class Flattener:
             chk.int32(health, "intervalSeconds", hc),
             chk.str_(health, "path", hc),
             chk.str_(health, "successCodes", hc),
+            extra,
         )
         self._dep_rows.append(row)
         containers = dep.get("containers")
@@ -766,7 +944,12 @@ class Flattener:
             source = None
         else:
             source = "lightsail" if image.startswith(":") else "registry"
-        self._con_rows.append((*head, cname, image, source))
+        extra = None
+        if not self._k_con.issuperset(spec):
+            extra = self._extra(
+                chk, "containers", f"{key}.containers.*", (("", spec, self._k_con),)
+            )
+        self._con_rows.append((*head, cname, image, source, extra))
         self._command(chk, spec.get("command"), path)
         self._environment(chk, spec.get("environment"), path)
         self._ports(chk, spec.get("ports"), path)
@@ -832,7 +1015,7 @@ class Flattener:
             if not _is_key(port):
                 chk.bad(f"{path}.ports key", "string", port)
                 continue
-            if proto not in known:  # the common case is one known protocol string: done
+            if proto.__class__ is not str or proto not in known:  # common: a known protocol
                 proto = chk.item_str(proto, f"{path}.ports", port)
                 if proto is not None:
                     chk.unknown(proto, PROTOCOL, f"{path}.ports[{_r(port)}]")

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: runs.shard/shards; deployment_history*, container_images (--deep)
+# 2: runs.shard/shards; deployment_history*, container_images (--deep)
+# 3: `extra` (JSON text: the answer's members the installed botocore model does not know) on
+#    container_services, deployments and containers; container_services.location_region_name;
+#    container_images.service_arn
+SCHEMA_VERSION = 3
 
 TS = pa.timestamp("us", tz="UTC")
 STR = pa.string()
@@ -49,6 +53,8 @@ CONTAINER_SERVICES = _schema(
     ("public_domain_names", STR_LIST_MAP),
     ("ecr_image_puller_role_active", BOOL),
     ("ecr_image_puller_role_principal_arn", STR),
+    ("location_region_name", STR),  # version 3: location.regionName
+    ("extra", STR),  # version 3: members the model does not know, JSON (flatten.py)
 )
 
 DEPLOYMENTS = _schema(
@@ -70,6 +76,7 @@ DEPLOYMENTS = _schema(
     ("health_check_interval_seconds", I32),
     ("health_check_path", STR),
     ("health_check_success_codes", STR),
+    ("extra", STR),
 )
 
 CONTAINERS = _schema(
@@ -87,6 +94,7 @@ CONTAINERS = _schema(
     ("command", STR_LIST),
     ("environment", STR_MAP),
     ("ports", STR_MAP),
+    ("extra", STR),
 )
 
 SCANS = _schema(
@@ -141,9 +149,10 @@ def _without(sch: pa.Schema, *names: str) -> pa.Schema:
 
 # `collect --deep`: GetContainerServiceDeployments (every deployment AWS still keeps of a
 # service: next, current and a few past ones) and GetContainerImages. Deployments and their
-# containers have the columns of `deployments` / `containers` without `slot`.
-DEPLOYMENT_HISTORY = _without(DEPLOYMENTS, "slot")
-DEPLOYMENT_HISTORY_CONTAINERS = _without(CONTAINERS, "slot")
+# containers have the columns of `deployments` / `containers` without `slot` and `extra` (the
+# deep calls go through botocore's parser, which keeps only the members its model knows).
+DEPLOYMENT_HISTORY = _without(DEPLOYMENTS, "slot", "extra")
+DEPLOYMENT_HISTORY_CONTAINERS = _without(CONTAINERS, "slot", "extra")
 CONTAINER_IMAGES = _schema(
     ("run_id", STR),
     ("collected_at", TS),
@@ -153,6 +162,7 @@ CONTAINER_IMAGES = _schema(
     ("image", STR),
     ("digest", STR),
     ("created_at", TS),
+    ("service_arn", STR),  # version 3
 )
 
 # The inventory tables (one row per thing found) and the bookkeeping tables, by name.

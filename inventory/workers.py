@@ -4,7 +4,8 @@ One asyncio process saturates one core long before the network does,
 so on a multi-core machine the accounts are dealt round-robin to N spawned workers. Each
 runs its own Collector (its own clients, its own AssumeRole per account of its share, its
 share of --concurrency and --rate) and its own RunBuilder, and sends finished Arrow
-batches to the parent, which alone writes the store: one writer, one run.
+batches to the parent, which alone writes the store: one writer, one run. The parent keeps
+the run's one `UnknownMember` anomaly per member path: the first a worker sent.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from inventory.errors import InventoryError
-from inventory.flatten import Flattener
+from inventory.flatten import UNKNOWN_MEMBER, Flattener
 from inventory.model import Account, Plan
 
 POLL_SECONDS = 0.5
@@ -96,6 +97,26 @@ async def _work(
     q.put(("done", index, builder.tally))
 
 
+def drop_repeated_unknown_members(tables: dict[str, pa.Table], seen: set[str]) -> int:
+    """Remove from `tables['errors']` the UnknownMember rows whose message (its member path)
+    is in `seen`, adding the others to it; returns how many were removed."""
+    errors = tables.get("errors")
+    if errors is None:
+        return 0
+    keep = []
+    for code, message in zip(
+        errors.column("error_code").to_pylist(), errors.column("message").to_pylist(), strict=True
+    ):
+        repeated = code == UNKNOWN_MEMBER and message in seen
+        if code == UNKNOWN_MEMBER:
+            seen.add(message)
+        keep.append(not repeated)
+    dropped = keep.count(False)
+    if dropped:
+        tables["errors"] = errors.filter(pa.array(keep, pa.bool_()))
+    return dropped
+
+
 class WorkerPool:
     """`workers` spawned processes sharing `accounts`; the parent writes what they send.
 
@@ -156,6 +177,8 @@ class WorkerPool:
         workers = len(self._procs)
         tally = Tally()
         finished: set[int] = set()
+        unknown_members: set[str] = set()
+        repeated = 0
         try:
             while len(finished) < workers:
                 try:
@@ -172,6 +195,7 @@ class WorkerPool:
                     if on_result:
                         on_result(payload)
                 elif kind == "tables":
+                    repeated += drop_repeated_unknown_members(payload, unknown_members)
                     await sink(payload)
                 elif kind == "done":
                     tally.merge(payload)
@@ -185,4 +209,5 @@ class WorkerPool:
             for p in self._procs:
                 p.join(timeout=10)
             self._q.close()
+        tally.anomalies -= repeated
         return tally

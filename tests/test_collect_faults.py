@@ -238,21 +238,26 @@ async def test_unexpected_answer_shapes_never_crash_the_run(
     assert all(scans[(x, R2)]["status"] == "ok" for x in a)  # the other region is unharmed
     errors = rows(db, "select account_id, region, error_code, message from errors")
     assert {e["region"] for e in errors} == {R1}
-    failed = 0
     for x in a:
-        scan, mine = scans[(x, R1)], [e for e in errors if e["account_id"] == x]
-        assert scan["attempts"] == 1  # a bad answer is not retried
-        if scan["status"] == "ok":  # stored what could be stored; the anomaly is recorded
-            assert mine and {e["error_code"] for e in mine} == {"UnexpectedShape"}, mine
-        else:  # nothing could be stored: a failed target with a clear code and message
-            failed += 1
-            assert scan["error_code"] == "ResponseParserError"
-            (e,) = mine
-            assert e["error_code"] == "ResponseParserError"
-            assert "could not be parsed" in e["message"] or "not JSON" in e["message"]
-    assert 1 <= failed <= 2
-    # the list left out is an anomaly of an answered target in both engines
-    assert scans[(a[0], R1)]["status"] == "ok"
+        assert scans[(x, R1)]["attempts"] == 1  # a bad answer is not retried
+    mine = {x: [e for e in errors if e["account_id"] == x] for x in a}
+    # no list of services: a failed scan (never an empty region), in both engines
+    for x, got in ((a[0], "missing"), (a[1], "a JSON string")):
+        assert (scans[(x, R1)]["status"], scans[(x, R1)]["error_code"]) == (
+            "failed",
+            "UnexpectedShape",
+        )
+        (e,) = mine[x]
+        assert e["error_code"] == "UnexpectedShape"
+        assert f"containerServices is {got}, expected a list" in e["message"]
+    # a list of bad services: answered, nothing storable, each problem recorded (both engines:
+    # botocore's parser never sees the answer)
+    assert (scans[(a[2], R1)]["status"], scans[(a[2], R1)]["services"]) == ("ok", 2)
+    assert {e["error_code"] for e in mine[a[2]]} == {"UnexpectedShape"} and len(mine[a[2]]) == 2
+    # not JSON: nothing could be stored, a failed target with a clear code and message
+    assert scans[(a[3], R1)]["error_code"] == "ResponseParserError"
+    (e,) = mine[a[3]]
+    assert "not JSON" in e["message"] or "could not be parsed" in e["message"]
     assert rows(db, "select status from runs")[0]["status"] == "partial"
 
 

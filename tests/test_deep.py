@@ -94,7 +94,7 @@ def truth(fleet: Fleet, fp: Callable[[str], str]) -> dict[str, list[Row]]:
                      None if ports is None else tuple(sorted(ports.items())))
                 )  # fmt: skip
         for i in fleet.images(a, r, name)["containerImages"]:
-            images.append((a, r, name, i["image"], i["digest"], ms(i["createdAt"])))
+            images.append((a, r, name, i["image"], i["digest"], ms(i["createdAt"]), arn))
     return {
         "deployment_history": sorted(history, key=repr),
         "deployment_history_containers": sorted(containers, key=repr),
@@ -353,6 +353,7 @@ def test_odd_answers_become_anomalies_never_errors_nor_values() -> None:
     assert env["A"].startswith("hmac-sha256:") and env["B"] is None
     (img,) = tables["container_images"].to_pylist()
     assert (img["image"], img["created_at"], img["service_name"]) == (None, None, "api")
+    assert img["service_arn"] == "arn:x"  # the service's identity, not only its name
     assert all(t.num_rows == 0 for t in f.take().values())
 
 

@@ -58,6 +58,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "state", "state_detail_code", "state_detail_message", "scale", "is_disabled",
         "principal_arn", "private_domain_name", "url", "tags", "public_domain_names",
         "ecr_image_puller_role_active", "ecr_image_puller_role_principal_arn",
+        "location_region_name", "extra",  # schema version 3
     ),
     "deployments": (
         "run_id", "collected_at", "account_id", "region", "service_name", "service_arn",
@@ -65,11 +66,12 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "public_endpoint_container_port", "health_check_healthy_threshold",
         "health_check_unhealthy_threshold", "health_check_timeout_seconds",
         "health_check_interval_seconds", "health_check_path", "health_check_success_codes",
+        "extra",  # schema version 3
     ),
     "containers": (
         "run_id", "collected_at", "account_id", "region", "service_name", "service_arn",
         "slot", "deployment_version", "container_name", "image", "image_source", "command",
-        "environment", "ports",
+        "environment", "ports", "extra",  # extra: schema version 3
     ),
     "scans": (
         "run_id", "account_id", "region", "status", "started_at", "finished_at", "attempts",
@@ -172,6 +174,8 @@ def expected_rows(
                 "ecr_image_puller_role_principal_arn": dig(
                     svc, "privateRegistryAccess", "ecrImagePullerRole", "principalArn"
                 ),
+                "location_region_name": dig(svc, "location", "regionName"),
+                "extra": None,  # the simulator's truth has only members the model knows
             }
             for slot, field in (("current", "currentDeployment"), ("next", "nextDeployment")):
                 dep = svc.get(field)
@@ -197,6 +201,7 @@ def expected_rows(
                     "health_check_interval_seconds": dig(dep, *hc, "intervalSeconds"),
                     "health_check_path": dig(dep, *hc, "path"),
                     "health_check_success_codes": dig(dep, *hc, "successCodes"),
+                    "extra": None,
                 }
                 for cname, spec in dep.get("containers", {}).items():
                     image = spec.get("image")
@@ -220,6 +225,7 @@ def expected_rows(
                             None if env is None else {k: env_value(v) for k, v in env.items()}
                         ),
                         "ports": None if ports is None else dict(ports),
+                        "extra": None,
                     }
     return out
 

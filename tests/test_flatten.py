@@ -102,6 +102,7 @@ BARE: dict[str, Any] = {"containerServiceName": "bare", "arn": ARN + "-bare"}
 # Everything that can be sent empty, sent empty.
 EMPTY: dict[str, Any] = {
     "containerServiceName": "empty",
+    "arn": ARN + "-empty",
     "tags": [],
     "publicDomainNames": {},
     "stateDetail": {},
@@ -195,6 +196,7 @@ def test_every_column_of_every_table(producer: str) -> None:
         "arn": ARN,
         "created_at": dt.datetime(2025, 11, 27, 5, 36, 50, 250000, tzinfo=UTC),
         "availability_zone": "all",
+        "location_region_name": "eu-west-2",
         "resource_type": "ContainerService",
         "power": "micro",
         "power_id": "micro-1",
@@ -213,6 +215,7 @@ def test_every_column_of_every_table(producer: str) -> None:
         ],
         "ecr_image_puller_role_active": True,
         "ecr_image_puller_role_principal_arn": "arn:aws:iam::0:role/puller",
+        "extra": None,
     }
     bare = by(cs, service_name="bare")
     assert bare["arn"] == ARN + "-bare"
@@ -238,6 +241,7 @@ def test_every_column_of_every_table(producer: str) -> None:
         "health_check_interval_seconds": 5,
         "health_check_path": "/healthz",
         "health_check_success_codes": "200-299",
+        "extra": None,
     }
     nxt = by(deps, slot="next")
     assert (nxt["version"], nxt["state"]) == (4, "ACTIVATING")
@@ -263,6 +267,7 @@ def test_every_column_of_every_table(producer: str) -> None:
             ("E", FP("")),
         ],
         "ports": [("8080", "HTTP"), ("9000", "TCP")],
+        "extra": None,
     }
     proxy = by(cons, container_name="proxy")
     assert proxy["image_source"] == "registry"
@@ -305,6 +310,7 @@ def test_absent_is_null_and_empty_stays_empty() -> None:
 def test_container_fields_absent_vs_empty() -> None:
     svc = {
         "containerServiceName": "s",
+        "arn": ARN,
         "currentDeployment": {
             "version": 1,
             "containers": {
@@ -327,6 +333,7 @@ def test_image_source() -> None:
     images = {"a": ":svc.a.1", "b": "nginx:latest", "c": "123.dkr.ecr.us-east-1.amazonaws.com/x:1"}
     svc = {
         "containerServiceName": "s",
+        "arn": ARN,
         "currentDeployment": {"containers": {k: {"image": v} for k, v in images.items()}},
     }
     tables, _ = flatten(CTX, [svc], FP)
@@ -353,6 +360,7 @@ def test_other_timestamp_forms() -> None:
     berlin = dt.timezone(dt.timedelta(hours=1))
     svc = {
         "containerServiceName": "s",
+        "arn": ARN,
         "createdAt": dt.datetime(2026, 1, 1, 13, tzinfo=berlin),
         "currentDeployment": {"createdAt": "2026-01-01T12:00:00Z"},
     }
@@ -444,7 +452,6 @@ BAD_CASES: list[tuple[str, Any, str, str, str, Any]] = [
         None,
     ),
     ("createdAt", float("nan"), UNEXPECTED_SHAPE, "out of range", "cs.created_at", None),
-    ("arn", 12, UNEXPECTED_SHAPE, "arn: expected string, got int", "cs.arn", None),
     (
         "url",
         "\ud800x",
@@ -746,22 +753,34 @@ def test_deployment_not_an_object() -> None:
     assert [r["slot"] for r in rows(tables, "deployments")] == ["current"]
 
 
-def test_service_without_a_name() -> None:
+def test_service_without_a_usable_identity_is_skipped_by_position() -> None:
     nameless = with_(FULL, "containerServiceName", DELETE)
     numbered = with_(BARE, "containerServiceName", 7)
-    tables, anomalies = flatten(CTX, [nameless, numbered], FP)
+    arnless = with_(EMPTY, "arn", DELETE)
+    blank = with_(with_(BARE, "arn", ""), "containerServiceName", ["x"])
+    tables, anomalies = flatten(CTX, [nameless, numbered, FULL, arnless, blank], FP)
+    skipped = "not stored, no usable identity"
     assert anomalies == [
-        Anomaly(UNEXPECTED_SHAPE, f"service #0 ({ARN!r}): containerServiceName: missing"),
         Anomaly(
             UNEXPECTED_SHAPE,
-            f"service #1 ({ARN + '-bare'!r}): containerServiceName: expected string, got int",
+            f"containerServices[0] ({ARN!r}): {skipped}: containerServiceName missing",
+        ),
+        Anomaly(
+            UNEXPECTED_SHAPE,
+            f"containerServices[1] ({ARN + '-bare'!r}): {skipped}: "
+            "containerServiceName: expected a non-empty string, got int",
+        ),
+        Anomaly(UNEXPECTED_SHAPE, f"containerServices[3] ('empty'): {skipped}: arn missing"),
+        Anomaly(
+            UNEXPECTED_SHAPE,
+            f"containerServices[4]: {skipped}: containerServiceName: expected a non-empty "
+            "string, got list; arn: expected a non-empty string, got an empty string",
         ),
     ]
-    cs = rows(tables, "container_services")
-    assert [(r["service_name"], r["arn"]) for r in cs] == [(None, ARN), (None, ARN + "-bare")]
-    assert cs[0]["power"] == "micro"
-    assert {r["service_name"] for r in rows(tables, "deployments")} == {None}
-    assert rows(tables, "containers")[0]["service_arn"] == ARN
+    # the one service with an identity is stored whole; nothing of the others
+    assert [r["service_name"] for r in rows(tables, "container_services")] == ["api"]
+    assert {r["service_arn"] for r in rows(tables, "deployments")} == {ARN}
+    assert {r["service_arn"] for r in rows(tables, "containers")} == {ARN}
 
 
 def test_answer_not_a_list_and_service_not_a_dict() -> None:

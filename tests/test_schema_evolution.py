@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
 import pyarrow.parquet as pq
 import pytest
 from fixtures import make_v0
@@ -24,7 +25,7 @@ from inventory.model import Account, Options, Plan
 from inventory.pipeline import run_collect
 from inventory.simulator import Simulator
 from inventory.simulator.fleet import Change
-from inventory.store import Store
+from inventory.store import APP, LATEST_SCANS_SQL, Store
 
 MakeSimulator = Callable[..., Simulator]
 RUN1, RUN2 = make_v0.RUN_IDS
@@ -111,7 +112,8 @@ def test_v0_store_is_readable_then_migrated_on_open(v0_db: Path, tmp_path: Path)
 
     with Store.open(v0_db) as store:  # a writer migrates
         known_fleet_matches(store)
-        assert columns(store, "containers")[-1] == "image_source"  # added by the migration
+        # added by the migration (image_source: version 1, extra: version 3)
+        assert columns(store, "containers")[-2:] == ["image_source", "extra"]
         assert sorted(columns(store, "containers")) == sorted(schema.CONTAINERS.names)
         assert sorted(columns(store, "runs")) == sorted(schema.RUNS.names)
         _, meta = store.query_rows("SELECT value FROM meta WHERE key = 'schema_version'")
@@ -210,3 +212,73 @@ def test_collect_onto_a_v0_store_and_lake(
         f"{RUN2},",
         f"{run3},{schema.SCHEMA_VERSION}",
     ]
+
+
+# Version 3 added these columns (schema.SCHEMA_VERSION's comment).
+V3_ADDED = {
+    "container_services": ("location_region_name", "extra"),
+    "deployments": ("extra",),
+    "containers": ("extra",),
+    "container_images": ("service_arn",),
+}
+
+
+def _write_v2_store(db: Path) -> None:
+    """A store as version 2 wrote it: every table of today without V3_ADDED, the fixture's
+    two runs in it (stamped version 2), views over the version-2 columns."""
+    con = duckdb.connect(str(db))
+    try:
+        con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+        con.execute(
+            "INSERT INTO meta VALUES ('app', ?), ('created_at', '2026-01-01T00:00:00+00:00'), "
+            "('schema_version', '2')",
+            [APP],
+        )
+        v2 = {}
+        for name, sch in schema.TABLES.items():
+            for col in V3_ADDED.get(name, ()):
+                sch = sch.remove(sch.get_field_index(col))
+            v2[name] = sch
+            con.execute(schema.create_table_sql(name, sch))
+        for _, _, tables in make_v0.runs():
+            for name, table in tables.items():
+                con.register("_rows", table)
+                con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _rows")
+                con.unregister("_rows")
+        con.execute("UPDATE runs SET schema_version = 2")
+        con.execute(LATEST_SCANS_SQL)
+        for name in schema.INVENTORY_TABLES:
+            cols = ", ".join(f"t.{c}" for c in v2[name].names)
+            con.execute(
+                f"CREATE VIEW latest_{name} AS SELECT {cols} FROM {name} AS t "
+                "JOIN latest_scans AS l "
+                "ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region"
+            )
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+
+
+def test_v2_store_gains_the_version_3_columns_on_open(tmp_path: Path) -> None:
+    db = tmp_path / "v2.duckdb"
+    _write_v2_store(db)
+    with Store.open(db, read_only=True) as reader:  # a reader sees them as NULL
+        assert "extra" not in columns(reader, "containers")
+        old = reader.read_run(RUN1, "container_services").read_all()
+        assert old.schema == schema.CONTAINER_SERVICES and old.num_rows > 0
+        assert old.column("extra").null_count == old.num_rows
+    with Store.open(db) as store:  # a writer adds them
+        for table, added in V3_ADDED.items():
+            present = columns(store, table)
+            assert present[-len(added) :] == list(added), table
+            assert sorted(present) == sorted(schema.TABLES[table].names)
+        _, meta = store.query_rows("SELECT value FROM meta WHERE key = 'schema_version'")
+        assert meta == [("3",)] and schema.SCHEMA_VERSION == 3
+        assert {r["run_id"]: r["schema_version"] for r in store.runs()} == {RUN1: 2, RUN2: 2}
+        known_fleet_matches(store)  # the old rows are intact
+        t = store.query("SELECT * FROM latest_container_services")
+        assert t.column_names == schema.CONTAINER_SERVICES.names and t.num_rows > 0
+        assert t.column("location_region_name").null_count == t.num_rows
+        assert store.query("SELECT * FROM latest_containers").column_names == (
+            schema.CONTAINERS.names
+        )

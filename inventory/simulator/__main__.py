@@ -6,7 +6,8 @@ Prints one line, `listening on http://127.0.0.1:PORT`, then serves until SIGTERM
 `--print-accounts` prints an accounts file (TOML) for the fleet that the same `--accounts`
 and `--seed` serve, and exits: `inventory collect --config` reads it as it is.
 Pair options (`--hang-region`, `--deny-region`, `--unenabled-region`, `--malformed`,
-`--huge-answer`) take `REGION` (every account) or `ACCOUNT:REGION`, and may be repeated.
+`--huge-answer`, `--unknown-members`, `--bad-leaves`, `--no-services-member`,
+`--services-not-list`) take `REGION` (every account) or `ACCOUNT:REGION`, and may be repeated.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="GetContainerServices answers of --huge-bytes there",
     )
     p.add_argument("--huge-bytes", type=int, default=50 * 1024 * 1024)
+    for flag in (
+        "--unknown-members",
+        "--bad-leaves",
+        "--no-services-member",
+        "--services-not-list",
+    ):
+        p.add_argument(flag, action="append", default=[], type=_pair)
     p.add_argument("--credential-ttl", type=float, default=3600.0, metavar="SECONDS")
     p.add_argument("--external-id", default=None)
     p.add_argument("--fault-seed", type=int, default=0)
@@ -94,6 +102,10 @@ def build(args: argparse.Namespace) -> Simulator:
         malformed=set(args.malformed),
         huge_answers=set(args.huge_answer),
         huge_bytes=args.huge_bytes,
+        unknown_members=set(args.unknown_members),
+        bad_leaves=set(args.bad_leaves),
+        no_services_member=set(args.no_services_member),
+        services_not_list=set(args.services_not_list),
         credential_ttl_s=args.credential_ttl,
         external_id=args.external_id,
         seed=args.fault_seed,

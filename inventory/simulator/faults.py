@@ -40,6 +40,11 @@ class Faults:
     redirect_regions: set[Pair] = field(default_factory=set)
     redirect_sts: bool = False
     redirect_to: str = ""
+    # GetContainerServices answers (200) for these pairs (Fleet.future_services and friends):
+    unknown_members: set[Pair] = field(default_factory=set)  # members AWS may add tomorrow
+    bad_leaves: set[Pair] = field(default_factory=set)  # leaves of the wrong type
+    no_services_member: set[Pair] = field(default_factory=set)  # `{}`: no containerServices
+    services_not_list: set[Pair] = field(default_factory=set)  # containerServices an object
     credential_ttl_s: float = 3600.0  # AssumeRole credentials live at most this long
     external_id: str | None = None  # AssumeRole without this ExternalId: AccessDenied
     hang_max_s: float = 600.0  # a hung request is closed unanswered after this long
@@ -73,6 +78,19 @@ class Faults:
 
     def is_huge(self, account_id: str, region: str, op: str) -> bool:
         return op in self.huge_operations and self._has(self.huge_answers, account_id, region)
+
+    def answer_variant(self, account_id: str, region: str) -> str | None:
+        """Which altered GetContainerServices answer this pair gets, if any."""
+        for name in (
+            "malformed",
+            "unknown_members",
+            "bad_leaves",
+            "no_services_member",
+            "services_not_list",
+        ):
+            if self._has(getattr(self, name), account_id, region):
+                return name
+        return None
 
     def latency_s(self) -> float:
         if self.latency_ms <= 0:

@@ -70,6 +70,19 @@ _ENV_NAMES = (
     "DATABASE_URL", "API_KEY", "SECRET_KEY", "REDIS_URL", "SENTRY_DSN", "STRIPE_KEY",
     "JWT_SECRET", "SMTP_PASSWORD", "AWS_SECRET", "LOG_LEVEL_TOKEN",
 )  # fmt: skip
+# What Fleet.future_services adds at each level of a service: members the installed botocore
+# model does not know (as AWS might add tomorrow).
+FUTURE_MEMBERS: dict[str, dict[str, Any]] = {
+    "service": {"futureTier": "premium", "futureLimits": {"cpu": 2, "memoryMb": 4096}},
+    "location": {"localZone": "lz-1"},
+    "stateDetail": {"futureReason": "maintenance"},
+    "privateRegistryAccess": {"futureMirror": True},
+    "ecrImagePullerRole": {"futureRoleName": "puller"},
+    "deployment": {"futureStrategy": "BLUE_GREEN"},
+    "publicEndpoint": {"futureProtocol": "HTTP2"},
+    "healthCheck": {"grpcServiceName": "health.v1"},
+    "container": {"cpu": 256, "futureSidecar": {"image": "envoy:1.31", "environment": {}}},
+}
 _REGION_CONTINENT = {"us": "NA", "ca": "NA", "eu": "EU", "ap": "AP", "sa": "SA", "me": "ME"}
 
 
@@ -271,6 +284,88 @@ class Fleet:
                 "containers": {"app": {"command": [], "ports": {"80": "HTTP"}}},
                 "createdAt": svc["createdAt"],
             }
+        return services
+
+    def answer(self, variant: str, account_id: str, region: str) -> dict[str, Any]:
+        """The altered GetContainerServices answer a `Faults` answer variant serves
+        (`Faults.answer_variant`): deterministic, so a test can ask for the same again."""
+        if variant == "malformed":
+            return {"containerServices": self.malformed_services(account_id, region)}
+        if variant == "unknown_members":
+            return {"containerServices": self.future_services(account_id, region)}
+        if variant == "bad_leaves":
+            return {"containerServices": self.bad_leaf_services(account_id, region)}
+        if variant == "no_services_member":
+            return {}
+        if variant == "services_not_list":
+            return {"containerServices": {"items": self.services(account_id, region)}}
+        raise ValueError(f"unknown answer variant {variant!r}")
+
+    def _some_services(self, account_id: str, region: str, tag: str) -> list[dict[str, Any]]:
+        """A copy of the true list, or one invented service when the pair has none."""
+        services = copy.deepcopy(self.services(account_id, region))
+        if not services:
+            rng = _sub_rng(self.seed, tag, account_id, region)
+            services = [make_service(rng, account_id, region, 3, set())]  # RUNNING, deployed
+        return services
+
+    def future_services(self, account_id: str, region: str) -> list[dict[str, Any]]:
+        """The services of the pair as an API of tomorrow might send them: every service,
+        and each of its structures that is present, carries the members of `FUTURE_MEMBERS`,
+        which the installed botocore model does not know. The containers' `futureSidecar`
+        holds an `environment` map with a secret value (`future_secret`)."""
+        services = self._some_services(account_id, region, "future")
+        secret = self.future_secret(account_id, region)
+        for svc in services:
+            svc.update(copy.deepcopy(FUTURE_MEMBERS["service"]))
+            parts = [(svc.get("location"), "location"), (svc.get("stateDetail"), "stateDetail")]
+            registry = svc.get("privateRegistryAccess")
+            if registry:
+                parts += [
+                    (registry, "privateRegistryAccess"),
+                    (registry.get("ecrImagePullerRole"), "ecrImagePullerRole"),
+                ]
+            for slot in ("currentDeployment", "nextDeployment"):
+                dep = svc.get(slot)
+                if not dep:
+                    continue
+                endpoint = dep.get("publicEndpoint")
+                parts += [(dep, "deployment"), (endpoint, "publicEndpoint")]
+                if endpoint:
+                    parts.append((endpoint.get("healthCheck"), "healthCheck"))
+                for c in dep.get("containers", {}).values():
+                    c.update(copy.deepcopy(FUTURE_MEMBERS["container"]))
+                    c["futureSidecar"]["environment"] = {"SIDECAR_TOKEN": secret}
+            for obj, level in parts:
+                if isinstance(obj, dict):
+                    obj.update(copy.deepcopy(FUTURE_MEMBERS[level]))
+        return services
+
+    def future_secret(self, account_id: str, region: str) -> str:
+        """The environment value inside `future_services`' unknown members."""
+        return _secret(_sub_rng(self.seed, "future-secret", account_id, region))
+
+    def bad_leaf_services(self, account_id: str, region: str) -> list[dict[str, Any]]:
+        """The services of the pair with leaves of the wrong type (identities intact): in
+        every container, ports protocols that are a list, an object and a number, and a
+        command that is a string (the first container) or holds non-strings (the others); in
+        every service, a tag that is not an object. Each service keeps a current deployment."""
+        services = self._some_services(account_id, region, "bad-leaves")
+        for k, svc in enumerate(services):
+            svc["tags"] = ["team=core", *(svc.get("tags") or []), 7]
+            dep = svc.get("currentDeployment")
+            if not dep or not dep.get("containers"):
+                svc["currentDeployment"] = dep = {
+                    "version": 1,
+                    "state": "ACTIVE",
+                    "containers": {"app": {"image": "nginx:1.27"}},
+                    "createdAt": svc["createdAt"],
+                }
+            for i, c in enumerate(dep["containers"].values()):
+                c["ports"] = {"80": ["HTTP"], "443": {"protocol": "HTTPS"}, "53": 17}
+                c["command"] = "exec ./serve --port 80" if i == 0 else ["serve", 8080, None]
+            if k % 2:
+                svc["scale"] = {"nodes": 2}
         return services
 
     def find_service(self, account_id: str, region: str, name: str) -> dict[str, Any] | None:

@@ -635,8 +635,17 @@ class Simulator:
         )
 
     def _services_body(self, account: str, region: str) -> bytes:
-        if self.faults.malformed and self.faults.is_malformed(account, region):
-            return _dumps({"containerServices": self.fleet.malformed_services(account, region)})
+        f = self.faults
+        if (
+            f.malformed
+            or f.unknown_members
+            or f.bad_leaves
+            or f.no_services_member
+            or (f.services_not_list)
+        ):
+            variant = f.answer_variant(account, region)
+            if variant is not None:
+                return _dumps(self.fleet.answer(variant, account, region))
         key = (account, region)
         got = self._bodies.get(key)
         if got is None:
