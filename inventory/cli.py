@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from inventory import __version__, queries, render
 from inventory.errors import InventoryError, UsageError
+from inventory.files import private_umask
 from inventory.model import Options
 
 app = typer.Typer(
@@ -525,6 +526,7 @@ def _root(
     ] = None,
 ) -> None:
     """Inventory of AWS Lightsail container services across accounts and regions."""
+    private_umask()  # every file a command creates (DuckDB's too) is private: files.py
 
 
 def main() -> None:

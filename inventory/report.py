@@ -38,6 +38,7 @@ import duckdb
 
 from inventory import __version__, queries, schema
 from inventory.errors import StoreError, UsageError
+from inventory.files import keep_mode, make_dirs
 from inventory.store import Store, view_statements
 
 FINDING_ROWS = 20  # rows shown per named query
@@ -640,7 +641,8 @@ def build(
 
 
 def write(db: Path, out: Path, run_id: str | None = None, sql_dir: Path | None = None) -> Report:
-    """Write the report of `db` to `out` (whole or not at all: a temporary file renamed)."""
+    """Write the report of `db` to `out` (whole or not at all: a temporary file renamed).
+    A new report is 0600 (folders made for it 0700); one written again keeps its mode."""
     store = Store.open(db, read_only=True)
     try:
         report = build(store, run_id, sql_dir)
@@ -648,12 +650,12 @@ def write(db: Path, out: Path, run_id: str | None = None, sql_dir: Path | None =
         store.close()
     out = Path(out)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(out.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(report.html)
-            os.chmod(tmp, 0o644)
+            keep_mode(out, Path(tmp))  # 0600 (mkstemp) unless the report it replaces had another
             os.replace(tmp, out)
         except BaseException:
             with contextlib.suppress(OSError):
