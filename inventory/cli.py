@@ -520,6 +520,7 @@ def version_callback(value: bool) -> None:
 
 
 @app.callback()
+@_errors_to_exit
 def _root(
     version: Annotated[
         bool | None, typer.Option("--version", callback=version_callback, is_eager=True)

@@ -642,7 +642,8 @@ def build(
 
 def write(db: Path, out: Path, run_id: str | None = None, sql_dir: Path | None = None) -> Report:
     """Write the report of `db` to `out` (whole or not at all: a temporary file renamed).
-    A new report is 0600 (folders made for it 0700); one written again keeps its mode."""
+    A new report is 0600 (folders made for it 0700; INVENTORY_GROUP_READABLE=1: 0640 and
+    0750); one written again keeps its mode."""
     store = Store.open(db, read_only=True)
     try:
         report = build(store, run_id, sql_dir)
@@ -655,7 +656,7 @@ def write(db: Path, out: Path, run_id: str | None = None, sql_dir: Path | None =
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(report.html)
-            keep_mode(out, Path(tmp))  # 0600 (mkstemp) unless the report it replaces had another
+            keep_mode(out, Path(tmp))  # the mode of the report it replaces, else 0600
             os.replace(tmp, out)
         except BaseException:
             with contextlib.suppress(OSError):

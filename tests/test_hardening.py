@@ -32,6 +32,7 @@ from typer.testing import CliRunner
 
 from inventory import lake, schema
 from inventory.cli import app
+from inventory.files import GROUP_ENV
 from inventory.fingerprint import KEY_ENV, key_path
 from inventory.simulator import Fleet
 
@@ -338,3 +339,28 @@ def test_lakes_written_the_old_way_are_read_and_their_parts_replaced(
     assert len(left) < len(schema.TABLES)
     assert Path(kept.path).exists() and list(lake_dir.rglob(f"errors/*/{other}.parquet"))
     assert inventory(count).stdout.split()[-1] == "2"
+
+
+def test_group_readable_relaxes_the_modes_but_not_the_key(
+    tmp_path: Path, accounts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """INVENTORY_GROUP_READABLE=1 (the documented option): files 0640, folders 0750, under
+    umask 000 too; the fingerprint key stays 0600. A bad value is a usage error."""
+    data = tmp_path / "data"
+    db, lake_dir = data / "inv.duckdb", data / "lake"
+    args = ["collect", "--config", str(accounts), "--db", str(db), "--parquet-dir", str(lake_dir)]
+    monkeypatch.setenv(GROUP_ENV, "1")
+    proc = inventory(args, umask=0, key=None)
+    assert proc.returncode == 0, proc.stderr
+    report = data / "out" / "report.html"
+    assert inventory(["report", "--db", str(db), "--html", str(report)], umask=0).returncode == 0
+    monkeypatch.setenv(GROUP_ENV, "maybe")
+    bad = inventory(["runs", "--db", str(db)])
+    assert bad.returncode == 2 and f"{GROUP_ENV}='maybe'" in one_line_error(bad)
+    made = [data, *data.rglob("*")]
+    files = {str(p): oct(mode(p)) for p in made if p.is_file()}
+    assert files.pop(str(key_path(db))) == "0o600"
+    assert len(files) == 2 + len(schema.TABLES)  # the store, the report, the Parquet files
+    assert files == {p: "0o640" for p in files}
+    folders = [p for p in made if p.is_dir()]
+    assert {str(p): oct(mode(p)) for p in folders} == {str(p): "0o750" for p in folders}
