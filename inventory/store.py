@@ -15,6 +15,10 @@ Readers open the file read-only per call, and retry for a few seconds while a wr
 it. A lock that cannot be had ends with `StoreLocked` / `StoreError`, never a raw DuckDB
 traceback.
 
+Files. A writer adds 077 to the process umask before DuckDB creates anything (files.py),
+so the database and its WAL are 0600 and folders made for them 0700 whatever the umask; the
+lock file is 0600 and never opened through a symbolic link.
+
 Crash safety. `begin_run` commits a `runs` row with status 'running'; each `append` is one
 transaction; `finish_run` sets the final status. The views read only finished runs, so a
 half-written run is never visible, and a process killed at any instant leaves the earlier
