@@ -129,34 +129,41 @@ def test_the_write_ahead_log_is_private_under_umask_000(tmp_path: Path) -> None:
     assert mode(db) == 0o600
 
 
-def test_rewritten_files_keep_their_mode(tmp_path: Path, accounts: Path) -> None:
-    """prune's compaction, a report written again and a re-export keep what chmod set."""
-    db, lake_dir = tmp_path / "inv.duckdb", tmp_path / "lake"
+def test_prune_compaction_keeps_the_store_mode(tmp_path: Path, accounts: Path) -> None:
+    db = tmp_path / "inv.duckdb"
     for _ in range(2):
-        proc = inventory(
-            ["collect", "--config", str(accounts), "--db", str(db), "--parquet-dir", str(lake_dir)]
-        )
+        proc = inventory(["collect", "--config", str(accounts), "--db", str(db), "--no-parquet"])
         assert proc.returncode == 0, proc.stderr
-    report = tmp_path / "report.html"
-    assert inventory(["report", "--db", str(db), "--html", str(report)]).returncode == 0
-    assert mode(report) == 0o600  # was always forced to 0644
-
-    os.chmod(db, 0o640)
-    os.chmod(report, 0o644)  # published on purpose
+    os.chmod(db, 0o640)  # shared with a group on purpose
     inode = db.stat().st_ino
     out = inventory(["prune", "--db", str(db), "--keep-runs", "1"])
     assert out.returncode == 0, out.stderr
     assert db.stat().st_ino != inode  # compacted: a new file took its place
-    assert mode(db) == 0o640
+    assert mode(db) == 0o640  # was 0644 (the umask's)
+    assert len(rows(db, "SELECT run_id FROM runs")) == 1
+    assert not [p.name for p in tmp_path.rglob(".*")]  # no temporary file or folder left
+
+
+def test_a_report_and_a_reexport_keep_their_mode(tmp_path: Path, accounts: Path) -> None:
+    db, lake_dir = tmp_path / "inv.duckdb", tmp_path / "lake"
+    proc = inventory(
+        ["collect", "--config", str(accounts), "--db", str(db), "--parquet-dir", str(lake_dir)]
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = tmp_path / "report.html"
+    assert inventory(["report", "--db", str(db), "--html", str(report)]).returncode == 0
+    assert mode(report) == 0o600  # was always forced to 0644
+    os.chmod(report, 0o644)  # published on purpose
     assert inventory(["report", "--db", str(db), "--html", str(report)]).returncode == 0
     assert mode(report) == 0o644
-    (second,) = (r["run_id"] for r in rows(db, "SELECT run_id FROM runs"))
-    again = next(lake_dir.rglob(f"{second}.parquet"))
+
+    (run,) = (r["run_id"] for r in rows(db, "SELECT run_id FROM runs"))
+    again = next(lake_dir.rglob(f"{run}.parquet"))
     os.chmod(again, 0o640)
-    out = inventory(["export", "--run", second, "--db", str(db), "--to", str(lake_dir)])
+    out = inventory(["export", "--run", run, "--db", str(db), "--to", str(lake_dir)])
     assert out.returncode == 0, out.stderr
     assert mode(again) == 0o640
-    assert not [p.name for p in tmp_path.rglob(".*")]  # no temporary file or folder left
+    assert not [p.name for p in tmp_path.rglob(".*")]
 
 
 # --------------------------------------------------------------------------- 6. no links
