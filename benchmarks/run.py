@@ -66,7 +66,7 @@ BASE_ENV = {
     "AWS_SECRET_ACCESS_KEY": "bench-hub-secret",
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_EC2_METADATA_DISABLED": "true",
-    "INVENTORY_FINGERPRINT_KEY": "benchmark-fingerprint-key",
+    "INVENTORY_FINGERPRINT_KEY": "benchmark-fingerprint-key-0123456789abcdef",
 }
 # Never let a real profile, token or config reach a benchmark child.
 DROP_ENV = (

@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from inventory import __version__, queries, render
 from inventory.errors import InventoryError, UsageError
+from inventory.files import private_umask
 from inventory.model import Options
 from inventory.terminal import visible
 
@@ -599,12 +600,14 @@ def version_callback(value: bool) -> None:
 
 
 @app.callback()
+@_errors_to_exit
 def _root(
     version: Annotated[
         bool | None, typer.Option("--version", callback=version_callback, is_eager=True)
     ] = None,
 ) -> None:
     """Inventory of AWS Lightsail container services across accounts and regions."""
+    private_umask()  # every file a command creates (DuckDB's too) is private: files.py
 
 
 def main() -> None:

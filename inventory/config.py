@@ -706,7 +706,7 @@ class Shard:
 
     @property
     def part(self) -> str:
-        """The Parquet part name of this shard's files: `<run_id>-shard-K.parquet`."""
+        """The Parquet part name of this shard's files: `<run_id>.shard-K.parquet`."""
         return f"shard-{self.index}"
 
     def owns(self, account_id: str) -> bool:

@@ -15,11 +15,17 @@ Decisions:
   and the fix (`chmod 600`): a key others can read makes fingerprints of short values guessable.
 - An empty key file, or `INVENTORY_FINGERPRINT_KEY` set but empty, is refused too (an empty key
   would silently make every shard's fingerprints differ from the fleet's, or be trivially known).
+- Key material shorter than MIN_KEY_BYTES (32: the variable's UTF-8 bytes, or the file's bytes,
+  used as they are so existing fingerprints do not change) is a UsageError that says how to
+  make a key: a short key makes the fingerprints of short values guessable.
+- The key file is never followed through a symbolic link (O_NOFOLLOW; a dangling link too) and
+  must belong to the user who runs the tool: a key someone else controls is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hmac
 import os
 import secrets
@@ -27,10 +33,13 @@ import stat
 from pathlib import Path
 
 from inventory.errors import StoreError, UsageError
+from inventory.files import make_dirs, refuse_link
 
 KEY_ENV = "INVENTORY_FINGERPRINT_KEY"
 KEY_SUFFIX = ".fingerprint-key"
 KEY_BYTES = 32
+MIN_KEY_BYTES = 32
+MAKE_KEY = "python -c 'import secrets; print(secrets.token_hex(32))'"
 PREFIX = "hmac-sha256:"
 DIGITS = 16
 
@@ -48,7 +57,9 @@ def load_key(db_path: str | os.PathLike[str]) -> bytes:
     if env is not None:
         if not env:
             raise UsageError(f"{KEY_ENV} is set but empty; unset it or give it a secret key")
-        return env.encode("utf-8", "surrogatepass")
+        key = env.encode("utf-8", "surrogatepass")
+        _check_length(key, KEY_ENV)
+        return key
     path = key_path(db_path)
     try:
         return _read_key(path)
@@ -60,11 +71,21 @@ def load_key(db_path: str | os.PathLike[str]) -> bytes:
 
 def _read_key(path: Path) -> bytes:
     """Read an existing key file, refusing one that is not private. FileNotFoundError if absent."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a link, dangling or not: never follow it to a key
+            raise StoreError(refuse_link(path)) from None
+        raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise StoreError(f"{path}: fingerprint key is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise StoreError(
+                f"{path}: fingerprint key belongs to user id {st.st_uid}, not to you "
+                f"({os.geteuid()}); a key someone else controls is refused: remove it"
+            )
         if st.st_mode & 0o077:
             raise StoreError(
                 f"{path}: fingerprint key is readable or writable by others "
@@ -78,14 +99,25 @@ def _read_key(path: Path) -> bytes:
     key = b"".join(chunks)
     if not key:
         raise StoreError(f"{path}: fingerprint key file is empty; remove it to create a new key")
+    _check_length(key, str(path))
     return key
+
+
+def _check_length(key: bytes, source: str) -> None:
+    """UsageError unless `key` has at least MIN_KEY_BYTES bytes (says how to make one)."""
+    if len(key) < MIN_KEY_BYTES:
+        raise UsageError(
+            f"{source}: fingerprint key is {len(key)} bytes, at least {MIN_KEY_BYTES} are needed; "
+            f"make one with `{MAKE_KEY}`; to move a store fingerprinted with another key to "
+            "the new one, accept the new key explicitly"
+        )
 
 
 def _create_key(path: Path) -> None:
     """Create the key file with 32 random bytes, mode 0600, atomically; keep one that appeared."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
             os.write(fd, secrets.token_bytes(KEY_BYTES))

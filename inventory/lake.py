@@ -1,13 +1,24 @@
-"""Parquet for a data lake: `<dest>/<table>/run_date=YYYY-MM-DD/<run_id>[-<part>].parquet`.
+"""Parquet for a data lake: `<dest>/<table>/run_date=YYYY-MM-DD/<run_id>[.<part>].parquet`.
+
+A run id never contains `.` (config.check_run_id; `file_name` refuses one that does), so a
+file's run id is its name up to the first `.`: `<run_id>.parquet` is a run's whole file,
+`<run_id>.<part>.parquet` (e.g. `.shard-3`) one of its parts, and re-exporting a run matches
+its files exactly, never another run whose id merely starts with it. Lakes written before
+named parts `<run_id>-<part>.parquet`, which a name cannot tell from another run's whole
+file (`…-a` part `shard-1` or run `…-a-shard-1`): such a file is still read (readers glob
+`*.parquet` and use the `run_id` column) and is removed by a re-export only when its rows
+are of the run being exported.
 
 `dest` is a local directory or `s3://bucket/prefix`. Files are zstd-compressed with the
 schema.py schema exactly, so `read_parquet('<dest>/<table>/*/*.parquet',
 hive_partitioning=true)` in DuckDB gives back the store's types (plus `run_date`).
 
 A reader never sees a half or temporary file: locally a file is written to a hidden
-temporary name in its final directory (`.<name>.tmp-<pid>`, ignored by DuckDB's `*.parquet`
-globs and by pyarrow datasets), fsynced, then renamed over the final name; on S3 the whole
-object is uploaded in one request, which S3 makes visible atomically.
+temporary name in its final directory (`.<name>.<random>.tmp`, made by mkstemp so never a
+link someone placed, and ignored by DuckDB's `*.parquet` globs and by pyarrow datasets),
+fsynced, then renamed over the final name; on S3 the whole object is uploaded in one request,
+which S3 makes visible atomically. Local files are created 0600 and folders 0700 (files.py);
+a file written again keeps its mode.
 """
 
 from __future__ import annotations
@@ -27,13 +38,15 @@ import pyarrow.parquet as pq
 
 from inventory import schema
 from inventory.errors import StoreError
+from inventory.files import keep_mode, make_dirs, temp_beside
 
 if TYPE_CHECKING:
     from inventory.store import Store
 
 COMPRESSION = "zstd"
 ROW_GROUP_ROWS = 128 * 1024
-_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# run ids and part names in file names: no '.', which ends the run id in a name
+_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 TableData: TypeAlias = "pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch]"
 
@@ -59,13 +72,39 @@ def partition_dir(dest: str | os.PathLike[str], table: str, started_at: dt.datet
 
 
 def file_name(run_id: str, part: str | int | None = None) -> str:
+    """`<run_id>.parquet`, or `<run_id>.<part>.parquet`; neither may contain a `.`."""
     if not _PART.match(run_id):
         raise ValueError(f"run_id {run_id!r} cannot name a file")
     if part is None:
         return f"{run_id}.parquet"
     if not _PART.match(str(part)):
         raise ValueError(f"part {part!r} cannot name a file")
-    return f"{run_id}-{part}.parquet"
+    return f"{run_id}.{part}.parquet"
+
+
+def own_parts(names: Iterable[str], run_id: str, part: str | None = None) -> list[str]:
+    """Of the file names in a partition folder, the new-style part files of run `run_id`
+    that an export of it replaces: every `<run_id>.<p>.parquet` when `part` is None (a
+    whole-run export), none otherwise (a shard's own file is replaced by name)."""
+    if part is not None:
+        return []
+    head = run_id + "."
+    return [
+        n
+        for n in names
+        if n.startswith(head) and n.endswith(".parquet") and len(n) > len(head) + len(".parquet")
+    ]
+
+
+def old_style_candidates(names: Iterable[str], run_id: str, part: str | None = None) -> list[str]:
+    """Of the file names in a partition folder, those an older version may have written as
+    a part of `run_id` (`<run_id>-<p>.parquet`; with `part`, only `<run_id>-<part>.parquet`).
+    A name alone does not prove it: `old_part_of` reads the file's rows."""
+    if part is not None:
+        wanted = f"{run_id}-{part}.parquet"
+        return [n for n in names if n == wanted]
+    head = run_id + "-"
+    return [n for n in names if n.startswith(head) and n.endswith(".parquet")]
 
 
 def write_table(
@@ -77,7 +116,7 @@ def write_table(
     part: str | int | None = None,
 ) -> WrittenFile:
     """Write `table` (a Table, a RecordBatchReader or batches; streamed) as the Parquet file
-    of `table_name` for run `run_id`: `<run_id>.parquet`, or `<run_id>-<part>.parquet`
+    of `table_name` for run `run_id`: `<run_id>.parquet`, or `<run_id>.<part>.parquet`
     (e.g. part="shard-3"). Replaces a file of that name whole. The data is cast to the
     schema.py schema (columns by name; one it lacks is written as nulls)."""
     if table_name not in schema.TABLES:
@@ -97,12 +136,14 @@ def write_table(
 def export_run(store: Store, run_id: str, dest: str | os.PathLike[str]) -> list[WrittenFile]:
     """Write run `run_id` of `store` to `dest`: one `<run_id>.parquet` per table (all of
     schema.TABLES, empty ones included), streamed from DuckDB. Exporting a run again replaces
-    its files and removes its old `<run_id>-<n>.parquet` parts (after the new file is in
-    place, so the data never disappears; a reader may briefly see both).
+    its files and removes its parts (`<run_id>.<part>.parquet`, and old-style
+    `<run_id>-<part>.parquet` ones whose rows are of this run), after the new file is in
+    place, so the data never disappears (a reader may briefly see both). Files of other runs
+    are never touched, whatever their ids start with.
 
     A shard of a run (`collect --shard K/N`: runs.shard is K) writes
-    `<run_id>-shard-K.parquet` instead, and removes nothing: the other shards' parts of the
-    run sit beside it, and its own file is replaced whole."""
+    `<run_id>.shard-K.parquet` instead, and removes only its own old-style
+    `<run_id>-shard-K.parquet`: the other shards' parts of the run sit beside it."""
     run = store.run(run_id)
     if run is None:
         raise StoreError(f"{store.path}: no run {run_id}")
@@ -120,33 +161,51 @@ def export_run(store: Store, run_id: str, dest: str | os.PathLike[str]) -> list[
             w = write_table(reader, dest, table_name, run_id, started_at, part)
         finally:
             reader.close()
-        if part is None:
-            remove_parts(dest, table_name, run_id, started_at)
+        remove_parts(dest, table_name, run_id, started_at, part)
         written.append(w)
     return written
 
 
 def remove_parts(
-    dest: str | os.PathLike[str], table_name: str, run_id: str, started_at: dt.datetime
+    dest: str | os.PathLike[str],
+    table_name: str,
+    run_id: str,
+    started_at: dt.datetime,
+    part: str | None = None,
 ) -> list[str]:
-    """Delete `<run_id>-<part>.parquet` files of a run's table; returns what was removed."""
+    """Delete the part files of a run's table that an export of it (whole: `part` None; or
+    that part) replaces: `own_parts`, and the `old_style_candidates` whose rows are all of
+    `run_id` (an empty or unreadable one is left: it cannot be told from another run's).
+    Returns what was removed."""
     directory = partition_dir(dest, table_name, started_at)
     fs, root = _filesystem(directory)
-    prefix, removed = f"{run_id}-", []
+    removed = []
     if fs is None:
         base = Path(root)
         if not base.is_dir():
             return []
-        for p in base.iterdir():
-            if p.name.startswith(prefix) and p.name.endswith(".parquet"):
-                p.unlink(missing_ok=True)
-                removed.append(str(p))
+        names = [p.name for p in base.iterdir()]
+        doomed = own_parts(names, run_id, part) + [
+            n
+            for n in old_style_candidates(names, run_id, part)
+            if old_part_of(str(base / n), None, run_id)
+        ]
+        for n in doomed:
+            (base / n).unlink(missing_ok=True)
+            removed.append(str(base / n))
         return removed
     # Listed and deleted with boto3: pyarrow's delete_file leaves a directory marker object.
     bucket, _, key_dir = root.partition("/")
     client = _s3_client()
-    keys = _s3_keys(client, bucket, f"{key_dir}/{prefix}")
-    keys = [k for k in keys if k.endswith(".parquet") and "/" not in k[len(key_dir) + 1 :]]
+    listed = _s3_keys(client, bucket, f"{key_dir}/{run_id}")
+    names = [k[len(key_dir) + 1 :] for k in listed]
+    names = [n for n in names if "/" not in n]
+    doomed = own_parts(names, run_id, part) + [
+        n
+        for n in old_style_candidates(names, run_id, part)
+        if old_part_of(f"{root}/{n}", fs, run_id)
+    ]
+    keys = [f"{key_dir}/{n}" for n in doomed]
     if keys:
         for i in range(0, len(keys), 1000):
             chunk = keys[i : i + 1000]
@@ -157,6 +216,19 @@ def remove_parts(
                 err = resp["Errors"][0]
                 raise StoreError(f"s3://{bucket}/{err.get('Key')}: cannot delete it: {err}")
     return [f"s3://{bucket}/{k}" for k in keys]
+
+
+def old_part_of(path: str, fs: pafs.FileSystem | None, run_id: str) -> bool:
+    """Whether the Parquet file at `path` has rows and every one is of run `run_id` (False
+    when it cannot be read)."""
+    try:
+        with pq.ParquetFile(path, filesystem=fs) as pf:
+            if pf.metadata.num_rows == 0 or "run_id" not in pf.schema_arrow.names:
+                return False
+            ids = pf.read(columns=["run_id"]).column("run_id").unique().to_pylist()
+    except (OSError, pa.ArrowException):
+        return False
+    return bool(ids == [run_id])
 
 
 def _s3_settings() -> tuple[str | None, ...]:
@@ -266,13 +338,13 @@ def _write_local(
     directory: Path, name: str, target: pa.Schema, batches: Iterable[pa.RecordBatch]
 ) -> int:
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(directory)
     except OSError as e:
         raise StoreError(f"{directory}: cannot create it: {e}") from e
     final = directory / name
-    tmp = directory / f".{name}.tmp-{os.getpid()}"
+    fd, tmp = temp_beside(final)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             writer = _writer(f, target)
             try:
                 rows = _write_batches(writer, batches)
@@ -280,6 +352,7 @@ def _write_local(
                 writer.close()
             f.flush()
             os.fsync(f.fileno())
+        keep_mode(final, tmp)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -335,7 +335,7 @@ async def run_collect(
     `run_id`: the run's id (config.check_run_id); its timestamp is the run's started_at.
     Default: a new one, now. `shard`: collect only that shard's accounts (config.Shard), as
     one part of run `run_id` that other processes collect the other shards of: the runs row
-    records the shard, and the Parquet files are `<run_id>-shard-K.parquet`."""
+    records the shard, and the Parquet files are `<run_id>.shard-K.parquet`."""
     db_path = Path(db_path)
     if shard is not None and plan.own_account:
         raise UsageError(

@@ -38,6 +38,7 @@ import duckdb
 
 from inventory import __version__, queries, schema
 from inventory.errors import StoreError, UsageError
+from inventory.files import keep_mode, make_dirs
 from inventory.store import Store, view_statements
 
 FINDING_ROWS = 20  # rows shown per named query
@@ -649,16 +650,18 @@ def load(db: Path, run_id: str | None = None, sql_dir: Path | None = None) -> Re
 
 
 def write(db: Path, out: Path, run_id: str | None = None, sql_dir: Path | None = None) -> Report:
-    """Write the report of `db` to `out` (whole or not at all: a temporary file renamed)."""
+    """Write the report of `db` to `out` (whole or not at all: a temporary file renamed).
+    A new report is 0600 (folders made for it 0700; INVENTORY_GROUP_READABLE=1: 0640 and
+    0750); one written again keeps its mode."""
     report = load(db, run_id, sql_dir)
     out = Path(out)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(out.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(report.html)
-            os.chmod(tmp, 0o644)
+            keep_mode(out, Path(tmp))  # the mode of the report it replaces, else 0600
             os.replace(tmp, out)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -8,8 +8,8 @@ good inventory), and a run still 'running' (the next collect marks an interrupte
 
 A removed run loses its rows in all six tables, in one transaction. DuckDB keeps the freed
 blocks inside the file for reuse (CHECKPOINT and VACUUM do not shrink it), so the file is then
-compacted: copied with `COPY FROM DATABASE` into a temporary file beside it, which replaces it
-by rename once complete. The writer lock is held throughout; a crash leaves either the old file
+compacted: copied with `COPY FROM DATABASE` into a temporary file beside it (in a private
+folder of its own), which takes the old file's mode and replaces it by rename once complete. The writer lock is held throughout; a crash leaves either the old file
 or the new one, each whole. The Parquet lake is not touched (use the bucket's lifecycle rules).
 """
 
@@ -19,6 +19,8 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import pyarrow as pa
 
 from inventory import schema
 from inventory.errors import StoreError, UsageError
+from inventory.files import keep_mode
 from inventory.lake import fsync_dir
 from inventory.render import plural
 from inventory.store import Store
@@ -162,12 +165,15 @@ def prune(
 
 
 def compact_file(store: Store) -> None:
-    """Rewrite the database into a new file without its free blocks; rename it into place."""
+    """Rewrite the database into a new file without its free blocks; rename it into place.
+
+    The new file is made inside a private folder that mkdtemp creates beside the database
+    (an unpredictable name, 0700: never a link someone placed), and takes the old file's mode
+    before it replaces it."""
     db = store.path
-    tmp = db.with_name(f".{db.name}.compact-{os.getpid()}")
+    folder = Path(tempfile.mkdtemp(prefix=f".{db.name}.compact-", dir=db.parent))
+    tmp = folder / db.name
     tmp_wal = tmp.with_name(tmp.name + ".wal")
-    for p in (tmp, tmp_wal):
-        p.unlink(missing_ok=True)
     try:
         with store.connection() as con:
             row = con.execute("SELECT current_database()").fetchone()
@@ -186,8 +192,8 @@ def compact_file(store: Store) -> None:
             return
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        keep_mode(db, tmp)
         os.replace(tmp, db)
         fsync_dir(db.parent)
     finally:
-        for p in (tmp, tmp_wal):
-            p.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)  # tmp and its WAL, unless renamed

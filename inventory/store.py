@@ -15,6 +15,10 @@ Readers open the file read-only per call, and retry for a few seconds while a wr
 it. A lock that cannot be had ends with `StoreLocked` / `StoreError`, never a raw DuckDB
 traceback.
 
+Files. A writer adds 077 to the process umask before DuckDB creates anything (files.py),
+so the database and its WAL are 0600 and folders made for them 0700 whatever the umask; the
+lock file is 0600 and never opened through a symbolic link.
+
 Crash safety. `begin_run` commits a `runs` row with status 'running'; each `append` is one
 transaction; `finish_run` sets the final status. The views read only finished runs, so a
 half-written run is never visible, and a process killed at any instant leaves the earlier
@@ -46,6 +50,7 @@ import pyarrow as pa
 
 from inventory import schema
 from inventory.errors import StoreError, StoreLocked
+from inventory.files import make_dirs, open_private, private_umask
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +108,9 @@ class LockHolder:
     def read(cls, lock_path: Path) -> LockHolder | None:
         """The holder a lock file names, or None when it is absent, empty or unreadable."""
         try:
-            data = json.loads(lock_path.read_text())
+            fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                data = json.loads(f.read(65_536))
             return cls(
                 int(data["pid"]), str(data["host"]), str(data["started_at"]), str(data["command"])
             )
@@ -113,6 +120,9 @@ class LockHolder:
 
 class WriterLock:
     """An exclusive `flock` on `<db>.lock`. Released by `release()` or by the process dying.
+
+    The lock file is created 0600 and never opened through a symbolic link (a link there,
+    dangling or not, is a StoreError naming it): it cannot be used to overwrite another file.
 
     After taking the flock it checks that the path still names the file it locked: a
     releasing writer unlinks the file, and a process that opened it just before must then
@@ -127,7 +137,7 @@ class WriterLock:
         db_name = str(path)[: -len(LOCK_SUFFIX)] if str(path).endswith(LOCK_SUFFIX) else str(path)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = open_private(path, os.O_RDWR | os.O_CREAT)  # never through a link
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -143,7 +153,7 @@ class WriterLock:
                 os.close(fd)
                 raise
             try:
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+                same = os.fstat(fd).st_ino == os.lstat(path).st_ino
             except FileNotFoundError:
                 same = False
             if not same:
@@ -328,8 +338,9 @@ class Store:
                 )
             return store
 
+        private_umask()  # DuckDB creates the database and its WAL itself: 0600 too
         try:
-            db.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(db.parent)
         except OSError as e:
             raise StoreError(f"{db}: cannot create its directory: {e}") from e
         lock_path = db.with_name(db.name + LOCK_SUFFIX)

@@ -163,7 +163,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str,
     db = tmp / "inv.duckdb"
     with Simulator(fleet, Faults()) as sim, pytest.MonkeyPatch.context() as mp:
         use_simulator_env(mp, sim)
-        mp.setenv("INVENTORY_FINGERPRINT_KEY", "cli-key")
+        mp.setenv("INVENTORY_FINGERPRINT_KEY", "cli-test-fingerprint-key-0123456789abcdef")
         summary = asyncio.run(run_collect(load_plan(config), db, None))
     assert summary.status == "complete"
     yield db, summary.run_id, fleet

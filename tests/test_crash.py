@@ -59,7 +59,7 @@ class Collects:
         self.config = write_accounts(tmp / "accounts.toml", fleet)
         self.env = {k: v for k, v in os.environ.items() if k not in UNSET_ENV}
         self.env.update(sim.env())
-        self.env["INVENTORY_FINGERPRINT_KEY"] = "crash-test-key"
+        self.env["INVENTORY_FINGERPRINT_KEY"] = "crash-test-fingerprint-key-0123456789abcd"
 
     def start(self, *extra: str) -> subprocess.Popen[str]:
         cmd = [sys.executable, "-m", "inventory", "collect", "--config", str(self.config)]

@@ -534,7 +534,7 @@ def test_cli_collect_matches_ground_truth_and_regions_flag_wins(
     accounts = fleet.account_ids
     config = write_accounts(tmp_path / "a.toml", accounts, regions=["us-west-2"])
     db, lake = tmp_path / "cli.duckdb", tmp_path / "lake"
-    key = "shared-fleet-key-9"
+    key = "shared-fleet-fingerprint-key-0123456789ab"
 
     proc = run_cli(
         ["collect", "--config", str(config), "--regions", ",".join(R3), "--db", str(db),
@@ -639,8 +639,9 @@ def test_denied_account_and_region_partial_then_all_failed(
     """A good run, then a run with one account (AssumeRole) and one region denied: exit 3,
     status partial, both in errors and scans, everything else complete; the latest views
     keep the failed targets from the good run. Then every account denied: exit 1."""
-    monkeypatch.setenv("INVENTORY_FINGERPRINT_KEY", "k")
-    fp = hmac_fingerprint(b"k")
+    key = "k" * 32
+    monkeypatch.setenv("INVENTORY_FINGERPRINT_KEY", key)
+    fp = hmac_fingerprint(key.encode())
     fleet = Fleet(6, seed=1, regions=R3)
     sim = make_simulator(fleet=fleet)
     accounts = fleet.account_ids

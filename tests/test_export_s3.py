@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fixtures.snapshots import write_snapshot
@@ -83,14 +85,22 @@ def test_export_twice_replaces_the_files(s3: Any, tmp_path: Path) -> None:
     run1, run2 = two_runs(db)
     dest = f"s3://{s3.bucket}/lightsail/v1"
     cs_key = f"lightsail/v1/container_services/run_date=2026-04-01/{run1}.parquet"
-    # what an interrupted or older export left: a broken file and a stale shard part
+    # what an interrupted or older export left: a broken file and stale parts of the run,
+    # named as today (`.shard-1`) and as before (`-shard-2`, with the run's rows)
     s3.put_object(Bucket=s3.bucket, Key=cs_key, Body=b"half an upload")
-    stale = cs_key.replace(".parquet", "-shard-1.parquet")
-    s3.put_object(Bucket=s3.bucket, Key=stale, Body=b"old part")
+    s3.put_object(Bucket=s3.bucket, Key=cs_key.replace(".parquet", ".shard-1.parquet"), Body=b"x")
+    old_part = io.BytesIO()
+    pq.write_table(pa.table({"run_id": [run1]}), old_part)
+    stale = cs_key.replace(".parquet", "-shard-2.parquet")
+    s3.put_object(Bucket=s3.bucket, Key=stale, Body=old_part.getvalue())
+    # another run whose id starts with this one's: its file stays
+    longer = cs_key.replace(".parquet", "-b.parquet")
+    s3.put_object(Bucket=s3.bucket, Key=longer, Body=b"another run's file")
     expected = [f"lightsail/v1/{t}/run_date=2026-04-01/{run1}.parquet" for t in schema.TABLES]
 
     export(db, run1, dest)
-    assert keys(s3) == sorted(expected)
+    assert keys(s3) == sorted([*expected, longer])
+    s3.delete_object(Bucket=s3.bucket, Key=longer)
     etags = {k: s3.head_object(Bucket=s3.bucket, Key=k)["ETag"] for k in expected}
     export(db, run1, dest)  # again: the same files, replaced in place
     assert keys(s3) == sorted(expected)

@@ -39,10 +39,10 @@ def test_key_file_created_0600_with_32_random_bytes_and_reused(tmp_path: Path) -
 def test_env_var_wins_over_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "inventory.duckdb"
     file_key = load_key(db)
-    monkeypatch.setenv(KEY_ENV, "fleet-shared-secret")
-    assert load_key(db) == b"fleet-shared-secret"
+    monkeypatch.setenv(KEY_ENV, "fleet-shared-secret-0123456789abcdef")
+    assert load_key(db) == b"fleet-shared-secret-0123456789abcdef"
     assert load_key(db) != file_key
-    assert load_key(tmp_path / "never.duckdb") == b"fleet-shared-secret"
+    assert load_key(tmp_path / "never.duckdb") == b"fleet-shared-secret-0123456789abcdef"
     assert not key_path(tmp_path / "never.duckdb").exists()  # no file when the env var is set
 
 

@@ -160,14 +160,26 @@ def test_reexport_replaces_files_and_old_parts(store: Store, tmp_path: Path) -> 
     lake.write_table(stale, dest, "container_services", RUN, STARTED)
     lake.write_table(stale, dest, "container_services", RUN, STARTED, part="shard-3")
     lake.write_table(stale, dest, "container_services", RUN, STARTED, part=7)
+    # a part as an older version named it (`<run_id>-<part>`), holding this run's rows
+    (d / f"{RUN}.7.parquet").rename(d / f"{RUN}-7.parquet")
+    lake.write_table(stale, dest, "container_services", RUN, STARTED, part=7)
     other = "20261127T233500Z-aaaaaa"
     lake.write_table(stale, dest, "container_services", other, STARTED)
-    assert sorted(p.name for p in d.iterdir()) == sorted(
-        [f"{RUN}.parquet", f"{RUN}-shard-3.parquet", f"{RUN}-7.parquet", f"{other}.parquet"]
+    # runs whose ids start with this one's: never this run's parts
+    longer = f"{RUN}-b"
+    lake.write_table(
+        pa.Table.from_pylist([{"run_id": longer}]), dest, "container_services", longer, STARTED
     )
+    lake.write_table(
+        pa.Table.from_pylist([], schema=schema.CONTAINER_SERVICES),
+        dest, "container_services", f"{RUN}-shard-1", STARTED,
+    )  # fmt: skip
+    theirs = [f"{other}.parquet", f"{longer}.parquet", f"{RUN}-shard-1.parquet"]
+    ours = [f"{RUN}.parquet", f"{RUN}.shard-3.parquet", f"{RUN}.7.parquet", f"{RUN}-7.parquet"]
+    assert sorted(p.name for p in d.iterdir()) == sorted([*ours, *theirs])
     for _ in range(2):
         lake.export_run(store, RUN, dest)
-        assert sorted(p.name for p in d.iterdir()) == sorted([f"{RUN}.parquet", f"{other}.parquet"])
+        assert sorted(p.name for p in d.iterdir()) == sorted([f"{RUN}.parquet", *theirs])
         names = pq.read_table(d / f"{RUN}.parquet").column("service_name").to_pylist()
         assert sorted(names) == ["svc0", "svc1", "svc2"]
     assert not [p for p in dest.rglob("*") if p.name.startswith(".")]
@@ -209,7 +221,7 @@ def test_write_table_conforms_to_the_schema(tmp_path: Path) -> None:
     # columns by name, any order, missing ones null, types cast (int64 -> int32)
     t = pa.table({"attempts": pa.array([3], pa.int64()), "run_id": [RUN]})
     w = lake.write_table(t, tmp_path, "errors", RUN, STARTED, part="shard-0")
-    assert w.path.endswith(f"errors/{DAY}/{RUN}-shard-0.parquet")
+    assert w.path.endswith(f"errors/{DAY}/{RUN}.shard-0.parquet")
     back = pq.read_table(w.path)
     assert back.schema == schema.ERRORS
     assert back.to_pylist()[0]["attempts"] == 3

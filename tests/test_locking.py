@@ -38,7 +38,7 @@ def busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, 
     )
     env = {k: v for k, v in os.environ.items() if k not in UNSET_ENV}
     env.update(sim.env())
-    env["INVENTORY_FINGERPRINT_KEY"] = "locking-test-key"
+    env["INVENTORY_FINGERPRINT_KEY"] = "locking-test-fingerprint-key-0123456789ab"
     for name in UNSET_ENV:
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():

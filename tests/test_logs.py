@@ -111,7 +111,7 @@ def test_collect_json_logs_have_no_secrets(
     )
     config = write_accounts(tmp_path / "a.toml", accounts, external_id="ext-secretish")
     db = tmp_path / "j.duckdb"
-    monkeypatch.setenv("INVENTORY_FINGERPRINT_KEY", "fingerprint-key-secret")
+    monkeypatch.setenv("INVENTORY_FINGERPRINT_KEY", "fingerprint-key-secret-0123456789abcdef")
 
     result = CliRunner().invoke(
         app,
@@ -158,7 +158,7 @@ def test_collect_json_logs_have_no_secrets(
     storm = next(e for e in lines if e["event"] == "retry_storm")
     assert storm["rate"] < storm["previous_rate"] and storm["run_id"] == run["run_id"]
 
-    secrets = {BASE_SECRET_KEY, "fingerprint-key-secret"}
+    secrets = {BASE_SECRET_KEY, "fingerprint-key-secret-0123456789abcdef"}
     secrets |= fleet.secrets()
     for cred in sim.issued_credentials():
         secrets |= {cred.secret_access_key, cred.session_token}

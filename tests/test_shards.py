@@ -138,7 +138,7 @@ def test_three_shards_together_equal_one_unsharded_run(
     # one file per table per shard, in the run id's date partition
     for table in schema.TABLES:
         names = sorted(p.name for p in (shared / table / DAY).iterdir())
-        assert names == [f"{SHARDED}-shard-{k}.parquet" for k in range(3)], table
+        assert names == [f"{SHARDED}.shard-{k}.parquet" for k in range(3)], table
 
     with lakequery.open_lake(one_lake) as a, lakequery.open_lake(shared) as b:
         # every table: the same rows (but for when and which run), deep tables included
@@ -175,17 +175,17 @@ def test_three_shards_together_equal_one_unsharded_run(
         assert changes == rows(b, text) != []
 
     # re-exporting one shard replaces its own files and leaves the others' alone
-    others = {p: p.read_bytes() for p in shared.rglob(f"{SHARDED}-shard-[02].parquet")}
+    others = {p: p.read_bytes() for p in shared.rglob(f"{SHARDED}.shard-[02].parquet")}
     out = runner.invoke(
         app, ["export", "--run", SHARDED, "--db", str(tmp_path / "shard-1.duckdb"),
               "--to", str(shared)],
     )  # fmt: skip
     assert out.exit_code == 0, out.output
-    assert {p: p.read_bytes() for p in shared.rglob(f"{SHARDED}-shard-[02].parquet")} == others
+    assert {p: p.read_bytes() for p in shared.rglob(f"{SHARDED}.shard-[02].parquet")} == others
     assert len(list(shared.rglob(f"{SHARDED}*.parquet"))) == 3 * len(schema.TABLES)
 
     # a shard missing from the lake (still running, or lost): the run is partial
-    for p in shared.rglob(f"{SHARDED}-shard-2.parquet"):
+    for p in shared.rglob(f"{SHARDED}.shard-2.parquet"):
         p.unlink()
     with lakequery.open_lake(shared) as b:
         assert b.execute(
@@ -222,7 +222,7 @@ def test_a_shard_without_accounts_is_an_empty_complete_part(
         idle,
     )
     assert sorted(p.name for p in (dest / "runs" / DAY).iterdir()) == [
-        f"{SHARDED}-shard-{idle}.parquet"
+        f"{SHARDED}.shard-{idle}.parquet"
     ]
 
 
@@ -334,7 +334,7 @@ def test_cli_takes_the_run_id_from_the_environment(
 
 
 def test_lake_keeps_other_shards_when_a_part_is_exported(tmp_path: Path) -> None:
-    """export_run of a shard writes `-shard-K` and removes nothing; the unsharded export of
+    """export_run of a shard writes `.shard-K` and removes nothing; the unsharded export of
     the same id still replaces stale parts (as before)."""
     started = run_started_at(SHARDED)
     dest = tmp_path / "lake"
@@ -347,8 +347,8 @@ def test_lake_keeps_other_shards_when_a_part_is_exported(tmp_path: Path) -> None
             for _ in range(2):
                 lake.export_run(store, SHARDED, dest)
     assert sorted(p.name for p in (dest / "runs" / DAY).iterdir()) == [
-        f"{SHARDED}-shard-0.parquet",
-        f"{SHARDED}-shard-1.parquet",
+        f"{SHARDED}.shard-0.parquet",
+        f"{SHARDED}.shard-1.parquet",
     ]
     _, got = lakequery.query_rows(dest, "SELECT shard, shards FROM runs ORDER BY shard")
     assert got == [(0, 2), (1, 2)]

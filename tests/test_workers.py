@@ -39,7 +39,7 @@ def _rows(db: Path, table: str) -> list[tuple[object, ...]]:
 
 
 def test_two_workers_store_what_one_process_stores(make_simulator, tmp_path, monkeypatch):
-    monkeypatch.setenv("INVENTORY_FINGERPRINT_KEY", "shared-key")
+    monkeypatch.setenv("INVENTORY_FINGERPRINT_KEY", "shared-fingerprint-key-0123456789abcdef")
     sim = make_simulator(accounts=8, seed=4)
     regions = ("us-east-1", "eu-west-2", "eu-north-1", "ap-southeast-3")
     one = asyncio.run(
