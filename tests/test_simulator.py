@@ -254,9 +254,9 @@ async def test_region_comes_from_the_signature(simulator: Simulator, fleet: Flee
     assert acct is not None
     creds = await assume(acct)
     east = await services("us-east-1", creds)
-    west = await services("eu-west-2", creds)
+    west = await services("eu-west-3", creds)
     assert {s["location"]["regionName"] for s in east} == {"us-east-1"}
-    assert {s["location"]["regionName"] for s in west} == {"eu-west-2"}
+    assert {s["location"]["regionName"] for s in west} == {"eu-west-3"}
     assert len(east) == 10 and len(west) == 4
 
 
