@@ -164,6 +164,7 @@ class Collector:
         self.stop_reason: str | None = None
         self.base: ReadOnlyCredentials | None = None
         self.broker: CredentialBroker | None = None
+        self.lean_http: LeanHTTP | None = None  # engine 'lean': the shared session and keys
 
     async def __aenter__(self) -> Collector:
         try:
@@ -207,6 +208,9 @@ class Collector:
             clock=self._clock,
             backoff=self.backoff,
         )
+        if lean_http is not None:  # an account done: the keys derived for it go too
+            self.broker.on_forget = lean_http.keys.forget
+        self.lean_http = lean_http
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()

@@ -51,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--credential-ttl", type=float, default=3600.0, metavar="SECONDS")
     p.add_argument("--external-id", default=None)
     p.add_argument("--fault-seed", type=int, default=0)
+    p.add_argument(
+        "--no-verify-signatures",
+        dest="verify_signatures",
+        action="store_false",
+        help="accept any signature (a benchmark's floor); any key without a session token "
+        "is then the base identity",
+    )
     p.add_argument("--print-env", action="store_true", help="also print export lines")
     return p.parse_args(argv)
 
@@ -80,7 +87,9 @@ def build(args: argparse.Namespace) -> Simulator:
         external_id=args.external_id,
         seed=args.fault_seed,
     )
-    return Simulator(fleet, faults, host=args.host, port=args.port)
+    return Simulator(
+        fleet, faults, host=args.host, port=args.port, verify_signatures=args.verify_signatures
+    )
 
 
 async def serve(sim: Simulator, print_env: bool = False) -> None:
