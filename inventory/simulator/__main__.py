@@ -48,6 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unenabled-region", action="append", default=[], type=_pair)
     p.add_argument("--hang-region", action="append", default=[], type=_pair)
     p.add_argument("--malformed", action="append", default=[], type=_pair)
+    p.add_argument(
+        "--unreachable-region",
+        action="append",
+        default=[],
+        metavar="REGION",
+        help="close every Lightsail connection for REGION unanswered (may be repeated)",
+    )
     p.add_argument("--credential-ttl", type=float, default=3600.0, metavar="SECONDS")
     p.add_argument("--external-id", default=None)
     p.add_argument("--fault-seed", type=int, default=0)
@@ -83,6 +90,7 @@ def build(args: argparse.Namespace) -> Simulator:
         unenabled_regions=set(args.unenabled_region),
         hang_regions=set(args.hang_region),
         malformed=set(args.malformed),
+        unreachable_regions=set(args.unreachable_region),
         credential_ttl_s=args.credential_ttl,
         external_id=args.external_id,
         seed=args.fault_seed,

@@ -24,6 +24,9 @@ class Faults:
     denied_regions: set[Pair] = field(default_factory=set)  # 400 AccessDeniedException
     unenabled_regions: set[Pair] = field(default_factory=set)  # 400 UnrecognizedClientException
     hang_regions: set[Pair] = field(default_factory=set)  # accepted, never answered
+    # Lightsail regions whose every connection is closed unanswered (an endpoint that cannot
+    # be reached), whoever calls: the region is read from the signature's credential scope
+    unreachable_regions: set[str] = field(default_factory=set)
     malformed: set[Pair] = field(default_factory=set)  # answered with an unexpected shape
     credential_ttl_s: float = 3600.0  # AssumeRole credentials live at most this long
     external_id: str | None = None  # AssumeRole without this ExternalId: AccessDenied

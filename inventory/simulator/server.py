@@ -90,6 +90,7 @@ UNSET_ENV = (
 )
 
 _AUTH_RE = re.compile(r"Credential=([^/\s,]+)/[^/\s,]*/([^/\s,]+)/([^/\s,]+)/aws4_request")
+_BODY = web.RequestKey("body", bytes)  # the request's body, kept on the request by _handle
 _SIGNATURE_RE = re.compile(r"SignedHeaders=([^,\s]+),\s*Signature=([0-9a-f]+)")
 SIGNATURE_MISMATCH = (
     "The request signature we calculated does not match the signature you provided. "
@@ -378,7 +379,7 @@ class Simulator:
             headers={"Content-Type": "text/xml", "x-amzn-RequestId": rid},
         )
 
-    def _authenticate(self, request: web.Request, op: str, xml: bool, body: bytes) -> _Caller:
+    def _authenticate(self, request: web.Request, op: str, xml: bool) -> _Caller:
         """Who is calling (account) and for which region; raises _Reject with the answer."""
         auth = request.headers.get("Authorization")
         m = _AUTH_RE.search(auth) if auth else None
@@ -397,7 +398,7 @@ class Simulator:
                 if not self.verify_signatures:
                     return _Caller(self.fleet.hub_account_id, region, None)
                 if key == BASE_ACCESS_KEY:
-                    self._check_signature(request, op, xml, body, auth, m, BASE_SECRET_KEY)
+                    self._check_signature(request, op, xml, auth, m, BASE_SECRET_KEY)
                     return _Caller(self.fleet.hub_account_id, region, None)
             msg = "The security token included in the request is invalid."
             if xml:
@@ -414,7 +415,7 @@ class Simulator:
                 raise _Reject(self._xml_error(op, "expired", 400, "ExpiredToken", msg))
             raise _Reject(self._json_error(op, "expired", 400, "ExpiredTokenException", msg))
         if self.verify_signatures:
-            self._check_signature(request, op, xml, body, auth, m, cred.secret_access_key)
+            self._check_signature(request, op, xml, auth, m, cred.secret_access_key)
         return _Caller(cred.account_id, region, cred)
 
     def _check_signature(
@@ -422,14 +423,13 @@ class Simulator:
         request: web.Request,
         op: str,
         xml: bool,
-        body: bytes,
         auth: str | None,
         scope: re.Match[str],
         secret: str,
     ) -> None:
         """Recompute the request's SigV4 signature with botocore's SigV4Auth over what
-        arrived (the headers it says it signed, the raw path and query, the body) and
-        `secret`; raises _Reject with AWS's answer to a mismatch."""
+        arrived (the headers it says it signed, the raw path and query, the body that
+        `_handle` read) and `secret`; raises _Reject with AWS's answer to a mismatch."""
         signed = _SIGNATURE_RE.search(auth or "")
         ok = False
         if signed is not None and "X-Amz-Date" in request.headers:
@@ -439,7 +439,7 @@ class Simulator:
             wire = AWSRequest(
                 method=request.method,
                 url=f"http://{host}{request.raw_path}",
-                data=body,
+                data=request.get(_BODY, b""),
                 headers=headers,
             )
             wire.context["timestamp"] = request.headers["X-Amz-Date"]
@@ -474,6 +474,7 @@ class Simulator:
     # ------------------------------------------------------------------ dispatch
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        request[_BODY] = body  # for the signature check
         self.total_requests += 1
         target = request.headers.get("X-Amz-Target")
         try:
@@ -496,7 +497,7 @@ class Simulator:
         form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
         op = form.get("Action", "")
         self._count(op or "<none>", "calls")
-        caller = self._authenticate(request, op, xml=True, body=body)
+        caller = self._authenticate(request, op, xml=True)
         await self._latency()
         if op == "GetCallerIdentity":
             return self._caller_identity(op, caller)
@@ -604,7 +605,12 @@ class Simulator:
     # ------------------------------------------------------------------ Lightsail
     async def _lightsail(self, request: web.Request, op: str, body: bytes) -> web.StreamResponse:
         self._count(op, "calls")
-        caller = self._authenticate(request, op, xml=False, body=body)
+        if self.faults.unreachable_regions:
+            scope = _AUTH_RE.search(request.headers.get("Authorization") or "")
+            if scope is not None and scope.group(2) in self.faults.unreachable_regions:
+                self._count(op, "dropped")
+                return self._drop(request)
+        caller = self._authenticate(request, op, xml=False)
         account, region = caller.account_id, caller.region
         key = (account, region)
         self._calls[key] = self._calls.get(key, 0) + 1
@@ -737,7 +743,7 @@ class Simulator:
         self, request: web.Request, op: str, body: bytes
     ) -> web.StreamResponse:
         self._count(op, "calls")
-        caller = self._authenticate(request, op, xml=False, body=body)
+        caller = self._authenticate(request, op, xml=False)
         await self._latency()
         fleet = self.fleet
         if caller.account_id != fleet.hub_account_id:
