@@ -4,7 +4,9 @@
 
 Prints one line, `listening on http://127.0.0.1:PORT`, then serves until SIGTERM / SIGINT.
 Pair options (`--hang-region`, `--deny-region`, `--unenabled-region`, `--malformed`) take
-`REGION` (every account) or `ACCOUNT:REGION`, and may be repeated.
+`REGION` (every account) or `ACCOUNT:REGION`, and may be repeated. Every request's SigV4
+signature is verified (the base identity's keys are the ones `--print-env` exports);
+`--no-verify-signatures` accepts any.
 """
 
 from __future__ import annotations
