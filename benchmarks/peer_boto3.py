@@ -37,30 +37,10 @@ import pyarrow as pa
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-DEFAULT_REGIONS = (
-    "us-east-1",
-    "us-east-2",
-    "us-west-1",
-    "us-west-2",
-    "eu-west-1",
-    "eu-west-2",
-    "eu-west-3",
-    "eu-central-1",
-    "ca-central-1",
-    "ap-south-1",
-    "ap-southeast-1",
-    "ap-southeast-2",
-    "ap-northeast-1",
-    "ap-northeast-2",
-    "eu-north-1",
-)
-
 
 def lightsail_regions(session: boto3.Session) -> list[str]:
-    """Every region the installed SDK's Lightsail model names (the documented 15 at least)."""
-    model = session._session.get_service_model("lightsail")
-    enum = list(getattr(model.shape_for("RegionName"), "enum", None) or ())
-    return [*DEFAULT_REGIONS, *(r for r in enum if r not in DEFAULT_REGIONS)]
+    """Every region where Lightsail has an endpoint (the installed botocore's endpoint data)."""
+    return list(session.get_available_regions("lightsail"))
 
 
 class Counter:

@@ -56,14 +56,16 @@ from typing import Any
 
 from benchmarks.measure import ProcResult, proc_cpu_s, run_measured, wait_for_quiet
 from inventory.model import Options
+from inventory.simulator import BASE_ACCESS_KEY, BASE_SECRET_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
 ROLE_NAME = "LightsailInventoryReader"
 BASE_ENV = {
-    "AWS_ACCESS_KEY_ID": "AKIABENCHHUB00000000",
-    "AWS_SECRET_ACCESS_KEY": "bench-hub-secret",
+    # the simulator's base identity: it verifies every signature with the secret it knows
+    "AWS_ACCESS_KEY_ID": BASE_ACCESS_KEY,
+    "AWS_SECRET_ACCESS_KEY": BASE_SECRET_KEY,
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_EC2_METADATA_DISABLED": "true",
     "INVENTORY_FINGERPRINT_KEY": "benchmark-fingerprint-key-0123456789abcdef",
@@ -924,6 +926,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--regions", default=None, help="comma list (default: every region)")
     p.add_argument("--sim-arg", action="append", default=[], help="extra simulator option")
+    p.add_argument(
+        "--verify-signatures",
+        action="store_true",
+        help="let the simulator check every signature (off by default: the floor sends "
+        "unsigned requests, and every run then meets the same simulator)",
+    )
     p.add_argument(
         "--huge-answer-mb",
         type=float,

@@ -575,6 +575,10 @@ def doctor(
         typer.Option("--org/--no-org", help="Check Organizations discovery too (as collect)."),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds for one API call.")] = 10.0,
+    engine: Annotated[
+        Engine,
+        typer.Option(help="The engine to check, as collect's --engine (lean or botocore)."),
+    ] = Engine(DEFAULTS.engine),
 ) -> None:
     """Check the setup: base credentials, the role in a sample of accounts, every region.
 
@@ -586,7 +590,7 @@ def doctor(
     from inventory import config as config_mod
     from inventory import doctor as doctor_mod
 
-    options = Options(timeout=timeout, max_attempts=3)
+    options = Options(timeout=timeout, max_attempts=3, engine=engine.value)
     plan = config_mod.load_plan(config, regions=regions, org=org, options=options)
     checked = asyncio.run(doctor_mod.diagnose(plan, sample=sample))
     sys.stdout.write(doctor_mod.render(checked))

@@ -28,6 +28,11 @@ Bounds, whatever the network does (`run_time_bound`):
   per-region circuit breaker): targets in flight stop before their next attempt, the
   others are not called, instead of each waiting out its own deadline. One region that
   hangs for one account never trips it, nor does a region that has answered once.
+- a region that cannot be reached (its endpoint refuses connections, does not resolve, or
+  closes every connection unanswered): the same breaker, counting those calls with the
+  timeouts; when they are most of them, the rest of the region fails with
+  'EndpointUnreachable' and a message naming the endpoint, instead of every account
+  spending its whole attempt budget and backoff on it.
 
 Stopping (`stop`, e.g. on Ctrl-C): no new call starts, calls in flight are cancelled, and
 every target not finished yet still gets its TargetResult: failed, error code
@@ -42,7 +47,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,12 +65,13 @@ from inventory.model import Account, ErrorRecord, Options, TargetResult, utcnow
 from inventory.pacing import Pacer, default_floor
 from inventory.retry import Backoff, Budget, CallFailed, Calls, Failure, Kind, classify
 
-BREAKER_TIMEOUTS = 6  # calls to one region timed out, none answered: stop calling it...
+BREAKER_TIMEOUTS = 6  # calls to one region timed out or unreachable, none answered: stop...
 BREAKER_TARGETS = 3  # ...when they came from at least this many accounts
 INTERRUPTED = "Interrupted"  # error code of the targets a stop left unfinished
 RUN_DEADLINE = "RunDeadline"  # ... and of those the run deadline left unfinished
 UNEXPECTED_SHAPE = "UnexpectedShape"  # a 200 answer without a containerServices list
 RAW_ANSWER_EVENT = "before-parse.lightsail.GetContainerServices"
+UNREACHABLE = "EndpointUnreachable"  # error code of a region the breaker found unreachable
 
 
 PREFETCH_IN_FLIGHT = 8  # AssumeRole calls made ahead of the targets at once
@@ -103,13 +109,14 @@ class _RegionHealth:
 
     answered: int = 0  # calls that got an HTTP answer (any status)
     timeouts: int = 0  # calls that timed out
-    accounts: set[str] = field(default_factory=set)  # accounts whose calls timed out
+    unreachable: int = 0  # calls that found no connection (refused, no DNS, closed unanswered)
+    accounts: set[str] = field(default_factory=set)  # accounts whose calls did either
 
     @property
     def broken(self) -> bool:
         return (
             self.answered == 0
-            and self.timeouts >= BREAKER_TIMEOUTS
+            and self.timeouts + self.unreachable >= BREAKER_TIMEOUTS
             and len(self.accounts) >= BREAKER_TARGETS
         )
 
@@ -188,9 +195,13 @@ class Collector:
         *,
         clock: Any = time.time,
         backoff: Backoff | None = None,
+        endpoint_urls: Mapping[str, str] | None = None,
     ):
         self.options = options
         self.regions = tuple(regions)
+        # a region's Lightsail endpoint instead of the one botocore resolves (tests, e.g.
+        # a closed port); every other region's comes from botocore (AWS_ENDPOINT_URL_*)
+        self._endpoint_urls = dict(endpoint_urls or {})
         self.counter = CallCounter()
         self.pacer = Pacer(options.rate)
         self.backoff = backoff or Backoff()
@@ -209,6 +220,7 @@ class Collector:
         self.stop_code = INTERRUPTED  # the error code of the targets a stop leaves unfinished
         self.base: ReadOnlyCredentials | None = None
         self.broker: CredentialBroker | None = None
+        self.lean_http: LeanHTTP | None = None  # engine 'lean': the shared session and keys
 
     async def __aenter__(self) -> Collector:
         try:
@@ -236,8 +248,14 @@ class Collector:
                 )
             )
         for region in self.regions:
+            override = self._endpoint_urls.get(region)
             client = await self._stack.enter_async_context(
-                self._session.create_client("lightsail", region_name=region, config=cfg)
+                self._session.create_client(
+                    "lightsail",
+                    region_name=region,
+                    config=cfg,
+                    **({"endpoint_url": override} if override else {}),
+                )
             )
             self.botocore_clients[region] = client
             if lean_http is None:
@@ -255,6 +273,9 @@ class Collector:
             clock=self._clock,
             backoff=self.backoff,
         )
+        if lean_http is not None:  # an account done: the keys derived for it go too
+            self.broker.on_forget = lean_http.keys.forget
+        self.lean_http = lean_http
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
@@ -447,8 +468,11 @@ class Collector:
                         failure = self._timed_out(failure, remaining)
                         health.timeouts += 1
                         health.accounts.add(account.id)
-                    if failure.status is not None:
+                    elif failure.status is not None:
                         health.answered += 1
+                    elif failure.code == "ConnectionError":
+                        health.unreachable += 1
+                        health.accounts.add(account.id)
                     if not budget.spend(failure):
                         break
                     pause = self.backoff.delay(
@@ -534,6 +558,16 @@ class Collector:
     def _breaker_failure(self, region: str, attempts: int) -> Failure:
         health = self._health[region]
         tried = f"gave up after {attempts} attempt(s)" if attempts else "not called"
+        if health.unreachable > health.timeouts:
+            client = self.botocore_clients.get(region)
+            endpoint = client.meta.endpoint_url if client is not None else region
+            return Failure(
+                UNREACHABLE,
+                f"{tried}: the {region} endpoint {endpoint} could not be reached: "
+                f"{health.unreachable} connections from {len(health.accounts)} accounts were "
+                "refused or closed unanswered, and none was answered (region circuit breaker)",
+                Kind.TRANSIENT,
+            )
         return Failure(
             "Timeout",
             f"{tried}: {health.timeouts} calls to {region} from {len(health.accounts)} "

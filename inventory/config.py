@@ -35,7 +35,7 @@ from inventory.model import (
     OrgDiscovery,
     Plan,
 )
-from inventory.regions import all_regions, parse_regions
+from inventory.regions import all_regions, parse_regions, region_problem
 
 __all__ = [
     "ACCOUNT_KEYS",
@@ -459,14 +459,13 @@ class _FileParser:
             return all_regions()
         if items == ["discover"]:
             return DISCOVER_REGIONS
-        known = all_regions()
         for i, item in enumerate(items):
-            if item not in known:
+            problem = region_problem(item)
+            if problem is not None:
                 raise self.error(
                     f"regions[{i}]",
                     item,
-                    f"unknown Lightsail region (known: {', '.join(known)}; "
-                    "leave regions out for all of them)",
+                    f"{problem}; leave regions out for all of them",
                     self.where.item(line, item),
                 )
         return parse_regions(items, "regions")

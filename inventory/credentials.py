@@ -143,6 +143,10 @@ class CredentialBroker:
         self._cache: dict[str, _Entry] = {}
         self._failed: dict[str, AssumeRoleFailed] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._issued: dict[str, list[str]] = {}  # account -> access key ids handed out
+        # Called with each access key id of an account when it is forgotten (the lean
+        # engine drops the signing keys it derived for them).
+        self.on_forget: Callable[[str], None] | None = None
         self.assume_role_calls = 0
         self.refreshes = 0  # AssumeRole calls that replaced credentials we already had
 
@@ -203,14 +207,20 @@ class CredentialBroker:
             if entry is not None:
                 self.refreshes += 1
             self._cache[account.id] = new
+            self._issued.setdefault(account.id, []).append(new.creds.access_key)
             return new.creds
         finally:
             lock.release()
 
     def forget(self, account: Account) -> None:
         """Every target of `account` is done: drop what is kept for it, so the broker's
-        memory follows the accounts in flight, not the fleet."""
+        memory follows the accounts in flight, not the fleet (`on_forget` hears of each
+        access key id it had handed out for the account)."""
         self._cache.pop(account.id, None)
+        issued = self._issued.pop(account.id, ())
+        if self.on_forget is not None:
+            for access_key in issued:
+                self.on_forget(access_key)
         self._failed.pop(account.id, None)
         lock = self._locks.get(account.id)
         if lock is not None and not lock.locked():

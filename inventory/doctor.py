@@ -10,7 +10,10 @@ Checks, in order (a failed step that later ones depend on stops them):
    the accounts (discovery.py);
 3. AssumeRole in a sample of the accounts (the first `sample` in the file's order, then
    discovered ones; 0 = every account); without an accounts file, the caller's own account;
-4. GetContainerServices in every region, with each sampled account whose role was assumed.
+4. GetContainerServices in every region, with each sampled account whose role was assumed,
+   through the engine collect uses (`options.engine`: the lean request path by default,
+   the aiobotocore client with `--engine botocore`), so that a setup doctor passes is one
+   collect can use: same endpoint, same signer, same HTTP client.
 
 Each problem comes with what fixes it: the IAM policy snippet (docs/iam.md) filled in with
 this setup's role name, hub principal and ExternalId. No credential is ever printed.
@@ -366,11 +369,12 @@ async def _check_lightsail(
     own_account: bool = False,
 ) -> None:
     from inventory.collect import _SharedCredentialsSession, client_config
+    from inventory.lean import USER_AGENT, LeanHTTP, LeanLightsailClient
 
     session = _SharedCredentialsSession()
     limit = asyncio.Semaphore(CONCURRENCY)
     async with contextlib.AsyncExitStack() as stack:
-        clients = {
+        clients: dict[str, Any] = {
             r: await stack.enter_async_context(
                 session.create_client(
                     "lightsail", region_name=r, config=client_config(calls.options, CONCURRENCY)
@@ -378,6 +382,18 @@ async def _check_lightsail(
             )
             for r in regions
         }
+        if calls.options.engine == "lean":  # as collect: botocore resolves the endpoint
+            http = await stack.enter_async_context(
+                LeanHTTP(
+                    limit=CONCURRENCY,
+                    timeout=calls.options.timeout,
+                    verify=session.get_config_variable("ca_bundle"),
+                )
+            )
+            clients = {
+                r: LeanLightsailClient(http, r, c.meta.endpoint_url, USER_AGENT)
+                for r, c in clients.items()
+            }
 
         async def one(
             account: Account, creds: ReadOnlyCredentials, region: str
@@ -452,6 +468,15 @@ def _region_fix(report: Report, by_code: dict[str, list[Account]]) -> str:
             "Some regions do not accept the account's credentials.",
             "The region is not enabled for the account (an opt-in region): enable it, or "
             "leave it out with --regions / regions in the accounts file.",
+        )
+    if codes & {"InvalidSignatureException", "SignatureDoesNotMatch"}:
+        return report.fix(
+            "lightsail-signature",
+            "Lightsail refused the requests' signature.",
+            "Check the clock of this machine (AWS allows 5 minutes of skew) and that nothing "
+            "on the way (a proxy, the gateway AWS_ENDPOINT_URL_LIGHTSAIL points at) changes "
+            "the request; if `--engine botocore` passes where the default engine does not, "
+            "collect with --engine botocore.",
         )
     if codes & {"Timeout", "ConnectionError"}:
         return report.fix(

@@ -8,9 +8,16 @@ botocore's, so behaviour does not drift:
 
 - the endpoint: taken from a real botocore client for the region (`meta.endpoint_url`),
   so AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_LIGHTSAIL, FIPS and dual-stack settings apply;
-- the signature: SigV4 as botocore's SigV4Auth computes it, with the task's credentials
-  (credentials.use), the derived signing key cached per secret, day and region; a test
-  checks it against botocore's signer header for header;
+- the request URL: the endpoint joined with the operation's path '/' as botocore joins
+  them (an endpoint with a path keeps it, without a '/' added), sent as it is (no
+  re-quoting), with the Host header that was signed;
+- the signature: SigV4 as botocore's SigV4Auth computes it (canonical URI normalized and
+  quoted, the endpoint's query sorted, header values trimmed), with the task's credentials
+  (credentials.use); tests check it against botocore's signer header for header, and the
+  simulator verifies every request with botocore's own SigV4Auth;
+- the derived signing keys (SigningKeys): one entry per access key id, for its current
+  day (per region), at most MAX_SIGNING_KEYS entries, and dropped for an account's keys
+  when the broker forgets its credentials (credentials.CredentialBroker.on_forget);
 - the errors: a non-2xx answer is parsed by botocore's JSON-protocol parser and raised as
   the same botocore ClientError a client would raise (same code, message, status).
 
@@ -29,14 +36,15 @@ import json
 import ssl
 from functools import cache
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
-from botocore.auth import _host_from_url
 from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError
 from botocore.model import OperationModel
 from botocore.parsers import ResponseParserError, create_parser
+from botocore.utils import normalize_url_path
+from yarl import URL
 
 from inventory import __version__
 from inventory.answers import read_bounded, refuse_redirect
@@ -53,25 +61,93 @@ CONTENT_TYPE = "application/x-amz-json-1.1"
 BODY_SHA256 = hashlib.sha256(BODY).hexdigest()
 
 
+MAX_SIGNING_KEYS = 10_000  # access key ids whose derived keys are kept (one day each)
+
+
+def request_url(endpoint_url: str) -> str:
+    """The URL botocore sends a JSON-protocol call to: the endpoint joined with the
+    operation's path '/' (botocore.awsrequest's join): the endpoint's path as it is, or '/'
+    when it has none; its query kept."""
+    p = urlsplit(endpoint_url)
+    return urlunsplit((p.scheme, p.netloc, p.path or "/", p.query, p.fragment))
+
+
+def signed_host(url: str) -> str:
+    """The Host value SigV4 signs for `url`, as botocore derives it: the host in lower case,
+    an IPv6 address in brackets, the port unless it is the scheme's default."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(parts.scheme):
+        host = f"{host}:{parts.port}"
+    return host
+
+
+def canonical_uri(url: str) -> str:
+    """SigV4's canonical URI of `url`, as botocore's SigV4Auth computes it (not S3's):
+    dot segments and repeated slashes removed, then percent-quoted (keeping '/' and '~')."""
+    return quote(normalize_url_path(urlsplit(url).path), safe="/~")
+
+
+def canonical_query(url: str) -> str:
+    """SigV4's canonical query string of `url`, as botocore computes it from a URL: its
+    `key=value` pairs sorted, as written."""
+    query = urlsplit(url).query
+    if not query:
+        return ""
+    pairs = sorted(pair.partition("=")[::2] for pair in query.split("&"))
+    return "&".join(f"{k}={v}" for k, v in pairs)
+
+
+def trim(value: str) -> str:
+    """A header value as SigV4 signs it: outer white space removed, inner runs made one space."""
+    return " ".join(value.split())
+
+
+class SigningKeys:
+    """SigV4's derived signing keys, shared by every region's signer: one entry per access
+    key id holding its secret, its day and a key per (region, service). A new day or
+    another secret for the same key id replaces the entry; past MAX_SIGNING_KEYS entries
+    the oldest goes; `forget` drops a key id's entry (its account is done)."""
+
+    def __init__(self, limit: int = MAX_SIGNING_KEYS):
+        self.limit = limit
+        self._keys: dict[str, tuple[str, str, dict[tuple[str, str], bytes]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def key(self, access_key: str, secret: str, day: str, region: str, service: str) -> bytes:
+        entry = self._keys.get(access_key)
+        if entry is None or entry[1] != day or entry[0] != secret:
+            if entry is None and len(self._keys) >= self.limit:
+                del self._keys[next(iter(self._keys))]
+            entry = self._keys[access_key] = (secret, day, {})
+        derived = entry[2].get((region, service))
+        if derived is None:
+            derived = hmac.digest(("AWS4" + secret).encode(), day.encode(), "sha256")
+            for part in (region, service, "aws4_request"):
+                derived = hmac.digest(derived, part.encode(), "sha256")
+            entry[2][(region, service)] = derived
+        return derived
+
+    def forget(self, access_key: str) -> None:
+        self._keys.pop(access_key, None)
+
+
 class Signer:
-    """SigV4 for the one request we send (POST, body `{}`, five signed headers)."""
+    """SigV4 for the one request we send (POST, body `{}`, five signed headers) to `url`
+    (the request URL, see request_url)."""
 
-    def __init__(self, url: str, region: str, service: str = "lightsail"):
+    def __init__(
+        self, url: str, region: str, service: str = "lightsail", keys: SigningKeys | None = None
+    ):
         self.region, self.service = region, service
-        self.host = _host_from_url(url)
-        self.path = urlsplit(url).path or "/"
-        self._keys: dict[tuple[str, str], bytes] = {}
-
-    def _key(self, secret: str, day: str) -> bytes:
-        key = self._keys.get((secret, day))
-        if key is None:
-            if len(self._keys) > 10_000:  # one per account and day: bounded anyway
-                self._keys.clear()
-            k = hmac.digest(("AWS4" + secret).encode(), day.encode(), "sha256")
-            for part in (self.region, self.service, "aws4_request"):
-                k = hmac.digest(k, part.encode(), "sha256")
-            key = self._keys[(secret, day)] = k
-        return key
+        self.host = trim(signed_host(url))
+        self.path = canonical_uri(url)
+        self.query = canonical_query(url)
+        self.keys = keys if keys is not None else SigningKeys()
 
     def headers(
         self, creds: ReadOnlyCredentials, base: dict[str, str], now: dt.datetime | None = None
@@ -81,7 +157,7 @@ class Signer:
         token = creds.token
         canonical = (
             f"content-type:{CONTENT_TYPE}\nhost:{self.host}\nx-amz-date:{amz_date}\n"
-            + (f"x-amz-security-token:{token}\n" if token else "")
+            + (f"x-amz-security-token:{trim(token)}\n" if token else "")
             + f"x-amz-target:{TARGET}\n"
         )
         signed = (
@@ -89,13 +165,14 @@ class Signer:
             if token
             else "content-type;host;x-amz-date;x-amz-target"
         )
-        request = f"POST\n{self.path}\n\n{canonical}\n{signed}\n{BODY_SHA256}"
+        request = f"POST\n{self.path}\n{self.query}\n{canonical}\n{signed}\n{BODY_SHA256}"
         scope = f"{day}/{self.region}/{self.service}/aws4_request"
         to_sign = (
             f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n"
             + hashlib.sha256(request.encode()).hexdigest()
         )
-        signature = hmac.new(self._key(creds.secret_key, day), to_sign.encode(), "sha256")
+        key = self.keys.key(creds.access_key, creds.secret_key, day, self.region, self.service)
+        signature = hmac.new(key, to_sign.encode(), "sha256")
         out = dict(base)
         out["X-Amz-Date"] = amz_date
         if token:
@@ -135,6 +212,7 @@ class LeanHTTP:
         verify: bool | str | None = None,
         max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     ):
+        self.keys = SigningKeys()  # the derived signing keys of every region's signer
         self._limit = limit
         self.max_answer_bytes = max_answer_bytes
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
@@ -194,13 +272,15 @@ class LeanLightsailClient:
     def __init__(self, http: LeanHTTP, region: str, endpoint_url: str, user_agent: str):
         self._http = http
         self.region = region
-        self.url = endpoint_url.rstrip("/") + "/"
+        self.url = request_url(endpoint_url)
+        self._signer = Signer(self.url, region, keys=http.keys)
         self._headers = {
+            "Host": self._signer.host,
             "Content-Type": CONTENT_TYPE,
             "X-Amz-Target": TARGET,
             "User-Agent": user_agent,
         }
-        self._signer = Signer(self.url, region)
+        self._wire_url = URL(self.url, encoded=True)  # sent as signed: not re-quoted
         self._proxy, self._proxy_auth = env_proxy(self.url)
 
     async def get_container_services(self) -> dict[str, Any]:
@@ -208,7 +288,7 @@ class LeanLightsailClient:
         assert session is not None, "LeanHTTP not entered"
         headers = self._signer.headers(current_credentials(), self._headers)
         async with session.post(
-            self.url,
+            self._wire_url,
             data=BODY,
             headers=headers,
             proxy=self._proxy,

@@ -13,7 +13,8 @@ from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
 # --------------------------------------------------------------------------- simulator
 # `fleet`: 6 member accounts + the hub, seed 1 (member 0 is the showcase account).
 # `simulator`: that fleet served without faults; the AWS env vars point at it.
-# `make_simulator(accounts=6, seed=1, faults=..., fleet=..., ...)`: start more, configured.
+# `make_simulator(accounts=6, seed=1, faults=..., fleet=..., ...)`: start more, configured
+# (`verify_signatures=False`: accept any signature, as the benchmark's unsigned floor).
 
 
 def use_simulator_env(monkeypatch: pytest.MonkeyPatch, sim: Simulator) -> None:
@@ -45,10 +46,16 @@ def make_simulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeSimulator]:
         regions: Sequence[str] | None = None,
         clock: Callable[[], float] = time.time,
         set_env: bool = True,
+        verify_signatures: bool = True,
     ) -> Simulator:
         if fleet is None:
             fleet = Fleet(accounts, seed=seed, regions=regions)
-        sim = Simulator(fleet, faults if faults is not None else Faults(), clock=clock).start()
+        sim = Simulator(
+            fleet,
+            faults if faults is not None else Faults(),
+            clock=clock,
+            verify_signatures=verify_signatures,
+        ).start()
         started.append(sim)
         if set_env:
             use_simulator_env(monkeypatch, sim)

@@ -82,6 +82,22 @@ def test_unknown_region_in_the_file(tmp_path: Path, write_accounts: WriteAccount
     assert str(config) in line and "regions" in line and "'eu-west-9'" in line
 
 
+def test_region_without_a_lightsail_endpoint(tmp_path: Path, write_accounts: WriteAccounts) -> None:
+    """us-west-1 is in the API's RegionName enum, but botocore's endpoint data gives
+    Lightsail no endpoint there: a usage error that says so, from the flag or the file."""
+    result = invoke("collect", "--regions", "us-east-1,us-west-1", "--db", str(tmp_path / "x"))
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert "--regions 'us-west-1'" in line and "Lightsail has no endpoint in us-west-1" in line
+    config = write_accounts(tmp_path / "a.toml", ["111111111111"], regions=["us-west-1"])
+    result = invoke("collect", "--config", str(config), "--db", str(tmp_path / "x"))
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert f"{config}:" in line and "regions[0] = 'us-west-1'" in line
+    assert "Lightsail has no endpoint in us-west-1" in line
+    assert not (tmp_path / "x").exists()
+
+
 def test_malformed_toml(tmp_path: Path) -> None:
     config = tmp_path / "accounts.toml"
     config.write_text('role_name = "Reader"\n\n[[accounts]]\nid = 011111111111\n')

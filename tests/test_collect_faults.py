@@ -141,6 +141,102 @@ async def test_one_hung_account_region_does_not_open_the_breaker(sim_env: Any) -
     assert all(r.ok for r in results.values())
 
 
+# --------------------------------------------------------------------------- unreachable regions
+
+
+def unreachable_results(results: list[Any], region: str) -> tuple[list[Any], list[Any]]:
+    """The region's failed targets: those the breaker stopped, and the others."""
+    failed = [r for r in results if r.region == region]
+    assert len(failed) >= 1 and all(not r.ok and r.error is not None for r in failed)
+    stopped = [r for r in failed if r.error.error_code == "EndpointUnreachable"]
+    return stopped, [r for r in failed if r not in stopped]
+
+
+async def test_an_unreachable_region_fails_fast_once(sim_env: Any, tmp_path: Path) -> None:
+    """Every connection for R2 is closed unanswered (the simulator reads the region from the
+    signature's scope): the breaker trips after a few calls from a few accounts, and the
+    rest of R2 fails at once with EndpointUnreachable naming the endpoint, instead of
+    every account spending 8 attempts and their backoff on it; the other regions are
+    collected, and the run is partial with every failure in the errors table."""
+    fleet = Fleet(10, seed=12, regions=(R1, R2, R3))
+    sim = sim_env(Simulator(fleet, Faults(unreachable_regions={R2})))
+    plan = Plan(
+        accounts=tuple(accounts_of(fleet)),
+        regions=fleet.regions,
+        options=Options(concurrency=4, rate=1000, timeout=2, workers=1),
+    )
+    db = tmp_path / "inv.duckdb"
+    summary = await run_collect(plan, db, None)
+
+    assert summary.status == "partial" and summary.exit_code == 3
+    scans = rows(db, "select account_id, region, status, attempts, error_code from scans")
+    assert {s["status"] for s in scans if s["region"] != R2} == {"ok"}
+    r2 = [s for s in scans if s["region"] == R2]
+    assert len(r2) == 10 and {s["status"] for s in r2} == {"failed"}
+    stopped = [s for s in r2 if s["error_code"] == "EndpointUnreachable"]
+    assert len(stopped) >= 7  # at most the first few targets ran their own course
+    assert {s["error_code"] for s in r2} <= {"EndpointUnreachable", "ConnectionError"}
+    assert sum(s["attempts"] == 0 for s in stopped) >= 5  # most never called it at all
+    calls = sum(s["attempts"] for s in r2)
+    assert calls == sim.operation_stats("GetContainerServices")["dropped"]
+    assert calls < 10 * 8 / 2  # far fewer than every account trying its budget
+    errors = rows(db, "select * from errors where error_code = 'EndpointUnreachable'")
+    assert len(errors) == len(stopped)
+    for e in errors:
+        assert e["region"] == R2 and e["operation"] == "GetContainerServices"
+        assert f"the {R2} endpoint {sim.url} could not be reached" in e["message"]
+        assert e["message"].endswith("none was answered (region circuit breaker)")
+
+
+@pytest.mark.parametrize("engine", ["lean", "botocore"])
+async def test_a_closed_port_fails_fast_once(sim_env: Any, engine: str) -> None:
+    """R2's endpoint is a port nobody listens on (connection refused), through the
+    collector's endpoint hook; the other regions go to the simulator."""
+    import socket
+
+    fleet = Fleet(8, seed=3, regions=(R1, R2))
+    sim = sim_env(Simulator(fleet))
+    with socket.socket() as sock:  # a free port, closed again: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    options = Options(concurrency=3, rate=1000, timeout=2, engine=engine)
+    async with Collector(options, fleet.regions, endpoint_urls={R2: closed}) as c:
+        results = [r async for r in c.results(accounts_of(fleet))]
+
+    assert all(r.ok for r in results if r.region == R1)
+    stopped, others = unreachable_results(results, R2)
+    assert len(stopped) >= 5 and {r.error.error_code for r in others} <= {"ConnectionError"}
+    for r in stopped:
+        assert f"the {R2} endpoint {closed} could not be reached" in r.error.message
+    assert sum(r.attempts for r in results if r.region == R2) < 8 * 8 / 2
+    assert not any(region == R2 for _, region in sim.lightsail_calls())
+
+
+class _AnswersOnce(Simulator):
+    """R2 answers its first call (a 500), then closes every connection unanswered."""
+
+    async def _lightsail(self, request: web.Request, op: str, body: bytes) -> Any:
+        if R2 in request.headers.get("Authorization", ""):
+            if self.faults.unreachable_regions:
+                return await super()._lightsail(request, op, body)
+            self.faults.unreachable_regions = {R2}
+            return self._json_error(op, "errors_5xx", 500, "ServiceException", "once")
+        return await super()._lightsail(request, op, body)
+
+
+async def test_a_region_that_answered_once_is_never_tripped(sim_env: Any) -> None:
+    """An answer of any status proves the endpoint is there: dropped connections after it
+    are retried to each target's budget, as before, never cut short by the breaker."""
+    fleet = Fleet(6, seed=3, regions=(R1, R2))
+    sim_env(_AnswersOnce(fleet))
+    options = Options(concurrency=3, rate=1000, timeout=2, max_attempts=3)
+    async with Collector(options, fleet.regions, backoff=Backoff(0.001, 0.005)) as c:
+        results = [r async for r in c.results(accounts_of(fleet))]
+    stopped, others = unreachable_results(results, R2)
+    assert stopped == [] and len(others) == 6
+    assert all(r.attempts == 3 and "circuit breaker" not in r.error.message for r in others)
+
+
 def test_run_time_bound_follows_the_settings() -> None:
     o = Options(concurrency=4, timeout=0.3, target_deadline=1.0, max_attempts=3, rate=1000)
     # (18/4 + 2) deadlines + 18 targets × 9 attempts paced at no less than 1000/16 per s

@@ -180,3 +180,31 @@ def test_trust_principal() -> None:
         == "arn:aws:iam::123456789012:role/Hub"
     )
     assert trust_principal(HUB_ARN) == HUB_ARN
+
+
+def test_doctor_checks_the_engine_collect_uses(
+    tmp_path: Path, make_simulator: MakeSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault only the lean engine (collect's default) has, here a signature the simulator
+    refuses, shows in doctor; `--engine botocore` checks the aiobotocore client instead."""
+    import inventory.lean
+
+    fleet = Fleet(3, seed=1, regions=R3[:2])
+    sim = make_simulator(fleet=fleet, faults=Faults(external_id="ext-42"))
+    config = write_accounts(tmp_path / "a.toml", list(fleet.account_ids))
+    monkeypatch.setattr(inventory.lean, "BODY_SHA256", "0" * 64)  # signs another body
+
+    code, out = doctor("-c", str(config), "--regions", ",".join(R3[:2]))
+    assert code == 1, out
+    for r in R3[:2]:
+        hit = line_of(out, "region", f"{r}:")
+        assert hit.split()[0] == "FAIL" and "InvalidSignatureException" in hit
+    assert "Lightsail refused the requests' signature." in out
+    bad = sim.operation_stats("GetContainerServices")["bad_signature"]
+    assert bad == 3 * len(R3[:2])
+
+    code, out = doctor("-c", str(config), "--regions", ",".join(R3[:2]), "--engine", "botocore")
+    assert code == 0, out
+    assert sim.operation_stats("GetContainerServices")["bad_signature"] == bad  # none more
+    code, out = doctor("-c", str(config), "--engine", "fast")
+    assert code == 2

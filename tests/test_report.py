@@ -35,8 +35,8 @@ from inventory.simulator import Faults, Fleet, Simulator
 from inventory.store import Store
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-DENIED_REGION = "eu-north-1"
-EMPTY_REGION = "ca-central-1"
+DENIED_REGION = "ap-northeast-2"  # the showcase account has services there
+EMPTY_REGION = "eu-central-1"
 
 runner = CliRunner()
 

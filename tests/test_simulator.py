@@ -21,7 +21,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
 
-from inventory.simulator import BASE_ACCESS_KEY, Faults, Fleet, Simulator
+from inventory.simulator import BASE_ACCESS_KEY, BASE_SECRET_KEY, Faults, Fleet, Simulator
 from inventory.simulator.fleet import DEPLOYMENT_STATES, POWERS, STATES
 
 CFG = Config(
@@ -254,9 +254,9 @@ async def test_region_comes_from_the_signature(simulator: Simulator, fleet: Flee
     assert acct is not None
     creds = await assume(acct)
     east = await services("us-east-1", creds)
-    west = await services("eu-west-2", creds)
+    west = await services("eu-west-3", creds)
     assert {s["location"]["regionName"] for s in east} == {"us-east-1"}
-    assert {s["location"]["regionName"] for s in west} == {"eu-west-2"}
+    assert {s["location"]["regionName"] for s in west} == {"eu-west-3"}
     assert len(east) == 10 and len(west) == 4
 
 
@@ -518,8 +518,8 @@ def test_process_mode(fleet: Fleet) -> None:
             "lightsail",
             region_name="us-east-1",
             endpoint_url=url,
-            aws_access_key_id="AKIDX",
-            aws_secret_access_key="x",
+            aws_access_key_id=BASE_ACCESS_KEY,
+            aws_secret_access_key=BASE_SECRET_KEY,
             config=CFG,
         )
         got = client.get_container_services()["containerServices"]
@@ -527,3 +527,108 @@ def test_process_mode(fleet: Fleet) -> None:
     finally:
         proc.terminate()
         assert proc.wait(10) == 0 or proc.returncode == -15
+
+
+# --------------------------------------------------------------------------- signatures
+async def _status_and_code(coro: Any) -> tuple[int, str]:
+    with pytest.raises(ClientError) as info:
+        await coro
+    response = info.value.response
+    return response["ResponseMetadata"]["HTTPStatusCode"], str(response["Error"]["Code"])
+
+
+async def _sts_identity(**kw: Any) -> dict[str, Any]:
+    async with aioboto3.Session().client("sts", config=CFG, **kw) as sts:
+        return dict(await sts.get_caller_identity())
+
+
+async def _services_as(region: str, **kw: Any) -> list[dict[str, Any]]:
+    async with aioboto3.Session().client("lightsail", region_name=region, config=CFG, **kw) as ls:
+        return list((await ls.get_container_services())["containerServices"])
+
+
+async def _org_accounts(**kw: Any) -> dict[str, Any]:
+    async with aioboto3.Session().client("organizations", config=CFG, **kw) as org:
+        return dict(await org.list_accounts())
+
+
+async def test_every_signature_is_checked(simulator: Simulator, fleet: Fleet) -> None:
+    """The simulator verifies SigV4 with botocore's SigV4Auth and the secret it knows: the
+    right secret passes (the base keys and assumed roles, session tokens included); a wrong
+    one is answered as AWS answers it, per protocol."""
+    acct = fleet.account_ids[0]
+    creds = await assume(acct)  # signed with the base keys: verified
+    assert (await _sts_identity())["Account"] == fleet.hub_account_id
+    assert wire(await services("us-east-1", creds)) == fleet.services(acct, "us-east-1")
+
+    wrong_base = {"aws_access_key_id": BASE_ACCESS_KEY, "aws_secret_access_key": "not-it"}
+    assert await _status_and_code(_sts_identity(**wrong_base)) == (403, "SignatureDoesNotMatch")
+    lightsail = await _status_and_code(_services_as("us-east-1", **wrong_base))
+    assert lightsail == (403, "InvalidSignatureException")
+    assert await _status_and_code(_org_accounts(**wrong_base)) == (
+        403,
+        "InvalidSignatureException",
+    )
+    forged = dict(creds, SecretAccessKey=creds["SecretAccessKey"][:-1] + "x")
+    assert await _status_and_code(services("us-east-1", forged)) == (
+        403,
+        "InvalidSignatureException",
+    )
+    # a key the simulator never issued cannot be verified: refused as unknown
+    stranger = {"aws_access_key_id": "AKIDSTRANGER", "aws_secret_access_key": "whatever"}
+    assert await _status_and_code(_sts_identity(**stranger)) == (403, "InvalidClientTokenId")
+    assert (await _status_and_code(_services_as("us-east-1", **stranger)))[1] == (
+        "UnrecognizedClientException"
+    )
+    counted = simulator.operation_stats("GetContainerServices")["bad_signature"]
+    assert counted == 2 and simulator.operation_stats("GetCallerIdentity")["bad_signature"] == 1
+
+
+async def test_a_request_changed_after_signing_is_refused(simulator: Simulator) -> None:
+    """What the signature covers: the body, the path and the signed headers as they arrive."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import ReadOnlyCredentials
+
+    base = ReadOnlyCredentials(BASE_ACCESS_KEY, BASE_SECRET_KEY, None)
+    target = "Lightsail_20161128.GetContainerServices"
+
+    def signed(path: str, body: bytes) -> dict[str, str]:
+        req = AWSRequest(
+            method="POST",
+            url=simulator.url + path,
+            data=body,
+            headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target},
+        )
+        SigV4Auth(base, "lightsail", "us-east-1").add_auth(req)
+        return dict(req.headers.items())
+
+    async def post(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(simulator.url + path, data=body, headers=headers) as resp,
+        ):
+            return resp.status, await resp.read()
+
+    good = signed("/", b"{}")
+    assert (await post("/", b"{}", good))[0] == 200
+    for path, body, headers in [
+        ("/", b'{"serviceName":"x"}', good),  # another body
+        ("/other", b"{}", good),  # another path
+        ("/", b"{}", dict(good, **{"X-Amz-Date": "20200101T000000Z"})),  # another date
+    ]:
+        status, answer = await post(path, body, headers)
+        assert (status, json.loads(answer)["__type"]) == (403, "InvalidSignatureException")
+
+
+def test_signature_check_off_for_a_floor(make_simulator: Any, fleet: Fleet) -> None:
+    """verify_signatures=False (`--no-verify-signatures`): any signature is accepted, and a
+    key without a session token is the base identity."""
+    from inventory.simulator.__main__ import build, parse_args
+
+    assert build(parse_args([])).verify_signatures is True
+    assert build(parse_args(["--no-verify-signatures"])).verify_signatures is False
+    make_simulator(fleet=fleet, verify_signatures=False)
+    stranger = {"aws_access_key_id": "AKIDSTRANGER", "aws_secret_access_key": "whatever"}
+    got = asyncio.run(_services_as("us-east-1", **stranger))
+    assert wire(got) == fleet.services(fleet.hub_account_id, "us-east-1")

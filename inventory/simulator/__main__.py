@@ -8,6 +8,8 @@ and `--seed` serve, and exits: `inventory collect --config` reads it as it is.
 Pair options (`--hang-region`, `--deny-region`, `--unenabled-region`, `--malformed`,
 `--huge-answer`, `--unknown-members`, `--bad-leaves`, `--no-services-member`,
 `--services-not-list`) take `REGION` (every account) or `ACCOUNT:REGION`, and may be repeated.
+Every request's SigV4 signature is verified (the base identity's keys are the ones
+`--print-env` exports); `--no-verify-signatures` accepts any.
 """
 
 from __future__ import annotations
@@ -66,9 +68,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--services-not-list",
     ):
         p.add_argument(flag, action="append", default=[], type=_pair)
+    p.add_argument(
+        "--unreachable-region",
+        action="append",
+        default=[],
+        metavar="REGION",
+        help="close every Lightsail connection for REGION unanswered (may be repeated)",
+    )
     p.add_argument("--credential-ttl", type=float, default=3600.0, metavar="SECONDS")
     p.add_argument("--external-id", default=None)
     p.add_argument("--fault-seed", type=int, default=0)
+    p.add_argument(
+        "--no-verify-signatures",
+        dest="verify_signatures",
+        action="store_false",
+        help="accept any signature (a benchmark's floor); any key without a session token "
+        "is then the base identity",
+    )
     p.add_argument("--print-env", action="store_true", help="also print export lines")
     p.add_argument(
         "--print-accounts",
@@ -106,11 +122,14 @@ def build(args: argparse.Namespace) -> Simulator:
         bad_leaves=set(args.bad_leaves),
         no_services_member=set(args.no_services_member),
         services_not_list=set(args.services_not_list),
+        unreachable_regions=set(args.unreachable_region),
         credential_ttl_s=args.credential_ttl,
         external_id=args.external_id,
         seed=args.fault_seed,
     )
-    return Simulator(fleet, faults, host=args.host, port=args.port)
+    return Simulator(
+        fleet, faults, host=args.host, port=args.port, verify_signatures=args.verify_signatures
+    )
 
 
 async def serve(sim: Simulator, print_env: bool = False) -> None:

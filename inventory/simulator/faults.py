@@ -24,6 +24,9 @@ class Faults:
     denied_regions: set[Pair] = field(default_factory=set)  # 400 AccessDeniedException
     unenabled_regions: set[Pair] = field(default_factory=set)  # 400 UnrecognizedClientException
     hang_regions: set[Pair] = field(default_factory=set)  # accepted, never answered
+    # Lightsail regions whose every connection is closed unanswered (an endpoint that cannot
+    # be reached), whoever calls: the region is read from the signature's credential scope
+    unreachable_regions: set[str] = field(default_factory=set)
     malformed: set[Pair] = field(default_factory=set)  # answered with an unexpected shape
     # Lightsail: an answer of `huge_bytes` (valid JSON), streamed chunked, or with its
     # Content-Length when `huge_with_length`; for the operations in `huge_operations`

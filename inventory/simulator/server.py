@@ -9,13 +9,19 @@ the standard endpoint variables (`Simulator.env()`):
 
 Callers are told apart by the access key in the SigV4 `Authorization` header
 (`Credential=AKID/DATE/REGION/SERVICE/aws4_request`); the credential scope's REGION is the
-region of a Lightsail call. The signature itself is NOT verified. A key the simulator
-issued (AssumeRole, `ASIA…`) must come with its `X-Amz-Security-Token` and before its
-expiry. Any other key without a session token is the base identity: the fleet's hub
-account. An unknown key that carries a session token, or starts with `ASIA`, is refused.
+region of a Lightsail call. Every request's SigV4 signature is verified with botocore's
+own SigV4Auth over what arrived (method, path, query, the signed headers, the body): the
+simulator knows every secret it handed out, the base identity's (`BASE_ACCESS_KEY`) and
+those its AssumeRole issued. A mismatch is answered as AWS answers it:
+`InvalidSignatureException` (Lightsail, Organizations) or `SignatureDoesNotMatch` (STS); an
+access key it never issued, as an unknown key (`UnrecognizedClientException` /
+`InvalidClientTokenId`). A key the simulator issued (AssumeRole, `ASIA…`) must come with
+its `X-Amz-Security-Token` and before its expiry. `verify_signatures=False` (command line
+`--no-verify-signatures`) skips the check, for a benchmark's floor: then any key without a
+session token is the base identity, as if its secret were known.
 
 Responses are pre-serialized and cached per (account, region); per request the work is a
-regex on one header, a few dict lookups and the counters.
+regex on one header, the signature check, a few dict lookups and the counters.
 
 Besides the AWS API: `GET /_sim/stats`, `GET /_sim/truth`, `POST /_sim/reset-stats`,
 `POST /_sim/expire-credentials`.
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import json
 import os
 import re
@@ -41,6 +48,9 @@ from urllib.parse import parse_qs
 from xml.sax.saxutils import escape
 
 from aiohttp import web
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
 
 from inventory.simulator.faults import Faults
 from inventory.simulator.fleet import Fleet
@@ -59,6 +69,7 @@ COUNTERS = (
     "dropped",
     "hung",
     "denied",
+    "bad_signature",
     "expired",
     "other_errors",
     "huge",
@@ -81,6 +92,13 @@ UNSET_ENV = (
 )
 
 _AUTH_RE = re.compile(r"Credential=([^/\s,]+)/[^/\s,]*/([^/\s,]+)/([^/\s,]+)/aws4_request")
+_BODY = web.RequestKey("body", bytes)  # the request's body, kept on the request by _handle
+_SIGNATURE_RE = re.compile(r"SignedHeaders=([^,\s]+),\s*Signature=([0-9a-f]+)")
+SIGNATURE_MISMATCH = (
+    "The request signature we calculated does not match the signature you provided. "
+    "Check your AWS Secret Access Key and signing method. Consult the service "
+    "documentation for details."
+)
 _ROLE_RE = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):role/(?:[\w+=,.@/-]*/)?([\w+=,.@-]+)")
 _EMPTY_SERVICES = b'{"containerServices":[]}'
 _JSON_CT = "application/x-amz-json-1.1"
@@ -143,8 +161,10 @@ class Simulator:
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] = time.time,
+        verify_signatures: bool = True,
     ) -> None:
         self.fleet = fleet
+        self.verify_signatures = verify_signatures
         self.faults = faults if faults is not None else Faults()
         self.host = host
         self.port = port
@@ -378,7 +398,11 @@ class Simulator:
         cred = self._creds.get(key)
         if cred is None:
             if token is None and not key.startswith("ASIA"):
-                return _Caller(self.fleet.hub_account_id, region, None)
+                if not self.verify_signatures:
+                    return _Caller(self.fleet.hub_account_id, region, None)
+                if key == BASE_ACCESS_KEY:
+                    self._check_signature(request, op, xml, auth, m, BASE_SECRET_KEY)
+                    return _Caller(self.fleet.hub_account_id, region, None)
             msg = "The security token included in the request is invalid."
             if xml:
                 raise _Reject(self._xml_error(op, "denied", 403, "InvalidClientTokenId", msg))
@@ -393,7 +417,57 @@ class Simulator:
             if xml:
                 raise _Reject(self._xml_error(op, "expired", 400, "ExpiredToken", msg))
             raise _Reject(self._json_error(op, "expired", 400, "ExpiredTokenException", msg))
+        if self.verify_signatures:
+            self._check_signature(request, op, xml, auth, m, cred.secret_access_key)
         return _Caller(cred.account_id, region, cred)
+
+    def _check_signature(
+        self,
+        request: web.Request,
+        op: str,
+        xml: bool,
+        auth: str | None,
+        scope: re.Match[str],
+        secret: str,
+    ) -> None:
+        """Recompute the request's SigV4 signature with botocore's SigV4Auth over what
+        arrived (the headers it says it signed, the raw path and query, the body that
+        `_handle` read) and `secret`; raises _Reject with AWS's answer to a mismatch."""
+        signed = _SIGNATURE_RE.search(auth or "")
+        ok = False
+        if signed is not None and "X-Amz-Date" in request.headers:
+            names = signed.group(1).split(";")
+            headers = {n: ",".join(request.headers.getall(n, [])) for n in names}
+            host = request.headers.get("Host", "")
+            wire = AWSRequest(
+                method=request.method,
+                url=f"http://{host}{request.raw_path}",
+                data=request.get(_BODY, b""),
+                headers=headers,
+            )
+            wire.context["timestamp"] = request.headers["X-Amz-Date"]
+            token = request.headers.get("X-Amz-Security-Token")
+            signer = SigV4Auth(
+                ReadOnlyCredentials(scope.group(1), secret, token), scope.group(3), scope.group(2)
+            )
+            canonical = signer.canonical_request(wire)
+            expected = signer.signature(signer.string_to_sign(wire, canonical), wire)
+            ok = hmac.compare_digest(expected, signed.group(2)) and signer.signed_headers(
+                signer.headers_to_sign(wire)
+            ) == signed.group(1)
+        if ok:
+            return
+        if xml:
+            raise _Reject(
+                self._xml_error(
+                    op, "bad_signature", 403, "SignatureDoesNotMatch", SIGNATURE_MISMATCH
+                )
+            )
+        raise _Reject(
+            self._json_error(
+                op, "bad_signature", 403, "InvalidSignatureException", SIGNATURE_MISMATCH
+            )
+        )
 
     async def _latency(self) -> None:
         delay = self.faults.latency_s()
@@ -403,6 +477,7 @@ class Simulator:
     # ------------------------------------------------------------------ dispatch
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        request[_BODY] = body  # for the signature check
         self.total_requests += 1
         target = request.headers.get("X-Amz-Target")
         try:
@@ -535,6 +610,11 @@ class Simulator:
     # ------------------------------------------------------------------ Lightsail
     async def _lightsail(self, request: web.Request, op: str, body: bytes) -> web.StreamResponse:
         self._count(op, "calls")
+        if self.faults.unreachable_regions:
+            scope = _AUTH_RE.search(request.headers.get("Authorization") or "")
+            if scope is not None and scope.group(2) in self.faults.unreachable_regions:
+                self._count(op, "dropped")
+                return self._drop(request)
         caller = self._authenticate(request, op, xml=False)
         account, region = caller.account_id, caller.region
         key = (account, region)
