@@ -933,6 +933,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "unsigned requests, and every run then meets the same simulator)",
     )
     p.add_argument(
+        "--verify-signatures",
+        action="store_true",
+        help="let the simulator check every signature (off by default: the floor sends "
+        "unsigned requests, and every run then meets the same simulator)",
+    )
+    p.add_argument(
         "--huge-answer-mb",
         type=float,
         default=0.0,
@@ -1016,6 +1022,8 @@ def main(argv: list[str] | None = None) -> int:
             work.mkdir()
             t0 = time.perf_counter()
             sim_args, huge = list(args.sim_arg), None
+            if not args.verify_signatures:
+                sim_args.append("--no-verify-signatures")
             if args.huge_answer_mb > 0:
                 from inventory.simulator import Fleet
 
