@@ -378,8 +378,8 @@ def fingerprint_key(store: Store, env_values: bool, accept_new: bool = False) ->
 def export_failed(store: Store, summary: RunSummary, exc: Exception) -> None:
     """The Parquet export failed after the run was stored (a full disk, a bucket gone):
     the run stays in DuckDB, the failure becomes an errors row (operation 'ExportParquet')
-    and a complete run becomes partial (exit 3), never 'nothing collected'. Best effort: a store that
-    cannot take the row leaves the summary alone to say it."""
+    and a complete run becomes partial (exit 3), never 'nothing collected'. Best effort: a
+    store that cannot take the row leaves the summary and the log to say it."""
     code = (
         errno.errorcode.get(exc.errno, "OSError")
         if isinstance(exc, OSError) and exc.errno
