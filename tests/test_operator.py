@@ -431,3 +431,52 @@ def test_report_of_a_killed_run_says_it_did_not_finish(
     assert 'data-status="failed"' in page
     assert "the process ended (killed, or the machine stopped) after 0 of 4" in page
     assert "no scans" in page and "every account and region answered" not in page
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+@pytest.mark.parametrize(
+    ("status", "scans", "interrupted", "run_errors", "errors", "says"),
+    [
+        ("complete", 8, 0, [], 0, "Complete: every account × region answered."),
+        ("partial", 8, 0, [], 1, "Partial: 1 of 8 account × region failed."),
+        ("partial", 8, 3, [], 3, "Partial: interrupted (Ctrl-C or SIGTERM); 3 account"),
+        ("partial", 8, 0, [("ExportParquet", "ENOSPC", "disk full")], 1, "but ExportParquet"),
+        ("failed", 8, 0, [], 8, "Failed: every account × region failed"),
+        ("failed", 0, 0, [("ListAccounts", "AccessDenied", "no")], 1, "stopped by an error"),
+        ("failed", 3, 0, [], 0, "the process ended (killed, or the machine stopped) after 3"),
+        ("running", 0, 0, [], 0, "Not finished"),
+    ],
+)
+def test_why_it_ended(
+    status: str,
+    scans: int,
+    interrupted: int,
+    run_errors: list[tuple[str, str, str]],
+    errors: int,
+    says: str,
+) -> None:
+    from inventory.report import why_it_ended
+
+    failed = {"partial": 1 if not interrupted else 3, "failed": 8}.get(status, 0)
+    if run_errors and status == "partial":
+        failed = 0
+    run = {"status": status, "targets": 8, "targets_failed": failed}
+    text = why_it_ended(run, scans, interrupted, run_errors, errors)
+    assert says in text
+    assert ("no scans" in text) == (scans == 0)
+    assert ("recorded no errors" in text) == (errors == 0 and status != "complete")
+
+
+def test_env_values_compare_only_with_the_same_key_and_mode() -> None:
+    from inventory.diff import _env_incomparable
+
+    fp_a, fp_b, values, old = ("a", False), ("b", False), (None, True), (None, None)
+    assert _env_incomparable(fp_a, fp_a) is None
+    assert _env_incomparable(values, values) is None
+    assert _env_incomparable(old, fp_a) is None  # a run from before schema 3: as before
+    assert _env_incomparable(None, fp_a) is None
+    assert "different keys" in (_env_incomparable(fp_a, fp_b) or "")
+    assert "values" in (_env_incomparable(fp_a, values) or "")
+    assert "fingerprints" in (_env_incomparable(values, fp_a) or "")
