@@ -22,9 +22,10 @@ runs intact (DuckDB's WAL). The next `begin_run` marks an interrupted run 'faile
 deletes its inventory rows (keeping its scans and errors), so "a failed run has no
 inventory rows" always holds.
 
-Damage. A writer reads every block of an existing file (read-only) before it writes
-anything, so a truncated file, or one with bytes overwritten anywhere, is refused with
-`BadStore` and left unchanged; a reader that meets damage gets the same one-line error.
+Damage. A writer reads every value of an existing file (read-only) before it writes
+anything, and DuckDB checks the checksum of each block it reads, so a truncated file, or
+one with bytes overwritten in any block that holds data, is refused with `BadStore` and
+left unchanged (bytes a block does not use are never read, and harmless); a reader that meets damage gets the same one-line error.
 `inventory rebuild` (rebuild.py) makes a new store from the Parquet lake.
 """
 
@@ -349,7 +350,7 @@ class Store:
         try:
             if exists:
                 # Look before touching: a read-only open changes nothing in a foreign or
-                # damaged file; every block is read once, so damage anywhere is found here.
+                # damaged file; every value is read once, so damaged data is found here.
                 with store.connection(read_only=True) as con:
                     _inspect(con, db)
                     _verify(con, db)
