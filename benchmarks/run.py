@@ -933,12 +933,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "unsigned requests, and every run then meets the same simulator)",
     )
     p.add_argument(
-        "--verify-signatures",
-        action="store_true",
-        help="let the simulator check every signature (off by default: the floor sends "
-        "unsigned requests, and every run then meets the same simulator)",
-    )
-    p.add_argument(
         "--huge-answer-mb",
         type=float,
         default=0.0,

@@ -265,7 +265,9 @@ CREATE EXTERNAL TABLE IF NOT EXISTS lightsail_inventory.runs (
   `tool_version` string,
   `schema_version` int,
   `shard` int,
-  `shards` int
+  `shards` int,
+  `fingerprint_key_id` string,
+  `env_values` boolean
 )
 PARTITIONED BY (`run_date` string)
 STORED AS PARQUET

@@ -54,6 +54,15 @@ def _errors_to_exit(fn: F) -> F:
                 f"[red]error:[/] {escape(visible(str(exc)))}", markup=True, soft_wrap=True
             )
             raise typer.Exit(exc.exit_code) from None
+        except Exception as exc:
+            if not type(exc).__module__.startswith(("duckdb", "_duckdb")):
+                raise
+            # a database error no command foresaw: still one line, never a traceback
+            text = " ".join(str(exc).split())
+            render.console(stderr=True).print(
+                f"[red]error:[/] {escape(text)}", markup=True, soft_wrap=True
+            )
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -140,6 +149,14 @@ def collect(
     include_env_values: Annotated[
         bool,
         typer.Option(help="Store container environment VALUES (secrets!). Default: fingerprints."),
+    ] = False,
+    new_fingerprint_key: Annotated[
+        bool,
+        typer.Option(
+            "--new-fingerprint-key",
+            help="Accept a fingerprint key other than the one the store's runs used (or "
+            "mint one when its file is lost); diff then skips env values across the change.",
+        ),
     ] = False,
     wait: Annotated[bool, typer.Option(help="Wait for another collect on the same --db.")] = False,
     workers: Annotated[
@@ -277,6 +294,7 @@ def collect(
                     wait_for_lock=wait,
                     run_id=run_id,
                     shard=part,
+                    new_fingerprint_key=new_fingerprint_key,
                 )
             )
     if quiet and summary.exit_code == 0:
@@ -436,6 +454,29 @@ def demo(
     raise typer.Exit(code)
 
 
+@app.command()
+@_errors_to_exit
+def rebuild(
+    from_lake: Annotated[
+        str, typer.Option("--from-lake", help="The Parquet lake: a folder or s3://bucket/prefix.")
+    ],
+    db: Annotated[Path, typer.Option("--db", help="The new DuckDB file (must not exist).")],
+) -> None:
+    """Make a new store from the Parquet lake: every run, every table, the views.
+
+    Example: inventory rebuild --from-lake s3://lake/lightsail --db data/inventory.duckdb
+    """
+    from inventory import rebuild as rebuild_mod
+
+    done = rebuild_mod.rebuild(from_lake, db)
+    rows = sum(n for t, n in done.rows.items() if t != "runs")
+    render.console().print(
+        f"rebuilt {db} from {from_lake}: {done.runs} run{'s' if done.runs != 1 else ''}, "
+        f"{rows:,} rows",
+        soft_wrap=True,
+    )
+
+
 @app.command("diff")
 @_errors_to_exit
 def diff_cmd(
@@ -473,6 +514,9 @@ def diff_cmd(
 
         sys.stdout.write(json.dumps(result.to_json(), indent=2, default=str) + "\n")
         return
+    if format is Fmt.csv:  # the table's title says it; CSV has no title
+        for note in result.notes():
+            render.console(stderr=True).print(f"note: {escape(note)}", soft_wrap=True)
     columns, rows = result.rows()
     _print_rows(columns, rows, format, result.title())
 

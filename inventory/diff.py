@@ -19,6 +19,10 @@ both sides, containers by name (appeared, disappeared, image, ports, command, en
 names added or removed, values changed). Environment values are compared as stored (the
 HMAC fingerprint, by default) and shown only as fingerprints: a store made with
 `--include-env-values` holds raw values, and those are never shown (old/new are null).
+Values of two runs are compared only when both were kept the same way (runs.env_values)
+with the same key (runs.fingerprint_key_id): otherwise every value would seem to change, so
+no `env_value` change is reported for that pair of runs and `Diff.env_not_compared` (and the
+title, once) says why. Runs from before those columns (NULL) are compared as before.
 """
 
 from __future__ import annotations
@@ -116,6 +120,15 @@ class Diff:
     pairs: list[Pair] = field(default_factory=list)
     uncompared: list[Uncompared] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
+    # (from_run, to_run, why): run pairs whose environment values were not compared
+    env_not_compared: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        """One line per pair of runs whose environment values could not be compared."""
+        return [
+            f"environment values not compared between runs {a} and {b}: {why}"
+            for a, b, why in self.env_not_compared
+        ]
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -142,6 +155,8 @@ class Diff:
         )
         if self.uncompared:
             text += f"; {len(self.uncompared)} account × region pairs not compared"
+        for note in self.notes():
+            text += f"; {note}"
         return text
 
     def rows(self) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -175,6 +190,9 @@ class Diff:
             "counts": self.counts(),
             "changes": [asdict(c) for c in self.changes],
             "uncompared": [asdict(u) for u in self.uncompared],
+            "env_values_not_compared": [
+                {"from_run": a, "to_run": b, "reason": why} for a, b, why in self.env_not_compared
+            ],
         }
 
 
@@ -322,11 +340,20 @@ def diff(
     finally:
         con.unregister(view)
     runs = {(p.account_id, p.region): p for p in pairs}
+    modes = _env_modes(con, {p.from_run for p in pairs} | {p.to_run for p in pairs})
+    why_not: dict[tuple[str, str], str | None] = {}
+    for p in pairs:
+        if (p.from_run, p.to_run) not in why_not:
+            why = _env_incomparable(modes.get(p.from_run), modes.get(p.to_run))
+            why_not[(p.from_run, p.to_run)] = why
+            if why is not None:
+                result.env_not_compared.append((p.from_run, p.to_run, why))
     out: list[Change] = []
     for key, pair in runs.items():
         out.extend(
             _compare_target(
                 pair,
+                why_not[(pair.from_run, pair.to_run)] is None,
                 services.get((*key, 0), {}),
                 services.get((*key, 1), {}),
                 deployments.get((*key, 0), {}),
@@ -365,8 +392,40 @@ def _fetch(
     return out
 
 
+def _env_modes(
+    con: duckdb.DuckDBPyConnection, run_ids: set[str]
+) -> dict[str, tuple[str | None, bool | None]]:
+    """{run_id: (fingerprint_key_id, env_values)}; empty for a store or lake without them."""
+    cur = con.execute("SELECT * FROM runs LIMIT 0")
+    names = {d[0] for d in cur.description or []}
+    cur.fetchall()
+    if not {"fingerprint_key_id", "env_values"} <= names:
+        return {}
+    rows = con.execute(
+        "SELECT run_id, any_value(fingerprint_key_id), any_value(env_values) FROM runs "
+        "WHERE list_contains($ids, run_id) GROUP BY run_id",
+        {"ids": sorted(run_ids)},
+    ).fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def _env_incomparable(
+    old: tuple[str | None, bool | None] | None, new: tuple[str | None, bool | None] | None
+) -> str | None:
+    """Why the environment values of two runs cannot be compared, or None when they can."""
+    if old is None or new is None or old[1] is None or new[1] is None:
+        return None  # a run from before runs.env_values: compared as before
+    if old[1] != new[1]:
+        stored = "values" if new[1] else "fingerprints"
+        return f"one stored fingerprints, the other values (the newer stored {stored})"
+    if not new[1] and old[0] != new[0]:
+        return f"fingerprinted with different keys (key id {old[0]}, then {new[0]})"
+    return None
+
+
 def _compare_target(
     pair: Pair,
+    env_comparable: bool,
     old_svcs: Rows,
     new_svcs: Rows,
     old_deps: Rows,
@@ -430,7 +489,7 @@ def _compare_target(
             yield change("env_added", name, f"{base}.environment.{var}", None, _fp(new_env[var]))
         for var in sorted(old_env.keys() - new_env.keys()):
             yield change("env_removed", name, f"{base}.environment.{var}", _fp(old_env[var]), None)
-        for var in sorted(old_env.keys() & new_env.keys()):
+        for var in sorted(old_env.keys() & new_env.keys()) if env_comparable else ():
             if old_env[var] != new_env[var]:
                 yield change(
                     "env_value",

@@ -52,6 +52,14 @@ class StoreError(InventoryError):
     exit_code = 1
 
 
+class BadStore(StoreError):
+    """The `--db` file cannot be used as a store: missing (for a reader), not a DuckDB
+    database, another application's, written by a newer version, damaged, or not writable
+    there. A usage or configuration error: the file is left as it was."""
+
+    exit_code = 2
+
+
 class StoreLocked(StoreError):
     """Another process holds the writer lock on the database."""
 

@@ -130,6 +130,21 @@ def _create_key(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+KEY_ID_DIGITS = 16
+
+
+def key_id(key: bytes) -> str:
+    """A key's id, stored with each run (runs.fingerprint_key_id): the first 16 hex digits of
+    HMAC-SHA256(key, "key-id"). Not secret (it reveals nothing of the key), and equal for
+    two runs exactly when their fingerprints compare."""
+    return hmac.digest(bytes(key), b"key-id", "sha256").hex()[:KEY_ID_DIGITS]
+
+
+def key_exists(db_path: str | os.PathLike[str]) -> bool:
+    """Whether `load_key(db_path)` would use an existing key rather than mint a new one."""
+    return os.environ.get(KEY_ENV) is not None or os.path.lexists(key_path(db_path))
+
+
 class Fingerprinter:
     """`Fingerprinter(key)(value)` -> 'hmac-sha256:' + the first 16 hex digits of HMAC-SHA256."""
 

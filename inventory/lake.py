@@ -37,7 +37,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from inventory import schema
-from inventory.errors import StoreError
+from inventory.errors import StoreError, UsageError
 from inventory.files import keep_mode, make_dirs, temp_beside
 
 if TYPE_CHECKING:
@@ -393,3 +393,48 @@ def _write_remote(
     except OSError as e:
         raise StoreError(f"s3://{key}: cannot write it: {e}") from e
     return rows
+
+
+def check_writable(dest: str | os.PathLike[str]) -> None:
+    """Before a run's first API call: prove `dest` takes a file, by writing and removing a
+    small hidden probe (`.inventory-preflight-*`, which no reader globs). A local folder is
+    created if missing; on S3 the bucket must be reachable, and allow PutObject and
+    DeleteObject (a re-export deletes old parts). Raises UsageError naming --parquet-dir."""
+    import secrets
+
+    text = str(dest).rstrip("/")
+    probe = f".inventory-preflight-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        fs, root = _filesystem(text)
+    except StoreError as e:
+        raise UsageError(f"--parquet-dir {text!r}: {e}") from e
+    if fs is None:
+        base = Path(root)
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            fd = os.open(base / probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, b"preflight\n")
+            finally:
+                os.close(fd)
+            os.unlink(base / probe)
+        except OSError as e:
+            raise UsageError(
+                f"--parquet-dir {text}: cannot write there: {e.strerror or e}; give a "
+                "writable folder, or --no-parquet"
+            ) from e
+        return
+    bucket, _, prefix = root.partition("/")
+    if not bucket:
+        raise UsageError(f"--parquet-dir {text!r}: give a bucket, s3://bucket[/prefix]")
+    key = f"{prefix.rstrip('/')}/{probe}" if prefix else probe
+    try:
+        client = _s3_client()
+        client.put_object(Bucket=bucket, Key=key, Body=b"preflight\n")
+        client.delete_object(Bucket=bucket, Key=key)
+    except Exception as e:  # botocore's ClientError, EndpointConnectionError, NoCredentials...
+        code = getattr(e, "response", {}).get("Error", {}).get("Code") or type(e).__name__
+        raise UsageError(
+            f"--parquet-dir {text}: cannot write to the bucket {bucket} ({code}); check that "
+            "it exists and that PutObject and DeleteObject are allowed, or use --no-parquet"
+        ) from e

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import errno
 import gc
 import logging
 import os
@@ -28,7 +29,7 @@ from inventory import __version__, deep, discovery, lake, logs, schema
 from inventory.collect import Collector, run_deadline
 from inventory.config import Shard, run_started_at
 from inventory.errors import InventoryError, UsageError
-from inventory.fingerprint import Fingerprinter, load_key
+from inventory.fingerprint import KEY_ENV, Fingerprinter, key_exists, key_id, key_path, load_key
 from inventory.flatten import Flattener, TargetContext
 from inventory.model import Account, ErrorRecord, Plan, TargetResult, utcnow
 from inventory.store import Store
@@ -314,6 +315,94 @@ def _record_unfinished(
         log.warning("run %s could not be marked failed: %s", run_id, type(again).__name__)
 
 
+def preflight(
+    store: Store,
+    plan: Plan,
+    parquet_dest: str | None,
+    run_id: str | None,
+    shard: Shard | None,
+    new_fingerprint_key: bool = False,
+) -> bytes | None:
+    """Everything a run needs that can be checked before its first API call; a problem is a
+    UsageError (exit 2) and nothing has been written. `store` is open as a writer already
+    (healthy, writable, its lock held). Checks the run id (not in this store yet), the
+    fingerprint key (see `fingerprint_key`), and that the Parquet destination takes a file.
+    Returns the key (None: --include-env-values)."""
+    if run_id is not None and store.run(run_id) is not None:
+        part = f" (shard {shard})" if shard is not None else ""
+        raise UsageError(
+            f"--run-id {run_id}{part}: {store.path} already holds that run; give another "
+            "--run-id (or collect this shard into its own --db)"
+        )
+    key = fingerprint_key(store, plan.options.include_env_values, new_fingerprint_key)
+    if parquet_dest:
+        lake.check_writable(parquet_dest)
+    return key
+
+
+def fingerprint_key(store: Store, env_values: bool, accept_new: bool = False) -> bytes | None:
+    """The key this run fingerprints with (None when it stores values), recorded in
+    `store.env_mode`. Refused (UsageError) unless `accept_new`: minting a new key for a
+    store whose runs were fingerprinted (their key file lost or left behind), or a key whose
+    id differs from the newest fingerprinted run's: every value would seem to change."""
+    if env_values:
+        store.env_mode = (None, True)
+        return None
+    _, rows = store.query_rows(
+        "SELECT fingerprint_key_id FROM runs WHERE fingerprint_key_id IS NOT NULL "
+        "ORDER BY started_at DESC, run_id DESC LIMIT 1"
+    )
+    before = rows[0][0] if rows else None
+    fix = (
+        "pass --new-fingerprint-key to start a new key (diff then does not compare "
+        "environment values across the change)"
+    )
+    path = key_path(store.path)
+    if before is not None and not accept_new and not key_exists(store.path):
+        raise UsageError(
+            f"{path}: missing, but the runs in {store.path} were fingerprinted with key id "
+            f"{before}; put that key file back (or set {KEY_ENV} to that key), or {fix}"
+        )
+    key = load_key(store.path)
+    kid = key_id(key)
+    if before is not None and kid != before and not accept_new:
+        source = KEY_ENV if os.environ.get(KEY_ENV) is not None else str(path)
+        raise UsageError(
+            f"{source}: fingerprint key id {kid}, but the runs in {store.path} used key id "
+            f"{before}; use that key again, or {fix}"
+        )
+    store.env_mode = (kid, False)
+    return key
+
+
+def export_failed(store: Store, summary: RunSummary, exc: Exception) -> None:
+    """The Parquet export failed after the run was stored (a full disk, a bucket gone):
+    the run stays in DuckDB, the failure becomes an errors row (operation 'ExportParquet')
+    and a complete run becomes partial (exit 3), never 'nothing collected'. Best effort: a
+    store that cannot take the row leaves the summary and the log to say it."""
+    code = (
+        errno.errorcode.get(exc.errno, "OSError")
+        if isinstance(exc, OSError) and exc.errno
+        else type(exc).__name__
+    )
+    message = f"Parquet export to {summary.parquet_dest} failed: {exc}; the run is in the "
+    message += "database: write it again with `inventory export --run " + summary.run_id + "`"
+    record = ErrorRecord(utcnow(), "", None, "ExportParquet", code, message, 1)
+    summary.tally.failures.append(record)
+    if summary.status == "complete":
+        summary.status = "partial"
+    log.error("run %s: %s", summary.run_id, message)
+    try:
+        errors = pa.Table.from_pylist([_error_row(summary.run_id, record)], schema=schema.ERRORS)
+        store.record_late_failure(summary.run_id, errors)
+    except Exception as again:
+        log.warning(
+            "run %s: the export failure could not be stored: %s",
+            summary.run_id,
+            type(again).__name__,
+        )
+
+
 def default_workers(accounts: int) -> int:
     """One process per core, but only when there is enough work to share (≥ 100 accounts each)."""
     return max(1, min(os.cpu_count() or 1, accounts // 100))
@@ -329,13 +418,18 @@ async def run_collect(
     wait_for_lock: bool = False,
     run_id: str | None = None,
     shard: Shard | None = None,
+    new_fingerprint_key: bool = False,
 ) -> RunSummary:
     """Collect `plan` into the store at `db_path` (and Parquet at `parquet_dest`).
 
     `run_id`: the run's id (config.check_run_id); its timestamp is the run's started_at.
     Default: a new one, now. `shard`: collect only that shard's accounts (config.Shard), as
     one part of run `run_id` that other processes collect the other shards of: the runs row
-    records the shard, and the Parquet files are `<run_id>.shard-K.parquet`."""
+    records the shard, and the Parquet files are `<run_id>.shard-K.parquet`.
+
+    Before the first API call: the store is opened (refused when damaged, foreign or locked)
+    and `preflight` checks the rest; a problem there raises UsageError (exit 2) with nothing
+    written. An export that fails after collecting makes the run partial (`export_failed`)."""
     db_path = Path(db_path)
     if shard is not None and plan.own_account:
         raise UsageError(
@@ -347,16 +441,21 @@ async def run_collect(
     # a given run id's own time, so that every shard of the run agrees on it. The summary
     # (wall time) counts from when this process started.
     started = now if run_id is None else run_started_at(run_id)
+    run_id_given = run_id
     run_id = run_id or new_run_id(started)
     summary = RunSummary(run_id, "failed", now, now, db_path=str(db_path))
     options = plan.options
     store = Store.open(db_path, wait=wait_for_lock)
     store.shard = None if shard is None else (shard.index, shard.count)
+    try:
+        key = preflight(store, plan, parquet_dest, run_id_given, shard, new_fingerprint_key)
+    except BaseException:
+        store.close()
+        raise
     interrupts = Interrupts(summary)
     failure_log = logs.FailureLog(run_id)
     begun = finished = False
     try:
-        key = None if options.include_env_values else load_key(db_path)
         found = await discovery.resolve_for_run(
             plan, store, run_id, started, __version__, parquet_dest
         )  # Organizations accounts, GetRegions: a failure is recorded, then raised
@@ -440,8 +539,11 @@ async def run_collect(
         finished = True
         if parquet_dest:
             summary.parquet_dest = parquet_dest
-            written = lake.export_run(store, run_id, parquet_dest)
-            summary.parquet_files = [str(w) for w in written]
+            try:
+                written = lake.export_run(store, run_id, parquet_dest)
+                summary.parquet_files = [str(w) for w in written]
+            except Exception as exc:
+                export_failed(store, summary, exc)
     except BaseException as exc:
         if not finished:
             _record_unfinished(store, run_id, started, begun, exc)

@@ -4,6 +4,9 @@ The page holds everything it shows: inline CSS, SVG bar charts drawn here, no sc
 font, image or stylesheet from anywhere (a Content-Security-Policy forbids every fetch).
 It shows, for the newest finished run (or `--run`):
 
+  - the run's status and why it ended (`ended`): complete, partial (failed targets, an
+    interruption, a failed export), failed (every target, an error that stopped it, or a
+    process that ended without finishing it), or not finished; a run without scans says so;
   - totals: accounts, targets ok/failed, services, deployments, containers, API calls,
     retries, wall time;
   - services by region and by state (SVG bar charts; a region whose targets failed says so);
@@ -95,6 +98,8 @@ class Report:
     error_groups: list[tuple[str, str, str | None, int, int]]  # op, code, region, rows, accounts
     findings: list[Finding]
     generated_at: dt.datetime
+    ended: str = ""  # the run's status and why it ended, in a sentence or two
+    scans: int = 0  # account × region scanned (rows in scans)
     html: str = ""
 
     @property
@@ -210,6 +215,16 @@ def gather(
             )
             cols = [d[0] for d in cur.description or []]
             errors = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+            scans_row = con.execute(
+                "SELECT count(*), count(*) FILTER (WHERE error_code = 'Interrupted') "
+                "FROM scans WHERE run_id = $id",
+                {"id": rid},
+            ).fetchall()[0]
+            run_errors = con.execute(
+                "SELECT operation, error_code, message FROM errors WHERE run_id = $id "
+                "AND region IS NULL AND coalesce(account_id, '') = '' ORDER BY occurred_at",
+                {"id": rid},
+            ).fetchall()
             groups = con.execute(
                 "SELECT operation, error_code, region, count(*), count(DISTINCT account_id) "
                 "FROM errors WHERE run_id = $id GROUP BY ALL "
@@ -220,16 +235,72 @@ def gather(
         except duckdb.Error as e:
             raise StoreError(f"{store.path}: cannot read run {rid}: {e}") from e
         findings = [_run_finding(con, q, sql_dir) for q in named]
+    errors_total = int(errors_total_row[0]) if errors_total_row else 0
     return Report(
         run=run,
+        ended=why_it_ended(run, int(scans_row[0]), int(scans_row[1]), run_errors, errors_total),
+        scans=int(scans_row[0]),
         regions=[(str(r), int(n), int(f)) for r, n, f in regions],
         states=[(str(s), int(n)) for s, n in states],
-        errors_total=int(errors_total_row[0]) if errors_total_row else 0,
+        errors_total=errors_total,
         errors=errors,
         error_groups=[(str(o), str(c), g, int(n), int(a)) for o, c, g, n, a in groups],
         findings=findings,
         generated_at=generated_at or dt.datetime.now(dt.UTC),
     )
+
+
+def why_it_ended(
+    run: dict[str, Any],
+    scans: int,
+    interrupted: int,
+    run_errors: Sequence[tuple[str, str, str]],
+    errors_total: int,
+) -> str:
+    """The run's status and why it ended, from its runs row, scans and errors."""
+    status = str(run.get("status") or "unknown")
+    targets = run.get("targets") or 0
+    failed = run.get("targets_failed") or 0
+    stopped = ""
+    if run_errors:
+        op, code, message = run_errors[0]
+        more = f" (and {len(run_errors) - 1} more)" if len(run_errors) > 1 else ""
+        stopped = f"{op} {code}: {message}{more}"
+    if status == "running":
+        text = (
+            "Not finished: the run is still going, or its process was killed and no collect "
+            "has run since (the next one marks it failed)."
+        )
+    elif status == "failed":
+        if stopped:
+            text = f"Failed: stopped by an error, {stopped}."
+        elif scans and failed >= scans and scans >= targets:
+            text = "Failed: every account × region failed (see the errors below)."
+        else:
+            text = (
+                f"Failed: the process ended (killed, or the machine stopped) after {scans} of "
+                f"{targets} account × region; the next collect marked the run failed and "
+                "removed its inventory rows."
+            )
+    elif status == "partial":
+        if interrupted:
+            text = (
+                f"Partial: interrupted (Ctrl-C or SIGTERM); {interrupted} account × region "
+                "not collected, what was collected is kept."
+            )
+        elif stopped and not failed:
+            text = f"Partial: every account × region answered, but {stopped}."
+        else:
+            text = f"Partial: {failed} of {targets} account × region failed."
+    elif status == "complete":
+        text = "Complete: every account × region answered."
+    else:
+        text = f"Status {status}."
+    if not scans:
+        text += " This run has no scans: no account × region was collected."
+    if not errors_total and status != "complete":
+        text += " It recorded no errors."
+    return text
 
 
 # --------------------------------------------------------------------------- formatting
@@ -413,6 +484,7 @@ svg.chart text { font-size: 12px; fill: #1f2933; font-family: inherit; }
 svg.chart text.value { font-variant-numeric: tabular-nums; fill: #3e4c59; }
 svg.chart tspan.note { fill: #c92a2a; }
 .muted { color: #7b8794; }
+.ended { font-size: 15px; margin: 16px 0 0; }
 .scroll { overflow-x: auto; background: #fff; border: 1px solid #e3e6ea; border-radius: 6px; }
 table { border-collapse: collapse; width: 100%; font-size: 12.5px; }
 th, td { text-align: left; padding: 5px 9px; border-bottom: 1px solid #edf0f2;
@@ -505,7 +577,10 @@ def _charts(r: Report) -> str:
 
 def _failures(r: Report) -> str:
     if not r.errors_total:
-        return '<p class="none muted">None: every account and region answered.</p>'
+        if r.run.get("status") == "complete":
+            return '<p class="none muted">None: every account and region answered.</p>'
+        none = "No errors recorded for this run" + ("" if r.scans else ", and it has no scans")
+        return f'<p class="muted">{esc(none)}: see why it ended, above.</p>'
     shown = len(r.errors)
     count = (
         f"{r.errors_total:,} rows in the errors table, by error:"
@@ -609,6 +684,7 @@ def render(r: Report) -> str:
         f"<style>{CSS}</style></head><body>",
         f"<header><h1>Lightsail container inventory</h1><div class='meta'>{meta}</div></header>",
         "<main>",
+        f'<p class="ended" id="ended" data-status="{esc(status)}">{esc(r.ended)}</p>',
         '<h2 id="totals">Totals</h2>',
         _totals(run),
         '<h2 id="charts">Services</h2>',

@@ -12,6 +12,7 @@ import pyarrow as pa
 # 3: `extra` (JSON text: the answer's members the installed botocore model does not know) on
 #    container_services, deployments and containers; container_services.location_region_name;
 #    container_images.service_arn
+#    runs.fingerprint_key_id, runs.env_values (whether env values of two runs compare)
 SCHEMA_VERSION = 3
 
 TS = pa.timestamp("us", tz="UTC")
@@ -138,6 +139,11 @@ RUNS = _schema(
     ("schema_version", I32),
     ("shard", I32),  # this row's shard K of a sharded run (collect --shard K/N); NULL: unsharded
     ("shards", I32),  # N; a sharded run has one runs row per shard, all with the same run_id
+    # The fingerprint key's id (fingerprint.key_id: not secret; NULL when values are stored
+    # as they are) and whether env values were stored (--include-env-values). Environment
+    # values of two runs compare only when both agree. NULL: a run from before version 3.
+    ("fingerprint_key_id", STR),
+    ("env_values", BOOL),
 )
 
 

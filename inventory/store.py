@@ -25,6 +25,12 @@ half-written run is never visible, and a process killed at any instant leaves th
 runs intact (DuckDB's WAL). The next `begin_run` marks an interrupted run 'failed' and
 deletes its inventory rows (keeping its scans and errors), so "a failed run has no
 inventory rows" always holds.
+
+Damage. A writer reads every value of an existing file (read-only) before it writes
+anything, and DuckDB checks the checksum of each block it reads, so a truncated file, or
+one with bytes overwritten in any block that holds data, is refused with `BadStore` and
+left unchanged (bytes a block does not use are never read, and harmless); a reader that meets damage gets the same one-line error.
+`inventory rebuild` (rebuild.py) makes a new store from the Parquet lake.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ import duckdb
 import pyarrow as pa
 
 from inventory import schema
-from inventory.errors import StoreError, StoreLocked
+from inventory.errors import BadStore, StoreError, StoreLocked
 from inventory.files import make_dirs, open_private, private_umask
 
 log = logging.getLogger(__name__)
@@ -299,6 +305,9 @@ class Store:
         # (K, N): the runs this writer begins are shard K of N of a run that several
         # processes share (collect --shard K/N); recorded in runs.shard / runs.shards.
         self.shard: tuple[int, int] | None = None
+        # (fingerprint key id, env values stored): how the runs this writer begins keep
+        # environment values (runs.fingerprint_key_id, runs.env_values); None: unknown.
+        self.env_mode: tuple[str | None, bool] | None = None
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -317,8 +326,8 @@ class Store:
         at once, or after `wait_timeout` seconds with `wait=True` (None: wait for ever).
         `busy_timeout`: how long one DuckDB open retries while another process has the file
         open (default 5 s for readers, 60 s for writers).
-        A file that is not a DuckDB database, or a DuckDB database that is not ours, raises
-        `StoreError` and is left untouched.
+        A file that is not a DuckDB database, a DuckDB database that is not ours, and (for a
+        writer) a damaged one raise `BadStore` (exit 2) and are left byte for byte as they were.
         """
         db = Path(path).absolute()
         if busy_timeout is None:
@@ -327,13 +336,13 @@ class Store:
         if exists:
             _check_header(db)
         elif read_only:
-            raise StoreError(f"{db}: no inventory database there; run `inventory collect` first")
+            raise BadStore(f"{db}: no inventory database there; run `inventory collect` first")
         if read_only:
             store = cls(db, True, None, busy_timeout)
             with store.connection() as con:
                 version = _inspect(con, db)
             if version is None:
-                raise StoreError(
+                raise BadStore(
                     f"{db}: an empty DuckDB database, not an inventory yet; run `inventory collect`"
                 )
             return store
@@ -342,18 +351,20 @@ class Store:
         try:
             make_dirs(db.parent)
         except OSError as e:
-            raise StoreError(f"{db}: cannot create its directory: {e}") from e
+            raise BadStore(f"{db}: cannot create its directory: {e}") from e
         lock_path = db.with_name(db.name + LOCK_SUFFIX)
         try:
             lock = WriterLock.acquire(lock_path, wait=wait, timeout=wait_timeout)
         except OSError as e:
-            raise StoreError(f"{db}: cannot take the writer lock {lock_path}: {e}") from e
+            raise BadStore(f"{db}: cannot take the writer lock {lock_path}: {e}") from e
         store = cls(db, False, lock, busy_timeout)
         try:
             if exists:
-                # Look before touching: a read-only open changes nothing in a foreign file.
+                # Look before touching: a read-only open changes nothing in a foreign or
+                # damaged file; every value is read once, so damaged data is found here.
                 with store.connection(read_only=True) as con:
                     _inspect(con, db)
+                    _verify(con, db)
             with store.connection() as con:
                 _setup(con, db)
         except BaseException:
@@ -395,6 +406,10 @@ class Store:
             try:
                 con.execute("SET TimeZone = 'UTC'")
                 yield con
+            except duckdb.Error as e:
+                if _is_damage(e):
+                    raise BadStore(_damaged(self.path, e)) from e
+                raise
             finally:
                 con.close()
 
@@ -405,8 +420,10 @@ class Store:
             try:
                 return duckdb.connect(str(self.path), read_only=read_only)
             except duckdb.Error as e:
+                if _is_damage(e):
+                    raise BadStore(_damaged(self.path, e)) from e
                 if not _is_lock_conflict(e):
-                    raise StoreError(f"{self.path}: cannot open the database: {e}") from e
+                    raise BadStore(f"{self.path}: cannot open the database: {e}") from e
                 if time.monotonic() >= deadline:
                     raise StoreError(self._busy_message(e)) from e
                 time.sleep(delay)
@@ -462,10 +479,11 @@ class Store:
                 for old in stale:
                     _abandon(con, old, now)
                 shard, shards = self.shard if self.shard is not None else (None, None)
+                key_id, env_values = self.env_mode if self.env_mode else (None, None)
                 con.execute(
                     "INSERT INTO runs (run_id, started_at, status, accounts, targets, "
-                    "tool_version, schema_version, shard, shards) "
-                    "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                    "tool_version, schema_version, shard, shards, fingerprint_key_id, "
+                    "env_values) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         run_id,
                         started_at,
@@ -475,6 +493,8 @@ class Store:
                         schema.SCHEMA_VERSION,
                         shard,
                         shards,
+                        key_id,
+                        env_values,
                     ],
                 )
                 con.execute("COMMIT")
@@ -533,6 +553,34 @@ class Store:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+
+    def record_late_failure(self, run_id: str, errors: pa.Table) -> str:
+        """After `finish_run`: add `errors` rows to finished run `run_id` (something failed
+        after collecting, e.g. the Parquet export) and make a 'complete' run 'partial'; its
+        inventory rows stay. Returns the run's status now."""
+        self._require_writer()
+        table = _conform("errors", errors, run_id)
+        with self.connection() as con:
+            con.execute("BEGIN")
+            try:
+                con.register("_late_errors", table)
+                try:
+                    con.execute("INSERT INTO errors BY NAME SELECT * FROM _late_errors")
+                finally:
+                    con.unregister("_late_errors")
+                con.execute(
+                    "UPDATE runs SET status = 'partial' WHERE run_id = ? AND status = 'complete'",
+                    [run_id],
+                )
+                status = con.execute(
+                    "SELECT status FROM runs WHERE run_id = ?", [run_id]
+                ).fetchall()
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                raise
+        return str(status[0][0]) if status else "partial"
 
     def finish_run(
         self,
@@ -614,6 +662,8 @@ class Store:
             try:
                 return con.sql(sql, params=params).to_arrow_table()
             except duckdb.Error as e:
+                if _is_damage(e):
+                    raise BadStore(_damaged(self.path, e)) from e
                 raise StoreError(f"query failed: {e}") from e
 
     def query_rows(self, sql: str, params: Any = None) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -624,6 +674,8 @@ class Store:
                 cols = [d[0] for d in cur.description or []]
                 return cols, cur.fetchall()
             except duckdb.Error as e:
+                if _is_damage(e):
+                    raise BadStore(_damaged(self.path, e)) from e
                 raise StoreError(f"query failed: {e}") from e
 
     def runs(self) -> list[dict[str, Any]]:
@@ -698,19 +750,53 @@ def _table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]
     return {name: typ for name, typ in rows}
 
 
+_DAMAGE_SIGNS = ("Corrupt database file", "checksum", "Could not read enough bytes")
+
+
+def _is_damage(exc: BaseException) -> bool:
+    """Whether a DuckDB error says the file itself is damaged (truncated, bytes overwritten)."""
+    if isinstance(exc, duckdb.SerializationException | duckdb.InternalException):
+        return True
+    text = str(exc)
+    return any(sign in text for sign in _DAMAGE_SIGNS)
+
+
+def _damaged(db: Path, exc: BaseException) -> str:
+    detail = " ".join(str(exc).split())
+    return (
+        f"{db}: the database is damaged ({detail}); it was left as it is. Restore it from a "
+        "backup, or rebuild it from the Parquet lake: inventory rebuild --from-lake DIR --db NEW"
+    )
+
+
+def _verify(con: duckdb.DuckDBPyConnection, db: Path) -> None:
+    """Read every value of every table once (DuckDB checks each block's checksum as it reads
+    it): a truncated file, or one with bytes overwritten anywhere, raises `BadStore` here,
+    before anything is written. Read-only."""
+    tables = [
+        r[0]
+        for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+        ).fetchall()
+    ]
+    try:
+        for table in tables:
+            con.execute(f"SELECT count(*), max(hash(COLUMNS(*))) FROM {_quote(table)}").fetchall()
+    except duckdb.Error as e:
+        raise BadStore(_damaged(db, e)) from e
+
+
 def _check_header(db: Path) -> None:
     """Refuse, without opening it, a file that cannot be a DuckDB database."""
     if db.is_dir():
-        raise StoreError(f"{db}: is a directory, not a DuckDB database")
+        raise BadStore(f"{db}: is a directory, not a DuckDB database")
     try:
         with db.open("rb") as f:
             head = f.read(12)
     except OSError as e:
-        raise StoreError(f"{db}: cannot read it: {e}") from e
+        raise BadStore(f"{db}: cannot read it: {e}") from e
     if len(head) < 12 or head[8:12] != _DUCKDB_MAGIC:
-        raise StoreError(
-            f"{db}: not a DuckDB database (left untouched); pass --db with another path"
-        )
+        raise BadStore(f"{db}: not a DuckDB database (left untouched); pass --db with another path")
 
 
 def _inspect(con: duckdb.DuckDBPyConnection, db: Path) -> int | None:
@@ -735,7 +821,7 @@ def _inspect(con: duckdb.DuckDBPyConnection, db: Path) -> int | None:
         with contextlib.suppress(duckdb.Error):
             meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
     if meta.get("app") != APP:
-        raise StoreError(
+        raise BadStore(
             f"{db}: a DuckDB database that is not a lightsail-inventory store "
             f"(tables: {', '.join(sorted(tables | views))}); left untouched, use another --db"
         )
@@ -753,7 +839,7 @@ def _setup(con: duckdb.DuckDBPyConnection, db: Path) -> None:
     try:
         version = _inspect(con, db)
         if version is not None and version > schema.SCHEMA_VERSION:
-            raise StoreError(
+            raise BadStore(
                 f"{db}: written by a newer lightsail-inventory (schema version {version}, "
                 f"this one knows {schema.SCHEMA_VERSION}); upgrade to write to it"
             )

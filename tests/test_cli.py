@@ -309,7 +309,7 @@ def test_missing_database_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "inv.duckdb"
     for args in (("query", "select 1"), ("runs",), ("export", "--run", "x", "--to", str(tmp_path))):
         result = invoke(*args, "--db", str(missing))
-        assert result.exit_code == 1, (args, result.output)
+        assert result.exit_code == 2, (args, result.output)  # a bad --db: a usage error
         line = error_line(result)
         assert str(missing) in line and "inventory collect" in line
     assert not missing.parent.exists()  # a reader creates nothing

@@ -392,7 +392,7 @@ def test_a_corrupt_or_foreign_db_is_refused_and_left_untouched(
         ["query", "select 1", "--db", str(db)],
     ):
         result = runner.invoke(app, args)
-        assert result.exit_code == 1, (args, result.output)
+        assert result.exit_code == 2, (args, result.output)  # a bad --db: a usage error
         assert str(db) in result.output.replace("\n", "")
         assert "Traceback" not in result.output
         assert _listing(folder) == before, f"{args} changed the folder"

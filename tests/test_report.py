@@ -596,7 +596,7 @@ def test_cli_errors(inv: Inventory, tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "--run 'nope': no such run" in " ".join(result.stderr.split())
     result = runner.invoke(cli.app, ["report", "--html", str(out), "--db", str(tmp_path / "x.db")])
-    assert result.exit_code == 1 and "no inventory database" in " ".join(result.stderr.split())
+    assert result.exit_code == 2 and "no inventory database" in " ".join(result.stderr.split())
     assert not out.exists()
     # a store whose only run is still running has nothing to report
     db = tmp_path / "running.duckdb"
