@@ -52,6 +52,7 @@ class OrgDiscovery:
     ous: tuple[str, ...] = ()  # only accounts under these OUs (recursively); () = whole org
     skip: tuple[str, ...] = ()  # account ids never inventoried
     management_role_arn: str | None = None  # None: base credentials call Organizations
+    management_external_id: str | None = None  # sent with AssumeRole of management_role_arn
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from inventory import __version__, deep, discovery, lake, logs, schema
 from inventory.collect import Collector
+from inventory.credentials import run_session_name
 from inventory.config import Shard, run_started_at
 from inventory.errors import InventoryError, UsageError
 from inventory.fingerprint import Fingerprinter, load_key
@@ -272,6 +273,23 @@ async def collect_into(
     builder.tally.retries = collector.counter.retries
 
 
+def warn_missing_external_id(run_id: str, accounts: tuple[Account, ...]) -> None:
+    """One warning per run when member roles are assumed without an ExternalId (the reader
+    role's trust policy should require one: docs/iam.md)."""
+    missing = [a.id for a in accounts if a.role_arn is not None and not a.external_id]
+    if missing:
+        logs.event(
+            log,
+            logging.WARNING,
+            "no_external_id",
+            f"no ExternalId configured for the member roles of {len(missing)} of "
+            f"{len(accounts)} accounts (e.g. {missing[0]}): set external_id in the accounts "
+            "file and require it in each reader role's trust policy (docs/iam.md)",
+            run_id=run_id,
+            accounts=len(missing),
+        )
+
+
 def tune_gc_for_collect() -> None:
     """For the collect process only (never library callers): the modules loaded so far are
     frozen out of the collector's sight and young collections run 100× less often. The
@@ -349,7 +367,11 @@ async def run_collect(
     started = now if run_id is None else run_started_at(run_id)
     run_id = run_id or new_run_id(started)
     summary = RunSummary(run_id, "failed", now, now, db_path=str(db_path))
-    options = plan.options
+    # The role session name carries the run id (CloudTrail in member accounts tells runs apart).
+    options = dataclasses.replace(
+        plan.options, session_name=run_session_name(plan.options.session_name, run_id)
+    )
+    plan = dataclasses.replace(plan, options=options)
     store = Store.open(db_path, wait=wait_for_lock)
     store.shard = None if shard is None else (shard.index, shard.count)
     interrupts = Interrupts(summary)
@@ -362,6 +384,7 @@ async def run_collect(
         plan = found.plan
         if shard is not None:  # after discovery: Organizations accounts are sharded too
             plan = dataclasses.replace(plan, accounts=shard.select(plan.accounts))
+        warn_missing_external_id(run_id, plan.accounts)
 
         async def to_store(tables: dict[str, pa.Table]) -> None:
             if tables:
