@@ -26,8 +26,8 @@ import pyarrow as pa
 
 from inventory import __version__, deep, discovery, lake, logs, schema
 from inventory.collect import Collector
-from inventory.credentials import run_session_name
 from inventory.config import Shard, run_started_at
+from inventory.credentials import run_session_name
 from inventory.errors import InventoryError, UsageError
 from inventory.fingerprint import Fingerprinter, load_key
 from inventory.flatten import Flattener, TargetContext
