@@ -113,7 +113,18 @@ def collect(
     ] = None,
     include_env_values: Annotated[
         bool,
-        typer.Option(help="Store container environment VALUES (secrets!). Default: fingerprints."),
+        typer.Option(
+            help="Store container environment VALUES and secret-looking command arguments "
+            "(secrets!) in the DuckDB file. Default: fingerprints. The lake still gets "
+            "fingerprints unless --export-env-values."
+        ),
+    ] = False,
+    export_env_values: Annotated[
+        bool,
+        typer.Option(
+            help="With --include-env-values: write the values to the Parquet lake too "
+            "(local or S3). Default: the lake gets their fingerprints."
+        ),
     ] = False,
     wait: Annotated[bool, typer.Option(help="Wait for another collect on the same --db.")] = False,
     workers: Annotated[
@@ -195,6 +206,7 @@ def collect(
             max_attempts=max_attempts,
             target_deadline=target_deadline,
             include_env_values=include_env_values,
+            export_env_values=export_env_values,
             engine=engine.value,
             workers=workers,
             deep=deep,
@@ -329,6 +341,13 @@ def export(
     run: Annotated[str, typer.Option("--run", help="The run id to export.")],
     to: Annotated[str, typer.Option("--to", help="A folder or s3://bucket/prefix.")],
     db: DbOpt = DEFAULT_DB,
+    export_env_values: Annotated[
+        bool,
+        typer.Option(
+            help="Write environment values and command arguments as stored (a run collected "
+            "with --include-env-values holds values). Default: their fingerprints."
+        ),
+    ] = False,
 ) -> None:
     """Write one stored run to the Parquet lake (replacing that run's files there).
 
@@ -341,7 +360,7 @@ def export(
     try:
         if store.run(run) is None:
             raise UsageError(f"--run {run!r}: no such run in {db} (see: inventory runs)")
-        written = lake.export_run(store, run, to)
+        written = lake.export_run(store, run, to, env_values=export_env_values)
     finally:
         store.close()
     render.console().print(f"exported run {run}: {len(written)} files under {to}")

@@ -117,6 +117,13 @@ def validate_options(options: Options) -> Options:
         raise UsageError(f"--engine {options.engine!r}: must be one of {', '.join(ENGINES)}")
     if not isinstance(options.include_env_values, bool):
         raise UsageError(f"--include-env-values {options.include_env_values!r}: must be a boolean")
+    if not isinstance(options.export_env_values, bool):
+        raise UsageError(f"--export-env-values {options.export_env_values!r}: must be a boolean")
+    if options.export_env_values and not options.include_env_values:
+        raise UsageError(
+            "--export-env-values: only with --include-env-values (without it the store holds "
+            "fingerprints, and so does the lake)"
+        )
     if not isinstance(options.deep, bool):
         raise UsageError(f"--deep {options.deep!r}: must be a boolean")
     if not isinstance(options.session_name, str) or not _SESSION_NAME.fullmatch(

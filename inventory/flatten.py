@@ -16,7 +16,8 @@ Anomaly messages name the service, the field path and the type or enum value, ne
 environment value (for environment problems only the variable's name).
 
 Environment values are replaced by `fingerprint(value)` unless `fingerprint` is None (that is
-`--include-env-values`): the value never reaches an Arrow buffer.
+`--include-env-values`): the value never reaches an Arrow buffer. So are the values of
+secret-looking `command` arguments (`fingerprint.redact_command`: `--password=…`, `TOKEN=…`, …).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from inventory.fingerprint import redact_command
 from inventory.model import ErrorRecord, TargetResult
 from inventory.schema import INVENTORY_TABLES
 
@@ -776,6 +778,8 @@ class Flattener:
         if command is None:
             col.null()
         elif isinstance(command, list):
+            if self._fingerprint is not None:  # secret-looking arguments: their fingerprints
+                command = redact_command(command, self._fingerprint) or command
             values = col.values
             for arg in command:
                 if arg.__class__ is str and arg.isascii():

@@ -27,6 +27,8 @@ class Options:
     target_deadline: float | None = None  # one account × region with its retries; None: derived
     max_attempts: int = 8
     include_env_values: bool = False
+    # --export-env-values: the lake gets the stored values too (else their fingerprints)
+    export_env_values: bool = False
     session_name: str = "lightsail-inventory"
     workers: int = 1  # processes; 0 = one per core when there are enough accounts
     # 'lean': the hot call through botocore's signer + one aiohttp session + json.loads

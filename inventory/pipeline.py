@@ -456,7 +456,9 @@ async def run_collect(
         finished = True
         if parquet_dest:
             summary.parquet_dest = parquet_dest
-            written = lake.export_run(store, run_id, parquet_dest)
+            written = lake.export_run(
+                store, run_id, parquet_dest, env_values=options.export_env_values
+            )
             summary.parquet_files = [str(w) for w in written]
     except BaseException as exc:
         if not finished:
