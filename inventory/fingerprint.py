@@ -3,6 +3,10 @@
 `hmac-sha256:` + the first 16 hex digits of HMAC-SHA256(key, value): a changed value shows as a
 changed fingerprint across runs, the value itself is never stored.
 
+The same goes for the values of secret-looking container command arguments (`redact_command`,
+by the secret-like rule `SECRET_NAME_PATTERN`), and for what the lake gets from a store that
+holds values (`protect_batch`, unless the user asked for `--export-env-values`).
+
 The key (docs/contract.md) comes from the environment variable `INVENTORY_FINGERPRINT_KEY` when it is
 set (shards of one fleet share it; its UTF-8 bytes are the key), else from a file beside the
 database, `<db>.fingerprint-key`, created on first use with 32 random bytes and mode 0600.
@@ -105,7 +109,7 @@ def _redact_words(
             parts = _WHITESPACE.split(word)
             inner: list[object] = list(parts[0::2])
             if _redact_words(inner, fingerprint):
-                parts[0::2] = inner  # type: ignore[assignment]
+                parts[0::2] = inner
                 words[i] = "".join(parts)
                 changed = True
             continue
