@@ -273,7 +273,7 @@ async def collect_into(
     builder.tally.retries = collector.counter.retries
 
 
-def warn_missing_external_id(run_id: str, accounts: tuple[Account, ...]) -> None:
+def warn_missing_external_id(run_id: str, accounts: list[Account]) -> None:
     """One warning per run when member roles are assumed without an ExternalId (the reader
     role's trust policy should require one: docs/iam.md)."""
     missing = [a.id for a in accounts if a.role_arn is not None and not a.external_id]
@@ -384,7 +384,6 @@ async def run_collect(
         plan = found.plan
         if shard is not None:  # after discovery: Organizations accounts are sharded too
             plan = dataclasses.replace(plan, accounts=shard.select(plan.accounts))
-        warn_missing_external_id(run_id, plan.accounts)
 
         async def to_store(tables: dict[str, pa.Table]) -> None:
             if tables:
@@ -407,6 +406,7 @@ async def run_collect(
                 source=plan.source,
                 org=plan.org is not None,
             )
+            warn_missing_external_id(run_id, accounts)
             if on_start:
                 on_start(summary.targets)
 
