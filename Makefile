@@ -1,21 +1,38 @@
-# Everything installs itself into .venv from the pinned constraints file.
+# Two environments, both from pinned versions:
+# - .venv-runtime: what the inventory runs with (make demo), the runtime dependencies only,
+#   installed from requirements/runtime.txt with --require-hashes (pip checks every file's
+#   sha256); the package itself editable on top (pip refuses hashes for editable installs).
+# - .venv: the development environment (make test, lint, bench): the same runtime versions
+#   plus the development tools (pytest, moto, mypy, ruff, ...) from constraints.txt.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUNTIME := .venv-runtime
+RUNTIME_STAMP := $(RUNTIME)/.installed
 
-.PHONY: install demo test lint bench bench-quick clean
+.PHONY: install runtime demo test lint bench bench-quick clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt --upgrade setuptools
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-demo: install
-	$(BIN)/inventory demo
+runtime: $(RUNTIME_STAMP)
+
+$(RUNTIME_STAMP): pyproject.toml requirements/runtime.txt
+	test -x $(RUNTIME)/bin/python || $(PY) -m venv $(RUNTIME)
+	$(RUNTIME)/bin/python -m pip install -q --require-hashes --no-deps -r requirements/runtime.txt
+	$(RUNTIME)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(RUNTIME)/bin/python -m pip check
+	touch $(RUNTIME_STAMP)
+
+demo: runtime
+	$(RUNTIME)/bin/inventory demo
 
 test: install
 	$(BIN)/python -m pytest
@@ -33,4 +50,4 @@ bench-quick: install
 	$(BIN)/python -m benchmarks.run --fleets 100 --quick $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) data/*.duckdb* data/demo-parquet data/parquet
+	rm -rf $(VENV) $(RUNTIME) data/*.duckdb* data/demo-parquet data/parquet

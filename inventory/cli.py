@@ -148,7 +148,18 @@ def collect(
     ] = None,
     include_env_values: Annotated[
         bool,
-        typer.Option(help="Store container environment VALUES (secrets!). Default: fingerprints."),
+        typer.Option(
+            help="Store container environment VALUES and secret-looking command arguments "
+            "(secrets!) in the DuckDB file. Default: fingerprints. The lake still gets "
+            "fingerprints unless --export-env-values."
+        ),
+    ] = False,
+    export_env_values: Annotated[
+        bool,
+        typer.Option(
+            help="With --include-env-values: write the values to the Parquet lake too "
+            "(local or S3). Default: the lake gets their fingerprints."
+        ),
     ] = False,
     new_fingerprint_key: Annotated[
         bool,
@@ -269,6 +280,7 @@ def collect(
             target_deadline=target_deadline,
             run_deadline=run_deadline,
             include_env_values=include_env_values,
+            export_env_values=export_env_values,
             engine=engine.value,
             workers=workers,
             deep=deep,
@@ -412,6 +424,13 @@ def export(
     run: Annotated[str, typer.Option("--run", help="The run id to export.")],
     to: Annotated[str, typer.Option("--to", help="A folder or s3://bucket/prefix.")],
     db: DbOpt = DEFAULT_DB,
+    export_env_values: Annotated[
+        bool,
+        typer.Option(
+            help="Write environment values and command arguments as stored (a run collected "
+            "with --include-env-values holds values). Default: their fingerprints."
+        ),
+    ] = False,
 ) -> None:
     """Write one stored run to the Parquet lake (replacing that run's files there).
 
@@ -424,7 +443,7 @@ def export(
     try:
         if store.run(run) is None:
             raise UsageError(f"--run {run!r}: no such run in {db} (see: inventory runs)")
-        written = lake.export_run(store, run, to)
+        written = lake.export_run(store, run, to, env_values=export_env_values)
     finally:
         store.close()
     render.console().print(f"exported run {run}: {render.plural(len(written), 'file')} under {to}")

@@ -67,10 +67,16 @@ TOP_LEVEL_KEYS: tuple[str, ...] = (
     "org_ous",
     "skip_accounts",
     "management_role_arn",
+    "management_external_id",
     "accounts",
 )
 ACCOUNT_KEYS: tuple[str, ...] = ("id", "name", "role_arn", "external_id")
-_ORG_ONLY_KEYS: tuple[str, ...] = ("org_ous", "skip_accounts", "management_role_arn")
+_ORG_ONLY_KEYS: tuple[str, ...] = (
+    "org_ous",
+    "skip_accounts",
+    "management_role_arn",
+    "management_external_id",
+)
 
 MAX_CONCURRENCY = 10_000
 # Upper bounds of the collect flags: past these a value is a typo, and a run could outlast
@@ -130,6 +136,13 @@ def validate_options(options: Options) -> Options:
         raise UsageError(f"--engine {options.engine!r}: must be one of {', '.join(ENGINES)}")
     if not isinstance(options.include_env_values, bool):
         raise UsageError(f"--include-env-values {options.include_env_values!r}: must be a boolean")
+    if not isinstance(options.export_env_values, bool):
+        raise UsageError(f"--export-env-values {options.export_env_values!r}: must be a boolean")
+    if options.export_env_values and not options.include_env_values:
+        raise UsageError(
+            "--export-env-values: only with --include-env-values (without it the store holds "
+            "fingerprints, and so does the lake)"
+        )
     if not isinstance(options.deep, bool):
         raise UsageError(f"--deep {options.deep!r}: must be a boolean")
     if not isinstance(options.session_name, str) or not _SESSION_NAME.fullmatch(
@@ -522,6 +535,17 @@ class _FileParser:
             self.account_id(account_id, f"skip_accounts[{i}]", self.where.item(line, account_id))
         if management is not None:
             self.role_arn(management, "management_role_arn", self.where.top("management_role_arn"))
+        management_external_id = self.external_id(
+            doc.get("management_external_id"), "management_external_id", self.where.top
+        )
+        if management_external_id is not None and management is None:
+            raise self.error(
+                "management_external_id",
+                management_external_id,
+                "sent with AssumeRole of management_role_arn, which is not set; "
+                "set management_role_arn or remove it",
+                self.where.top("management_external_id"),
+            )
         if not enabled:
             if doc.get("org", False) is False:  # the file itself does not ask for discovery
                 for key in _ORG_ONLY_KEYS:
@@ -548,6 +572,7 @@ class _FileParser:
             ous=tuple(dict.fromkeys(ous or ())),
             skip=tuple(dict.fromkeys(skip or ())),
             management_role_arn=management,
+            management_external_id=management_external_id,
         )
 
     def accounts(

@@ -71,6 +71,21 @@ def use(creds: ReadOnlyCredentials) -> Iterator[None]:
         _CURRENT.reset(token)
 
 
+SESSION_NAME_MAX = 64  # STS AssumeRole RoleSessionName: 2-64 characters of [\w+=,.@-]
+SESSION_RUN_SEPARATOR = "@"
+
+
+def run_session_name(session_name: str, run_id: str) -> str:
+    """The RoleSessionName of run `run_id`: `<session_name>@<run_id>`, so that CloudTrail in a
+    member account tells the runs apart. At most 64 characters (STS's limit): the configured
+    part is shortened, never the run id (run ids are at most 49 characters of letters, digits,
+    `_` and `-`, all allowed in a session name)."""
+    room = SESSION_NAME_MAX - len(SESSION_RUN_SEPARATOR) - len(run_id)
+    if room < 2:
+        raise ValueError(f"run id {run_id!r} leaves no room for a session name")
+    return session_name[:room] + SESSION_RUN_SEPARATOR + run_id
+
+
 def assume_role_params(
     role_arn: str, session_name: str, external_id: str | None = None
 ) -> dict[str, Any]:

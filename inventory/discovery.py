@@ -136,6 +136,10 @@ async def whoami(
 # ---------------------------------------------------------------------------- Organizations
 
 
+# An account's ARN: arn:aws:organizations::<management-account>:account/<org-id>/<account-id>
+_ORG_ID_IN_ARN = re.compile(r":account/(o-[a-z0-9]{10,32})/")
+
+
 @dataclass
 class OrgListing:
     """What Organizations said: the accounts to inventory and what was left out."""
@@ -144,6 +148,7 @@ class OrgListing:
     suspended: int = 0  # not ACTIVE (SUSPENDED, PENDING_CLOSURE, ...)
     skipped: int = 0  # in skip_accounts
     identity: str | None = None  # the management role assumed, if any
+    org_id: str | None = None  # the organization's id (o-...), from the accounts' ARNs
 
 
 def _org_fix(operation: str, code: str, who: str, org: OrgDiscovery, ou: str | None) -> str:
@@ -244,7 +249,11 @@ async def list_org_accounts(
                 answer = await calls(
                     "AssumeRole",
                     sts.assume_role,
-                    **assume_role_params(org.management_role_arn, options.session_name),
+                    **assume_role_params(
+                        org.management_role_arn,
+                        options.session_name,
+                        org.management_external_id,
+                    ),
                 )
             except CallFailed as exc:
                 raise DiscoveryFailed(
@@ -285,6 +294,9 @@ async def list_org_accounts(
         if not account_id or account_id in seen:
             continue
         seen.add(account_id)
+        if listing.org_id is None:
+            m = _ORG_ID_IN_ARN.search(str(entry.get("Arn") or ""))
+            listing.org_id = m[1] if m else None
         if _state(entry) != "ACTIVE":
             listing.suspended += 1
         elif account_id in skip:

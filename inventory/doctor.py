@@ -71,6 +71,8 @@ class Report:
     fixes: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (what, how)
     identity: str | None = None  # the base identity's ARN
     skipped: list[str] = field(default_factory=list)  # steps not run, and why
+    warnings: list[str] = field(default_factory=list)  # worth fixing, but a collect works
+    org_id: str | None = None  # the organization (o-...), when Organizations listed it
 
     @property
     def ok(self) -> bool:
@@ -107,31 +109,41 @@ def trust_principal(arn: str | None) -> str:
     return arn
 
 
+EXTERNAL_ID_PLACEHOLDER = "<choose-a-long-random-string>"
+
+
 def reader_trust_policy(hub_arn: str | None, external_id: str | None) -> str:
-    statement: dict[str, Any] = {
-        "Effect": "Allow",
-        "Principal": {"AWS": trust_principal(hub_arn)},
-        "Action": "sts:AssumeRole",
-    }
-    if external_id:
-        statement["Condition"] = {"StringEquals": {"sts:ExternalId": external_id}}
-    return _policy(statement)
+    """The reader role's trust policy: the hub as principal, always with the `sts:ExternalId`
+    condition (a placeholder when none is configured: then set `external_id` too)."""
+    return _policy(
+        {
+            "Effect": "Allow",
+            "Principal": {"AWS": trust_principal(hub_arn)},
+            "Action": "sts:AssumeRole",
+            "Condition": {
+                "StringEquals": {"sts:ExternalId": external_id or EXTERNAL_ID_PLACEHOLDER}
+            },
+        }
+    )
 
 
-def hub_assume_policy(role_arns: list[str]) -> str:
+def hub_assume_policy(role_arns: list[str], org_id: str | None = None) -> str:
+    """The hub's permission to assume the reader roles; restricted to roles of the
+    organization (`aws:ResourceOrgID`) when it is known."""
     names = {arn.split(":role/", 1)[-1] for arn in role_arns}
     if len(names) == 1 and len(role_arns) > 1:
         resource: Any = f"arn:aws:iam::*:role/{names.pop()}"
     else:
         resource = sorted(set(role_arns)) if len(set(role_arns)) > 1 else role_arns[0]
-    return _policy(
-        {
-            "Sid": "AssumeReaderRoles",
-            "Effect": "Allow",
-            "Action": "sts:AssumeRole",
-            "Resource": resource,
-        }
-    )
+    statement: dict[str, Any] = {
+        "Sid": "AssumeReaderRoles",
+        "Effect": "Allow",
+        "Action": "sts:AssumeRole",
+        "Resource": resource,
+    }
+    if org_id:
+        statement["Condition"] = {"StringEquals": {"aws:ResourceOrgID": org_id}}
+    return _policy(statement)
 
 
 def reader_policy() -> str:
@@ -251,6 +263,7 @@ async def diagnose(plan: Plan, sample: int = DEFAULT_SAMPLE) -> Report:
                 )
             else:
                 accounts = list(merge_accounts(plan.accounts, listing.accounts))
+                report.org_id = listing.org_id
                 report.add(
                     Check(
                         "organizations",
@@ -261,6 +274,13 @@ async def diagnose(plan: Plan, sample: int = DEFAULT_SAMPLE) -> Report:
                     )
                 )
 
+        missing = [a.id for a in accounts if a.role_arn is not None and not a.external_id]
+        if missing:
+            report.warnings.append(
+                f"no ExternalId configured for the member roles of {_n(len(missing), 'account')} "
+                f"(e.g. {missing[0]}): set external_id in the accounts file and require it in "
+                f"each reader role's trust policy ({DOCS})"
+            )
         if plan.own_account:
             chosen = [(Account(id=hub_account), base)]
             report.add(Check("assume-role", hub_account, True, "own account: no role to assume"))
@@ -344,19 +364,36 @@ async def _check_roles(
             ok.append((account, answer))
             report.add(Check("assume-role", label, True, f"assumed {account.role_arn}"))
     if denied:
-        external_ids = {a.external_id for a in denied}
-        external_id = external_ids.pop() if len(external_ids) == 1 else None
+        # one trust policy per distinct ExternalId, each with its condition
+        by_external_id: dict[str | None, list[Account]] = {}
+        for a in denied:
+            by_external_id.setdefault(a.external_id, []).append(a)
         ids = ", ".join(a.id for a in denied)
+        trust = []
+        for external_id, group in by_external_id.items():
+            where = (
+                "In each of those accounts"
+                if len(by_external_id) == 1
+                else f"In {', '.join(a.id for a in group)}"
+            )
+            note = (
+                ""
+                if external_id
+                else " (no ExternalId is configured: choose one, set external_id in the "
+                "accounts file, and use it here)"
+            )
+            trust.append(
+                f"{where}, create the role ({DOCS}) with this trust policy{note}:\n"
+                + reader_trust_policy(hub_arn, external_id)
+            )
         report.fix(
             "assume-role",
             f"The role could not be assumed in {ids}.",
             f"Either the role does not exist there, its trust policy does not trust {hub_arn}"
-            + (" with this ExternalId" if external_id else "")
-            + ", or the hub may not assume it.\n"
-            "In each of those accounts, create the role (docs/iam.md) with this trust policy:\n"
-            + reader_trust_policy(hub_arn, external_id)
+            " with this ExternalId, or the hub may not assume it.\n"
+            + "\n".join(trust)
             + f"\nand allow the hub identity ({trust_principal(hub_arn)}) to assume it:\n"
-            + hub_assume_policy([a.role_arn for a in denied if a.role_arn]),
+            + hub_assume_policy([a.role_arn for a in denied if a.role_arn], report.org_id),
         )
     return ok
 
@@ -503,6 +540,8 @@ def render(report: Report) -> str:
         lines.append(f"  {mark}  {c.step:<{width}}  {c.subject}: {c.detail}")
     for why in report.skipped:
         lines.append(f"  SKIP  {why}")
+    for warning in report.warnings:
+        lines.append(f"  WARN  {warning}")
     lines.append("")
     problems = report.problems
     if report.ok:

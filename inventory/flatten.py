@@ -27,7 +27,8 @@ once per Flattener (one run) as an `UnknownMember` anomaly, in the account × re
 first seen. Cost when there are none: one frozenset test per object.
 
 Environment values are replaced by `fingerprint(value)` unless `fingerprint` is None (that is
-`--include-env-values`): the value never reaches an Arrow buffer.
+`--include-env-values`): the value never reaches an Arrow buffer. So are the values of
+secret-looking `command` arguments (`fingerprint.redact_command`: `--password=…`, `TOKEN=…`, …).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from inventory.fingerprint import redact_command
 from inventory.model import ErrorRecord, TargetResult
 from inventory.schema import INVENTORY_TABLES
 
@@ -959,6 +961,8 @@ class Flattener:
         if command is None:
             col.null()
         elif isinstance(command, list):
+            if self._fingerprint is not None:  # secret-looking arguments: their fingerprints
+                command = redact_command(command, self._fingerprint) or command
             values = col.values
             for arg in command:
                 if arg.__class__ is str and arg.isascii():

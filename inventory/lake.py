@@ -36,9 +36,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from inventory import schema
+from inventory import fingerprint, schema
 from inventory.errors import StoreError, UsageError
 from inventory.files import keep_mode, make_dirs, temp_beside
+from inventory.fingerprint import Fingerprinter
 
 if TYPE_CHECKING:
     from inventory.store import Store
@@ -133,7 +134,9 @@ def write_table(
     return WrittenFile(f"{directory}/{name}", table_name, rows)
 
 
-def export_run(store: Store, run_id: str, dest: str | os.PathLike[str]) -> list[WrittenFile]:
+def export_run(
+    store: Store, run_id: str, dest: str | os.PathLike[str], *, env_values: bool = False
+) -> list[WrittenFile]:
     """Write run `run_id` of `store` to `dest`: one `<run_id>.parquet` per table (all of
     schema.TABLES, empty ones included), streamed from DuckDB. Exporting a run again replaces
     its files and removes its parts (`<run_id>.<part>.parquet`, and old-style
@@ -143,7 +146,12 @@ def export_run(store: Store, run_id: str, dest: str | os.PathLike[str]) -> list[
 
     A shard of a run (`collect --shard K/N`: runs.shard is K) writes
     `<run_id>.shard-K.parquet` instead, and removes only its own old-style
-    `<run_id>-shard-K.parquet`: the other shards' parts of the run sit beside it."""
+    `<run_id>-shard-K.parquet`: the other shards' parts of the run sit beside it.
+
+    Values stay where the user put them: a run stored with `--include-env-values` reaches
+    the lake with fingerprints (environment values, secret-looking command arguments:
+    fingerprint.protect_batch, with the store's key) unless `env_values` (the user's
+    `--export-env-values`) says to export them as stored."""
     run = store.run(run_id)
     if run is None:
         raise StoreError(f"{store.path}: no run {run_id}")
@@ -155,15 +163,37 @@ def export_run(store: Store, run_id: str, dest: str | os.PathLike[str]) -> list[
     started_at: dt.datetime = run["started_at"]
     part = None if run.get("shard") is None else f"shard-{run['shard']}"
     written = []
+    protect = None if env_values else _Protect(store.path)
     for table_name in schema.TABLES:
         reader = store.read_run(run_id, table_name)
+        fields = schema.TABLES[table_name].names
+        data: TableData = reader
+        if protect is not None and ("environment" in fields or "command" in fields):
+            data = (protect(batch) for batch in reader)
         try:
-            w = write_table(reader, dest, table_name, run_id, started_at, part)
+            w = write_table(data, dest, table_name, run_id, started_at, part)
         finally:
             reader.close()
         remove_parts(dest, table_name, run_id, started_at, part)
         written.append(w)
     return written
+
+
+class _Protect:
+    """fingerprint.protect_batch with the store's key, loaded only when a batch holds values
+    (a run stored with fingerprints never needs it)."""
+
+    def __init__(self, db_path: str | os.PathLike[str]) -> None:
+        self._db_path = db_path
+        self._fingerprint: Fingerprinter | None = None
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        return fingerprint.protect_batch(batch, self._fp)
+
+    def _fp(self, value: str) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = Fingerprinter(fingerprint.load_key(self._db_path))
+        return self._fingerprint(value)
 
 
 def remove_parts(

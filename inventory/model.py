@@ -48,6 +48,8 @@ class Options:
     run_deadline: float | None = None
     max_attempts: int = 8
     include_env_values: bool = False
+    # --export-env-values: the lake gets the stored values too (else their fingerprints)
+    export_env_values: bool = False
     session_name: str = "lightsail-inventory"
     workers: int = 1  # processes; 0 = one per core when there are enough accounts
     # 'lean': the hot call through botocore's signer + one aiohttp session + json.loads
@@ -75,6 +77,7 @@ class OrgDiscovery:
     ous: tuple[str, ...] = ()  # only accounts under these OUs (recursively); () = whole org
     skip: tuple[str, ...] = ()  # account ids never inventoried
     management_role_arn: str | None = None  # None: base credentials call Organizations
+    management_external_id: str | None = None  # sent with AssumeRole of management_role_arn
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ import pyarrow as pa
 from inventory import __version__, deep, discovery, lake, logs, schema
 from inventory.collect import Collector, run_deadline
 from inventory.config import Shard, run_started_at
+from inventory.credentials import run_session_name
 from inventory.errors import InventoryError, UsageError
 from inventory.fingerprint import KEY_ENV, Fingerprinter, key_exists, key_id, key_path, load_key
 from inventory.flatten import Flattener, TargetContext
@@ -273,6 +274,23 @@ async def collect_into(
     builder.tally.retries = collector.counter.retries
 
 
+def warn_missing_external_id(run_id: str, accounts: list[Account]) -> None:
+    """One warning per run when member roles are assumed without an ExternalId (the reader
+    role's trust policy should require one: docs/iam.md)."""
+    missing = [a.id for a in accounts if a.role_arn is not None and not a.external_id]
+    if missing:
+        logs.event(
+            log,
+            logging.WARNING,
+            "no_external_id",
+            f"no ExternalId configured for the member roles of {len(missing)} of "
+            f"{len(accounts)} accounts (e.g. {missing[0]}): set external_id in the accounts "
+            "file and require it in each reader role's trust policy (docs/iam.md)",
+            run_id=run_id,
+            accounts=len(missing),
+        )
+
+
 def tune_gc_for_collect() -> None:
     """For the collect process only (never library callers): the modules loaded so far are
     frozen out of the collector's sight and young collections run 100× less often. The
@@ -444,7 +462,11 @@ async def run_collect(
     run_id_given = run_id
     run_id = run_id or new_run_id(started)
     summary = RunSummary(run_id, "failed", now, now, db_path=str(db_path))
-    options = plan.options
+    # The role session name carries the run id (CloudTrail in member accounts tells runs apart).
+    options = dataclasses.replace(
+        plan.options, session_name=run_session_name(plan.options.session_name, run_id)
+    )
+    plan = dataclasses.replace(plan, options=options)
     store = Store.open(db_path, wait=wait_for_lock)
     store.shard = None if shard is None else (shard.index, shard.count)
     try:
@@ -485,6 +507,7 @@ async def run_collect(
                 org=plan.org is not None,
                 run_deadline=run_deadline(plan.options, summary.targets),
             )
+            warn_missing_external_id(run_id, accounts)
             if on_start:
                 on_start(summary.targets)
 
@@ -540,7 +563,9 @@ async def run_collect(
         if parquet_dest:
             summary.parquet_dest = parquet_dest
             try:
-                written = lake.export_run(store, run_id, parquet_dest)
+                written = lake.export_run(
+                    store, run_id, parquet_dest, env_values=options.export_env_values
+                )
                 summary.parquet_files = [str(w) for w in written]
             except Exception as exc:
                 export_failed(store, summary, exc)

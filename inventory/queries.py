@@ -2,7 +2,9 @@
 
 Each file opens with `-- <what it answers>`; a `-- params: a, b=default` line declares its
 parameters (a default may contain `{sql_dir}`, replaced by the SQL folder's path in the
-bound value, never in the SQL). Values are always bound by DuckDB as `$NAME`.
+bound value, never in the SQL, and `{secret_like_names}`, replaced by the collector's rule of
+what names a secret, fingerprint.SECRET_NAME_PATTERN). Values are always bound by DuckDB as
+`$NAME`.
 """
 
 from __future__ import annotations
@@ -98,8 +100,14 @@ def used_params(text: str) -> set[str]:
 
 def defaults(declared: dict[str, str | None], sql_dir: Path | None = None) -> dict[str, str]:
     """The declared defaults, `{sql_dir}` replaced in the value (never in the SQL)."""
+    from inventory.fingerprint import SECRET_NAME_PATTERN
+
     folder = str(sql_dir or SQL_DIR)
-    return {k: v.replace("{sql_dir}", folder) for k, v in declared.items() if v is not None}
+    return {
+        k: v.replace("{sql_dir}", folder).replace("{secret_like_names}", SECRET_NAME_PATTERN)
+        for k, v in declared.items()
+        if v is not None
+    }
 
 
 def bind(text: str, name: str | None, given: dict[str, str]) -> dict[str, str]:

@@ -503,7 +503,7 @@ async def test_collect_every_region_matches_ground_truth(
     arns = {c.account_id: c.role_arn for c in issued}
     assert arns[accounts[1]] == override[accounts[1]]
     assert arns[accounts[0]] == f"arn:aws:iam::{accounts[0]}:role/LightsailInventoryReader"
-    assert {c.session_name for c in issued} == {"lightsail-inventory"}
+    assert {c.session_name for c in issued} == {f"lightsail-inventory@{run['run_id']}"}
     # every Lightsail call signed by the account's own assumed role, none by the hub
     assert set(sim.lightsail_calls()) == set(targets)
 

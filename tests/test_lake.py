@@ -58,7 +58,7 @@ def build_run(store: Store, run_id: str = RUN, started: dt.datetime = STARTED) -
                         "image": ":web.1",
                         "image_source": "lightsail",
                         "command": [],
-                        "environment": {"A": "hmac-sha256:00"},
+                        "environment": {"A": "hmac-sha256:00112233445566aa"},
                         "ports": {"80": "HTTP"},
                     }
                 ],

@@ -196,12 +196,13 @@ def test_nothing_written_printed_or_logged_holds_a_secret(
 def test_the_scanner_finds_values_that_are_stored(
     tmp_path: Path, make_simulator: MakeSimulator, write_accounts: WriteAccounts
 ) -> None:
-    """--include-env-values stores the values: the same scan must see them (else it is blind)."""
+    """--include-env-values --export-env-values stores and exports the values: the same scan
+    must see them (else it is blind)."""
     fleet = Fleet(3, seed=1, regions=R3[:1])
     make_simulator(fleet=fleet)
     config = write_accounts(tmp_path / "accounts.toml", fleet.account_ids)
 
-    result, db, lake = collect(tmp_path, config, "--include-env-values")
+    result, db, lake = collect(tmp_path, config, "--include-env-values", "--export-env-values")
 
     assert result.exit_code == 0, result.output
     collected = env_values_in_targets(fleet, fleet.account_ids, R3[:1])

@@ -105,6 +105,23 @@ _JSON_CT = "application/x-amz-json-1.1"
 _KEY_ALPHABET = string.ascii_uppercase + string.digits
 
 
+# STS's RoleSessionName (botocore's sts model, roleSessionNameType): 2-64 characters of the
+# pattern [\w+=,.@-]*, where \w is ASCII letters, digits and underscore ("upper- and
+# lower-case alphanumeric characters with no spaces ... underscores or =,.@-").
+_SESSION_NAME_RE = re.compile(r"[\w+=,.@-]*", re.ASCII)
+
+
+def _session_name_problem(name: str) -> str | None:
+    """What STS would say is wrong with RoleSessionName `name` (None: nothing)."""
+    if len(name) < 2:
+        return "Member must have length greater than or equal to 2"
+    if len(name) > 64:
+        return "Member must have length less than or equal to 64"
+    if not _SESSION_NAME_RE.fullmatch(name):
+        return "Member must satisfy regular expression pattern: [\\w+=,.@-]*"
+    return None
+
+
 @dataclass(slots=True)
 class IssuedCredential:
     """A set of temporary credentials the simulator's AssumeRole handed out."""
@@ -542,9 +559,15 @@ class Simulator:
             f"{caller.credential.role_name}/{caller.credential.session_name}"
         )
         denied = f"User: {who} is not authorized to perform: sts:AssumeRole on resource: {role_arn}"
-        if not session or not re.fullmatch(r"[\w+=,.@-]{2,64}", session):
+        problem = _session_name_problem(session)
+        if problem is not None:
             return self._xml_error(
-                op, "other_errors", 400, "ValidationError", "Invalid RoleSessionName"
+                op,
+                "other_errors",
+                400,
+                "ValidationError",
+                f"1 validation error detected: Value {session!r} at 'roleSessionName' failed "
+                f"to satisfy constraint: {problem}",
             )
         m = _ROLE_RE.fullmatch(role_arn)
         if m is None:
