@@ -372,7 +372,14 @@ async def run_collect(
             nonlocal begun
             summary.accounts, summary.workers = len(accounts), workers
             summary.targets = len(accounts) * len(plan.regions)
-            store.begin_run(run_id, started, summary.accounts, summary.targets, __version__)
+            store.begin_run(
+                run_id,
+                started,
+                summary.accounts,
+                summary.targets,
+                __version__,
+                fleet_defining=plan.fleet_defining,
+            )
             begun = True
             logs.run_start(
                 run_id,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: runs.shard/shards; deployment_history*, container_images (--deep)
+# 2: runs.shard/shards; deployment_history*, container_images (--deep)
+# 3: runs.fleet_defining (NULL in older runs: they count as fleet-defining)
+SCHEMA_VERSION = 3
 
 TS = pa.timestamp("us", tz="UTC")
 STR = pa.string()
@@ -130,6 +132,9 @@ RUNS = _schema(
     ("schema_version", I32),
     ("shard", I32),  # this row's shard K of a sharded run (collect --shard K/N); NULL: unsharded
     ("shards", I32),  # N; a sharded run has one runs row per shard, all with the same run_id
+    # False: narrowed on the command line (--regions LIST, --no-org), a one-off run that
+    # updates what it scanned and retires nothing; True (or NULL): its plan is the fleet
+    ("fleet_defining", BOOL),
 )
 
 
