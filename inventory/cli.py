@@ -321,6 +321,12 @@ def runs(
     title = "runs"
     store = Store.open(db, read_only=True)
     try:
+        _, has = store.query_rows(
+            "select 1 from duckdb_columns() where table_name = 'run_totals' "
+            "and column_name = 'fleet_defining'"
+        )
+        if not has:  # a store no writer of this version migrated: its runs count as fleet runs
+            compact = compact.replace("fleet_defining", "true")
         columns, rows = store.query_rows(compact if format is Fmt.table else full)
         with contextlib.suppress(StoreError):  # a store no writer of this version migrated
             _, fleet = store.query_rows(

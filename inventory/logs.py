@@ -139,13 +139,16 @@ def run_start(
     db: str,
     source: str | None,
     org: bool,
+    fleet_defining: bool = True,
 ) -> None:
     event(
         log,
         logging.INFO,
         "run_start",
         f"run {run_id} started: {accounts} accounts × {len(regions)} regions = {targets} "
-        f"targets" + (f" ({workers} workers)" if workers > 1 else ""),
+        f"targets"
+        + (f" ({workers} workers)" if workers > 1 else "")
+        + ("" if fleet_defining else "; a one-off run (narrowed): it retires nothing"),
         run_id=run_id,
         accounts=accounts,
         regions=list(regions),
@@ -154,6 +157,7 @@ def run_start(
         db=db,
         source=source,
         org=org,
+        fleet_defining=fleet_defining,
     )
 
 

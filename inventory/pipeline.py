@@ -390,6 +390,7 @@ async def run_collect(
                 db=str(db_path),
                 source=plan.source,
                 org=plan.org is not None,
+                fleet_defining=plan.fleet_defining,
             )
             if on_start:
                 on_start(summary.targets)

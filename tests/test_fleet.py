@@ -72,12 +72,13 @@ def test_retired_accounts_leave_every_latest_reader(
     db, lake = tmp_path / "inventory.duckdb", tmp_path / "lake"
     store = ("--db", str(db))
 
-    def collect(config: Path, run_id: str, *extra: str) -> None:
+    def collect(config: Path, run_id: str, *extra: str) -> Any:
         result = invoke(
             "collect", "--config", str(config), *store, "--parquet-dir", str(lake),
             "--run-id", run_id, *extra,
         )  # fmt: skip
         assert result.exit_code == 0, result.output
+        return result
 
     first, second, narrowed = night(30, "a12"), night(20, "b02"), night(10, "c02")
     collect(all12, first)
@@ -121,9 +122,14 @@ def test_retired_accounts_leave_every_latest_reader(
     assert invoke("report", "--html", str(page), *store).exit_code == 0
     html = page.read_text()
     assert second in html and not [a for a in retired if a in html]
+    assert (
+        f"The fleet: 2 accounts, {2 * len(REGIONS)} account × region pairs, as planned by run "
+        f"{second} (and scanned ok since)." in html
+    )
 
     # a narrowed one-off night updates what it scanned and retires nothing
-    collect(two, narrowed, "--regions", "us-east-1")
+    one_off = collect(two, narrowed, "--regions", "us-east-1")
+    assert "a one-off run (narrowed): it retires nothing" in one_off.stderr
     runs = {r["run_id"]: r for r in json_rows("runs", *store)}
     assert [runs[r]["fleet_defining"] for r in (first, second, narrowed)] == [True, True, False]
     table = invoke("runs", *store)
