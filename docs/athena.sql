@@ -306,7 +306,7 @@ WHERE f.run_id IS NULL
        AND (r.started_at > f.started_at OR (r.started_at = f.started_at AND r.run_id > f.run_id)));
 
 CREATE OR REPLACE VIEW lightsail_inventory.latest_scans AS
-SELECT account_id, region, run_id, run_started_at
+SELECT g.account_id, g.region, g.run_id, g.run_started_at
 FROM (
     SELECT s.account_id, s.region, s.run_id, r.started_at AS run_started_at,
            row_number() OVER (
@@ -315,10 +315,10 @@ FROM (
            ) AS rn
     FROM lightsail_inventory.scans AS s
     JOIN lightsail_inventory.runs AS r ON r.run_id = s.run_id
-    JOIN lightsail_inventory.fleet AS f ON f.account_id = s.account_id AND f.region = s.region
     WHERE s.status = 'ok' AND r.status IN ('complete', 'partial')
-) AS ranked
-WHERE rn = 1;
+) AS g
+JOIN lightsail_inventory.fleet AS f ON f.account_id = g.account_id AND f.region = g.region
+WHERE g.rn = 1;
 
 CREATE OR REPLACE VIEW lightsail_inventory.latest_container_services AS SELECT t."run_id", t."collected_at", t."account_id", t."account_name", t."region", t."service_name", t."arn", t."created_at", t."availability_zone", t."resource_type", t."power", t."power_id", t."state", t."state_detail_code", t."state_detail_message", t."scale", t."is_disabled", t."principal_arn", t."private_domain_name", t."url", t."tags", t."public_domain_names", t."ecr_image_puller_role_active", t."ecr_image_puller_role_principal_arn" FROM lightsail_inventory.container_services AS t JOIN lightsail_inventory.latest_scans AS l ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region;
 

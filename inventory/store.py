@@ -242,7 +242,7 @@ WHERE f.run_id IS NULL
 """,
     """
 CREATE OR REPLACE VIEW {p}latest_scans AS
-SELECT account_id, region, run_id, run_started_at
+SELECT g.account_id, g.region, g.run_id, g.run_started_at
 FROM (
     SELECT s.account_id, s.region, s.run_id, r.started_at AS run_started_at,
            row_number() OVER (
@@ -251,10 +251,10 @@ FROM (
            ) AS rn
     FROM {p}scans AS s
     JOIN {p}runs AS r ON r.run_id = s.run_id
-    JOIN {p}fleet AS f ON f.account_id = s.account_id AND f.region = s.region
     WHERE s.status = 'ok' AND r.status IN ('complete', 'partial')
-) AS ranked
-WHERE rn = 1
+) AS g
+JOIN {p}fleet AS f ON f.account_id = g.account_id AND f.region = g.region
+WHERE g.rn = 1
 """,
 )
 
