@@ -267,7 +267,8 @@ CREATE EXTERNAL TABLE IF NOT EXISTS lightsail_inventory.runs (
   `shard` int,
   `shards` int,
   `fingerprint_key_id` string,
-  `env_values` boolean
+  `env_values` boolean,
+  `fleet_defining` boolean
 )
 PARTITIONED BY (`run_date` string)
 STORED AS PARQUET
@@ -282,32 +283,56 @@ TBLPROPERTIES (
   'storage.location.template' = 's3://YOUR-BUCKET/lightsail-inventory/runs/run_date=${run_date}/'
 );
 
+-- The views, the same SQL as the store's (inventory.store.view_statements): the
+-- current fleet (fleet_run, fleet), each pair's newest good scan (latest_scans), the
+-- latest_* views over it, and run_totals (the shards of a sharded run as one run).
+
+CREATE OR REPLACE VIEW lightsail_inventory.fleet_run AS
+SELECT run_id, min(started_at) AS started_at
+FROM lightsail_inventory.runs
+GROUP BY run_id
+HAVING bool_and(coalesce(fleet_defining, true))
+   AND bool_and(status IN ('complete', 'partial'))
+   AND count(DISTINCT coalesce(shard, -1)) >= coalesce(max(shards), 1)
+ORDER BY min(started_at) DESC, run_id DESC
+LIMIT 1;
+
+CREATE OR REPLACE VIEW lightsail_inventory.fleet AS
+SELECT DISTINCT s.account_id, s.region
+FROM lightsail_inventory.scans AS s
+JOIN (
+    SELECT run_id, min(started_at) AS started_at,
+           bool_or(status IN ('complete', 'partial')) AS good
+    FROM lightsail_inventory.runs
+    GROUP BY run_id
+) AS r ON r.run_id = s.run_id
+LEFT JOIN lightsail_inventory.fleet_run AS f ON TRUE
+WHERE f.run_id IS NULL
+   OR s.run_id = f.run_id
+   OR (r.good AND s.status = 'ok'
+       AND (r.started_at > f.started_at OR (r.started_at = f.started_at AND r.run_id > f.run_id)));
+
 CREATE OR REPLACE VIEW lightsail_inventory.latest_scans AS
-SELECT account_id, region, run_id, run_started_at FROM (
-  SELECT s.account_id, s.region, s.run_id, r.started_at AS run_started_at,
-         row_number() OVER (PARTITION BY s.account_id, s.region
-                            ORDER BY r.started_at DESC, s.run_id DESC) AS rn
-  FROM lightsail_inventory.scans AS s JOIN lightsail_inventory.runs AS r ON r.run_id = s.run_id
-  WHERE s.status = 'ok' AND r.status IN ('complete', 'partial')
-)
-WHERE rn = 1;
+SELECT g.account_id, g.region, g.run_id, g.run_started_at
+FROM (
+    SELECT s.account_id, s.region, s.run_id, r.started_at AS run_started_at,
+           row_number() OVER (
+               PARTITION BY s.account_id, s.region
+               ORDER BY r.started_at DESC, s.run_id DESC
+           ) AS rn
+    FROM lightsail_inventory.scans AS s
+    JOIN lightsail_inventory.runs AS r ON r.run_id = s.run_id
+    WHERE s.status = 'ok' AND r.status IN ('complete', 'partial')
+) AS g
+JOIN lightsail_inventory.fleet AS f ON f.account_id = g.account_id AND f.region = g.region
+WHERE g.rn = 1;
 
-CREATE OR REPLACE VIEW lightsail_inventory.latest_container_services AS
-SELECT t.run_id, t.collected_at, t.account_id, t.account_name, t.region, t.service_name, t.arn, t.created_at, t.availability_zone, t.resource_type, t.power, t.power_id, t.state, t.state_detail_code, t.state_detail_message, t.scale, t.is_disabled, t.principal_arn, t.private_domain_name, t.url, t.tags, t.public_domain_names, t.ecr_image_puller_role_active, t.ecr_image_puller_role_principal_arn, t.location_region_name, t.extra
-FROM lightsail_inventory.container_services AS t JOIN lightsail_inventory.latest_scans AS l
-  ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region;
+CREATE OR REPLACE VIEW lightsail_inventory.latest_container_services AS SELECT t."run_id", t."collected_at", t."account_id", t."account_name", t."region", t."service_name", t."arn", t."created_at", t."availability_zone", t."resource_type", t."power", t."power_id", t."state", t."state_detail_code", t."state_detail_message", t."scale", t."is_disabled", t."principal_arn", t."private_domain_name", t."url", t."tags", t."public_domain_names", t."ecr_image_puller_role_active", t."ecr_image_puller_role_principal_arn", t."location_region_name", t."extra" FROM lightsail_inventory.container_services AS t JOIN lightsail_inventory.latest_scans AS l ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region;
 
-CREATE OR REPLACE VIEW lightsail_inventory.latest_deployments AS
-SELECT t.run_id, t.collected_at, t.account_id, t.region, t.service_name, t.service_arn, t.slot, t.version, t.state, t.created_at, t.public_endpoint_container_name, t.public_endpoint_container_port, t.health_check_healthy_threshold, t.health_check_unhealthy_threshold, t.health_check_timeout_seconds, t.health_check_interval_seconds, t.health_check_path, t.health_check_success_codes, t.extra
-FROM lightsail_inventory.deployments AS t JOIN lightsail_inventory.latest_scans AS l
-  ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region;
+CREATE OR REPLACE VIEW lightsail_inventory.latest_deployments AS SELECT t."run_id", t."collected_at", t."account_id", t."region", t."service_name", t."service_arn", t."slot", t."version", t."state", t."created_at", t."public_endpoint_container_name", t."public_endpoint_container_port", t."health_check_healthy_threshold", t."health_check_unhealthy_threshold", t."health_check_timeout_seconds", t."health_check_interval_seconds", t."health_check_path", t."health_check_success_codes", t."extra" FROM lightsail_inventory.deployments AS t JOIN lightsail_inventory.latest_scans AS l ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region;
 
-CREATE OR REPLACE VIEW lightsail_inventory.latest_containers AS
-SELECT t.run_id, t.collected_at, t.account_id, t.region, t.service_name, t.service_arn, t.slot, t.deployment_version, t.container_name, t.image, t.image_source, t.command, t.environment, t.ports, t.extra
-FROM lightsail_inventory.containers AS t JOIN lightsail_inventory.latest_scans AS l
-  ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region;
+CREATE OR REPLACE VIEW lightsail_inventory.latest_containers AS SELECT t."run_id", t."collected_at", t."account_id", t."region", t."service_name", t."service_arn", t."slot", t."deployment_version", t."container_name", t."image", t."image_source", t."command", t."environment", t."ports", t."extra" FROM lightsail_inventory.containers AS t JOIN lightsail_inventory.latest_scans AS l ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region;
 
--- One row per run: the shards of a sharded run (collect --shard K/N) are one run.
 CREATE OR REPLACE VIEW lightsail_inventory.run_totals AS
 SELECT run_id,
        min(started_at) AS started_at,
@@ -332,6 +357,7 @@ SELECT run_id,
        CAST(sum(deployments) AS BIGINT) AS deployments,
        CAST(sum(containers) AS BIGINT) AS containers,
        max(tool_version) AS tool_version,
-       min(schema_version) AS schema_version
+       min(schema_version) AS schema_version,
+       bool_and(coalesce(fleet_defining, true)) AS fleet_defining
 FROM lightsail_inventory.runs
 GROUP BY run_id;

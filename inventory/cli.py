@@ -400,22 +400,42 @@ def runs(
 
     Example: inventory runs --db data/inventory.duckdb
     """
+    from inventory.errors import StoreError
     from inventory.store import Store
 
-    # run_totals: one row per run (the shards of a sharded run together)
+    # run_totals: one row per run (the shards of a sharded run together). scope: 'fleet' for
+    # a run that (when whole and good) defines the fleet, 'one-off' for a narrowed one.
     compact = (
         "select run_id, status, strftime(started_at, '%Y-%m-%d %H:%M:%SZ') as started, "
         "round(epoch(finished_at) - epoch(started_at), 1) as seconds, accounts, "
-        "targets_ok || '/' || targets as targets_ok, services, containers, api_calls, retries "
+        "targets_ok || '/' || targets as targets_ok, services, containers, api_calls, retries, "
+        "CASE WHEN fleet_defining THEN 'fleet' ELSE 'one-off' END AS scope "
         "from run_totals order by started_at desc, run_id desc"
     )
     full = "select * from run_totals order by started_at desc, run_id desc"
+    title = "runs"
     store = Store.open(db, read_only=True)
     try:
+        _, has = store.query_rows(
+            "select 1 from duckdb_columns() where table_name = 'run_totals' "
+            "and column_name = 'fleet_defining'"
+        )
+        if not has:  # a store no writer of this version migrated: its runs count as fleet runs
+            compact = compact.replace("fleet_defining", "true")
         columns, rows = store.query_rows(compact if format is Fmt.table else full)
+        with contextlib.suppress(StoreError):  # a store no writer of this version migrated
+            _, fleet = store.query_rows(
+                "select (select count(*) from fleet), (select run_id from fleet_run)"
+            )
+            pairs, defined_by = fleet[0]
+            if defined_by is not None:
+                title = (
+                    f"runs (current fleet: {pairs} account × region pairs, "
+                    f"defined by run {defined_by})"
+                )
     finally:
         store.close()
-    _print_rows(columns, rows, format, "runs")
+    _print_rows(columns, rows, format, title)
 
 
 @app.command()
@@ -554,7 +574,8 @@ def prune(
     wait: Annotated[bool, typer.Option(help="Wait for a collect on the same --db.")] = False,
 ) -> None:
     """Remove old runs from the DuckDB file and give the space back. The newest good snapshot
-    of every account × region is always kept.
+    of every account × region of the current fleet is always kept, and the run that defines
+    the fleet; pairs that left the fleet go by age.
 
     Example: inventory prune --keep-days 90
     """

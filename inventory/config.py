@@ -194,6 +194,9 @@ def load_plan(
         cli_regions: tuple[str, ...] | None = DISCOVER_REGIONS
     else:
         cli_regions = parse_regions(regions, "--regions") if regions is not None else None
+    # A list of regions on the command line narrows the run to a one-off; 'all' and
+    # 'discover' name every region, as leaving --regions out does.
+    every_region = regions is None or cli_regions == DISCOVER_REGIONS or _names_all(regions)
     if config is None:
         if org:
             raise UsageError(
@@ -207,10 +210,18 @@ def load_plan(
             options=options,
             source=None,
             own_account=True,
+            fleet_defining=every_region,
         )
     plan = _FileParser(str(config), _read(config)).plan(cli_regions, org, options)
     validate_options(plan.options)
+    if not every_region:
+        plan = dataclasses.replace(plan, fleet_defining=False)
     return plan
+
+
+def _names_all(regions: str | Sequence[str]) -> bool:
+    items = regions.split(",") if isinstance(regions, str) else list(regions)
+    return [str(item).strip() for item in items] == ["all"]
 
 
 def _read(config: Path | str) -> str:
@@ -366,6 +377,8 @@ class _FileParser:
             source=self.path,
             own_account=False,
             org=org,
+            # --no-org over the file's org = true leaves accounts out: an account filter
+            fleet_defining=not (file_org and cli_org is False),
         )
 
     # -- pieces --------------------------------------------------------------------------------

@@ -3,14 +3,16 @@
 `diff(con, from_run, to_run)` compares, for every account × region, two good scans (scans
 status 'ok' in a run whose status is 'complete' or 'partial'):
 
-- neither run given: its two newest good scans;
+- neither run given: for each account × region of the current fleet, its newest good scan
+  (the one the latest_* views show, `latest_scans`) and the good scan just before it;
 - `to_run` given: that run's scan and the good scan just before it;
-- `from_run` given: that run's scan and the newest good scan;
+- `from_run` given: that run's scan and the newest good scan, for the pairs still in the
+  fleet (a pair that left it is listed as not compared);
 - both given: those two runs, where both scanned it ok.
 
 An account × region without two such scans is listed in `Diff.uncompared` with the reason.
-`con` is any DuckDB connection with the six tables: the store's (`Store.connection()`) or
-the lake's (`lakequery.open_lake`).
+`con` is any DuckDB connection with the tables and views: the store's (`Store.connection()`)
+or the lake's (`lakequery.open_lake`).
 
 What is compared, by name: services (added, removed; state, power, scale, is_disabled, url,
 public domain names, tags), their deployments by slot ('current', 'next': appeared,
@@ -206,17 +208,19 @@ SELECT run_id, min(started_at) AS started_at,
 FROM runs GROUP BY run_id
 """
 
+# `newest`: this is the pair's scan in latest_scans (so the pair is in the current fleet).
 _GOOD_SCANS = f"""
-SELECT account_id, region, run_id, prev_run, rank FROM (
+SELECT g.account_id, g.region, g.run_id, g.prev_run, l.run_id IS NOT NULL AS newest FROM (
     SELECT s.account_id, s.region, s.run_id,
-           lead(s.run_id) OVER w AS prev_run,
-           row_number() OVER w AS rank
+           lead(s.run_id) OVER w AS prev_run
     FROM (SELECT DISTINCT account_id, region, run_id FROM scans WHERE status = 'ok') AS s
     JOIN ({_RUNS}) AS r ON r.run_id = s.run_id
     WHERE r.good
     WINDOW w AS (PARTITION BY s.account_id, s.region ORDER BY r.started_at DESC, s.run_id DESC)
-)
-WHERE rank = 1 OR run_id = $from_run OR run_id = $to_run
+) AS g
+LEFT JOIN latest_scans AS l
+  ON l.account_id = g.account_id AND l.region = g.region AND l.run_id = g.run_id
+WHERE l.run_id IS NOT NULL OR g.run_id = $from_run OR g.run_id = $to_run
 """
 
 
@@ -256,9 +260,9 @@ def choose_pairs(
     newest: dict[tuple[str, str], tuple[str, str | None]] = {}
     in_from: set[tuple[str, str]] = set()
     in_to: dict[tuple[str, str], str | None] = {}
-    for account_id, region, run_id, prev_run, rank in rows:
+    for account_id, region, run_id, prev_run, is_newest in rows:
         key = (account_id, region)
-        if rank == 1:
+        if is_newest:
             newest[key] = (run_id, prev_run)
         if run_id == from_run:
             in_from.add(key)
@@ -282,6 +286,9 @@ def choose_pairs(
             else:
                 skipped.append(Uncompared(*key, f"not scanned ok in run {from_run}"))
     else:
+        if from_run is not None:
+            for key in sorted(in_from - newest.keys()):
+                skipped.append(Uncompared(*key, "no longer in the fleet (no latest_* rows)"))
         for key in sorted(newest):
             latest, before = newest[key]
             if from_run is not None:

@@ -5,7 +5,8 @@ pyarrow dataset over `<dest>/<table>/run_date=YYYY-MM-DD/*.parquet` (a local fol
 `s3://bucket/prefix`, through the same S3 filesystem as the export, so AWS_ENDPOINT_URL_S3 is
 honoured), with the extra column `run_date DATE` from the Hive partition; and the views
 `latest_scans`, `latest_container_services`, `latest_deployments`, `latest_containers`,
-defined as in the store. So the store's questions (and named queries) work on the lake.
+defined as in the store (with the helpers `fleet_run`, `fleet` and `run_totals`). So the
+store's questions (and named queries) work on the lake.
 
 Decisions:
 - Columns are read by name against schema.py's schema: a file written before a column was
@@ -31,7 +32,7 @@ import pyarrow.fs as pafs
 
 from inventory import lake, schema
 from inventory.errors import StoreError, UsageError
-from inventory.store import LATEST_VIEWS, RUN_TOTALS_SELECT, view_statements
+from inventory.store import view_statements
 
 PARTITION = pa.schema([pa.field("run_date", pa.date32())])
 
@@ -165,26 +166,9 @@ def athena_ddl(
             ");"
         )
     parts.append(
-        f"CREATE OR REPLACE VIEW {database}.latest_scans AS\n"
-        "SELECT account_id, region, run_id, run_started_at FROM (\n"
-        "  SELECT s.account_id, s.region, s.run_id, r.started_at AS run_started_at,\n"
-        "         row_number() OVER (PARTITION BY s.account_id, s.region\n"
-        "                            ORDER BY r.started_at DESC, s.run_id DESC) AS rn\n"
-        f"  FROM {database}.scans AS s JOIN {database}.runs AS r ON r.run_id = s.run_id\n"
-        "  WHERE s.status = 'ok' AND r.status IN ('complete', 'partial')\n"
-        ")\nWHERE rn = 1;"
+        "-- The views, the same SQL as the store's (inventory.store.view_statements): the\n"
+        "-- current fleet (fleet_run, fleet), each pair's newest good scan (latest_scans), the\n"
+        "-- latest_* views over it, and run_totals (the shards of a sharded run as one run)."
     )
-    for view, table in LATEST_VIEWS.items():
-        cols = ", ".join(f"t.{f.name}" for f in schema.TABLES[table])
-        parts.append(
-            f"CREATE OR REPLACE VIEW {database}.{view} AS\nSELECT {cols}\n"
-            f"FROM {database}.{table} AS t JOIN {database}.latest_scans AS l\n"
-            "  ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region;"
-        )
-    parts.append(
-        "-- One row per run: the shards of a sharded run (collect --shard K/N) are one run.\n"
-        f"CREATE OR REPLACE VIEW {database}.run_totals AS"
-        + RUN_TOTALS_SELECT.format(runs=f"{database}.runs").rstrip()
-        + ";"
-    )
+    parts.extend(sql + ";" for sql in view_statements(prefix=f"{database}."))
     return "\n\n".join(parts) + "\n"

@@ -150,6 +150,7 @@ def run_start(
     source: str | None,
     org: bool,
     run_deadline: float | None = None,
+    fleet_defining: bool = True,
 ) -> None:
     event(
         log,
@@ -157,7 +158,8 @@ def run_start(
         "run_start",
         f"run {run_id} started: {plural(accounts, 'account')} × "
         f"{plural(len(regions), 'region')} = {plural(targets, 'target')}"
-        + (f" ({workers} workers)" if workers > 1 else ""),
+        + (f" ({workers} workers)" if workers > 1 else "")
+        + ("" if fleet_defining else "; a one-off run (narrowed): it retires nothing"),
         run_id=run_id,
         accounts=accounts,
         regions=list(regions),
@@ -167,6 +169,7 @@ def run_start(
         source=source,
         org=org,
         run_deadline=None if run_deadline is None else round(run_deadline, 1),
+        fleet_defining=fleet_defining,
     )
 
 

@@ -86,6 +86,10 @@ class Plan:
 
     `own_account`: no accounts file; the caller's own account (GetCallerIdentity), no role.
     `org`: accounts are discovered from Organizations at run time (added to `accounts`).
+    `fleet_defining`: False when the command line narrowed the plan (`--regions LIST`,
+    `--no-org` over the file's `org = true`): a one-off run that retires nothing from the
+    latest_* views (store.FLEET_SQL). Sharding does not narrow: the shards of one run id
+    together are its plan.
     """
 
     accounts: tuple[Account, ...]
@@ -94,6 +98,7 @@ class Plan:
     source: str | None = None  # the accounts file it came from, for messages
     own_account: bool = False
     org: OrgDiscovery | None = None
+    fleet_defining: bool = True
 
     @property
     def targets(self) -> int:

@@ -494,7 +494,14 @@ async def run_collect(
             nonlocal begun
             summary.accounts, summary.workers = len(accounts), workers
             summary.targets = len(accounts) * len(plan.regions)
-            store.begin_run(run_id, started, summary.accounts, summary.targets, __version__)
+            store.begin_run(
+                run_id,
+                started,
+                summary.accounts,
+                summary.targets,
+                __version__,
+                fleet_defining=plan.fleet_defining,
+            )
             begun = True
             logs.run_start(
                 run_id,
@@ -506,6 +513,7 @@ async def run_collect(
                 source=plan.source,
                 org=plan.org is not None,
                 run_deadline=run_deadline(plan.options, summary.targets),
+                fleet_defining=plan.fleet_defining,
             )
             warn_missing_external_id(run_id, accounts)
             if on_start:

@@ -9,6 +9,7 @@ what names a secret, fingerprint.SECRET_NAME_PATTERN). Values are always bound b
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -16,18 +17,55 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inventory.errors import StoreError, UsageError
+from inventory.errors import InventoryError, StoreError, UsageError
 
 if TYPE_CHECKING:
     import duckdb
 
-SQL_DIR = Path(os.environ.get("INVENTORY_SQL_DIR", Path(__file__).resolve().parent.parent / "sql"))
+SQL_DIR_ENV = "INVENTORY_SQL_DIR"
+
+
+def default_sql_dir() -> Path:
+    """The SQL folder: $INVENTORY_SQL_DIR when set; else the package data `inventory/sql`
+    (an installed wheel: pyproject.toml maps the repository's sql/ there); else, run from a
+    checkout (the editable install), the repository's own sql/ beside the package."""
+    given = os.environ.get(SQL_DIR_ENV)
+    if given:
+        return Path(given)
+    packaged = importlib.resources.files("inventory") / "sql"
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "sql"
+
+
+SQL_DIR = default_sql_dir()
+
+
+def queries_folder(sql_dir: Path | None = None) -> Path:
+    """`<sql_dir>/queries`, which must hold at least one `.sql` file: a missing or empty
+    folder is an error (a broken install, or $INVENTORY_SQL_DIR naming the wrong folder),
+    never an empty list of named queries."""
+    base = sql_dir or SQL_DIR
+    folder = base / "queries"
+    if not any(folder.glob("*.sql")):
+        problem = "is missing" if not folder.is_dir() else "has no .sql files"
+        given = os.environ.get(SQL_DIR_ENV)
+        if given and Path(given) == base:
+            raise UsageError(
+                f"{SQL_DIR_ENV}={given!r}: {folder} {problem}; "
+                "point it at a folder with queries/*.sql, or unset it"
+            )
+        raise InventoryError(
+            f"no named queries: {folder} {problem} (a broken install; reinstall "
+            f"lightsail-inventory, or set {SQL_DIR_ENV} to a folder with queries/*.sql)"
+        )
+    return folder
 
 
 def resolve_sql(sql_or_name: str) -> tuple[str, str | None]:
     """A named query (sql/queries/NAME.sql) or literal SQL; returns (sql, name)."""
     if re.fullmatch(r"[A-Za-z0-9_\-]+", sql_or_name):
-        path = SQL_DIR / "queries" / f"{sql_or_name}.sql"
+        path = queries_folder() / f"{sql_or_name}.sql"
         if path.is_file():
             return path.read_text(), sql_or_name
         raise UsageError(
@@ -81,8 +119,9 @@ class NamedQuery:
 
 
 def load(sql_dir: Path | None = None) -> list[NamedQuery]:
-    """Every sql/queries/*.sql, by name, read now (a query added since appears at once)."""
-    folder = (sql_dir or SQL_DIR) / "queries"
+    """Every sql/queries/*.sql, by name, read now (a query added since appears at once).
+    A missing or empty folder raises (see `queries_folder`)."""
+    folder = queries_folder(sql_dir)
     out = []
     for path in sorted(folder.glob("*.sql")):
         text = path.read_text(encoding="utf-8")

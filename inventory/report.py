@@ -42,7 +42,7 @@ import duckdb
 from inventory import __version__, queries, schema
 from inventory.errors import StoreError, UsageError
 from inventory.files import keep_mode, make_dirs
-from inventory.store import Store, view_statements
+from inventory.store import Store, _select_list, view_statements
 
 FINDING_ROWS = 20  # rows shown per named query
 FAILURE_ROWS = 200  # errors rows shown
@@ -96,6 +96,8 @@ class Report:
     errors_total: int
     errors: list[dict[str, Any]]  # the first FAILURE_ROWS
     error_groups: list[tuple[str, str, str | None, int, int]]  # op, code, region, rows, accounts
+    # the fleet the findings describe, as of the run: (run defining it or None, accounts, pairs)
+    fleet: tuple[str | None, int, int]
     findings: list[Finding]
     generated_at: dt.datetime
     ended: str = ""  # the run's status and why it ended, in a sentence or two
@@ -168,8 +170,10 @@ def _scope_to(con: duckdb.DuckDBPyConnection, run: dict[str, Any]) -> None:
         {"started": run["started_at"], "id": run["run_id"]},
     )
     for table in schema.TABLES:
+        # every schema.py column (NULL where a store no writer of this version migrated lacks
+        # it), so that the views below can be built over any store
         con.execute(
-            f"CREATE TEMP VIEW {table} AS SELECT * FROM {base}.{table} "
+            f"CREATE TEMP VIEW {table} AS SELECT {_select_list(con, table)} FROM {base}.{table} "
             "WHERE run_id IN (SELECT run_id FROM temp.main._report_runs)"
         )
     for sql in view_statements("CREATE OR REPLACE TEMP VIEW"):
@@ -232,6 +236,11 @@ def gather(
                 {"id": rid},
             ).fetchall()
             _scope_to(con, run)
+            fleet = con.execute(
+                "SELECT (SELECT run_id FROM fleet_run), count(DISTINCT account_id), count(*) "
+                "FROM fleet"
+            ).fetchone()
+            assert fleet is not None
         except duckdb.Error as e:
             raise StoreError(f"{store.path}: cannot read run {rid}: {e}") from e
         findings = [_run_finding(con, q, sql_dir) for q in named]
@@ -245,6 +254,7 @@ def gather(
         errors_total=errors_total,
         errors=errors,
         error_groups=[(str(o), str(c), g, int(n), int(a)) for o, c, g, n, a in groups],
+        fleet=(fleet[0], int(fleet[1]), int(fleet[2])),
         findings=findings,
         generated_at=generated_at or dt.datetime.now(dt.UTC),
     )
@@ -663,6 +673,17 @@ def _findings(r: Report) -> str:
     return out
 
 
+def _fleet_text(fleet: tuple[str | None, int, int]) -> str:
+    defined_by, accounts, pairs = fleet
+    size = (
+        f"{accounts:,} account{'s' if accounts != 1 else ''}, "
+        f"{pairs:,} account × region pair{'s' if pairs != 1 else ''}"
+    )
+    if defined_by is None:
+        return f"The fleet: {size} (every pair scanned so far; no run defines it yet)."
+    return f"The fleet: {size}, as planned by run {defined_by} (and scanned ok since)."
+
+
 def render(r: Report) -> str:
     """The whole page."""
     run = r.run
@@ -693,8 +714,8 @@ def render(r: Report) -> str:
         _failures(r),
         '<h2 id="findings">Findings</h2>',
         '<p class="muted">The named queries of <code>sql/queries/</code>, as of this run: for '
-        "each account × region, its newest good scan up to this run. Environment values are "
-        "never shown.</p>",
+        "each account × region of the fleet, its newest good scan up to this run. "
+        f"{esc(_fleet_text(r.fleet))} Environment values are never shown.</p>",
         _findings(r),
         f"<footer>Generated {esc(_ts(r.generated_at))} by lightsail-inventory "
         f"{esc(__version__)} (<code>inventory report</code>). Self-contained: no script, no "

@@ -2,9 +2,12 @@
 
 `prune(store, keep_days=N)` removes the runs that started more than N days ago;
 `prune(store, keep_runs=N)` keeps the N newest runs (of any status) and removes the rest.
-Never removed: a run that is still the newest good snapshot of some account × region (the
-`latest_*` views read it: an account × region that failed every night since keeps its last
-good inventory), and a run still 'running' (the next collect marks an interrupted one failed).
+Never removed: a run that is still the newest good snapshot of some account × region of the
+current fleet (the `latest_*` views read it: an account × region that failed every night
+since keeps its last good inventory), the run that defines the fleet (`fleet_run`: removing
+it would change which pairs the views show), and a run still 'running' (the next collect
+marks an interrupted one failed). Pairs that left the fleet are protected by nothing: their
+runs go by age like any other.
 
 A removed run loses its rows in all six tables, in one transaction. DuckDB keeps the freed
 blocks inside the file for reuse (CHECKPOINT and VACUUM do not shrink it), so the file is then
@@ -40,7 +43,8 @@ MAX_KEEP_DAYS = 36_500  # a century: more is a typo (and past the dates Python c
 @dataclass
 class PruneResult:
     removed: list[str] = field(default_factory=list)  # run ids, oldest first
-    protected: list[str] = field(default_factory=list)  # old enough, but still the latest somewhere
+    # old enough, but still the latest somewhere in the fleet, or the run defining the fleet
+    protected: list[str] = field(default_factory=list)
     kept: int = 0  # runs left
     rows: dict[str, int] = field(default_factory=dict)  # rows deleted per table
     size_before: int = 0  # bytes, the database file and its WAL
@@ -61,7 +65,7 @@ class PruneResult:
         if self.protected:
             lines.append(
                 f"  {plural(len(self.protected), 'older run')} kept: still the newest good snapshot of "
-                f"some account × region ({', '.join(self.protected[:3])}"
+                f"some account × region of the fleet, or the run that defines it ({', '.join(self.protected[:3])}"
                 + (", …)" if len(self.protected) > 3 else ")")
             )
         if not self.dry_run:
@@ -102,7 +106,8 @@ def select(
     now = now or dt.datetime.now(dt.UTC)
     _, rows = store.query_rows(
         "SELECT r.run_id, r.started_at, r.status, "
-        "  r.run_id IN (SELECT run_id FROM latest_scans) AS latest "
+        "  r.run_id IN (SELECT run_id FROM latest_scans UNION ALL SELECT run_id FROM fleet_run)"
+        "  AS latest "
         "FROM runs AS r ORDER BY r.started_at DESC, r.run_id DESC"
     )
     old: list[tuple[str, bool]] = []

@@ -13,6 +13,7 @@ import pyarrow as pa
 #    container_services, deployments and containers; container_services.location_region_name;
 #    container_images.service_arn
 #    runs.fingerprint_key_id, runs.env_values (whether env values of two runs compare)
+#    runs.fleet_defining (NULL in older runs: they count as fleet-defining)
 SCHEMA_VERSION = 3
 
 TS = pa.timestamp("us", tz="UTC")
@@ -144,6 +145,9 @@ RUNS = _schema(
     # values of two runs compare only when both agree. NULL: a run from before version 3.
     ("fingerprint_key_id", STR),
     ("env_values", BOOL),
+    # False: narrowed on the command line (--regions LIST, --no-org), a one-off run that
+    # updates what it scanned and retires nothing; True (or NULL): its plan is the fleet
+    ("fleet_defining", BOOL),
 )
 
 

@@ -4,8 +4,9 @@ Layout of a database (all derived from schema.py):
   - the six tables of schema.TABLES, plus `meta` (key, value): `app` marks the file as ours,
     `schema_version` is the schema.py version it was last migrated to;
   - the views `latest_container_services`, `latest_deployments`, `latest_containers` (and
-    the helper `latest_scans` they share): for each account × region, the rows of the newest
-    run with status 'complete' or 'partial' in which that account × region scanned ok.
+    the helpers `fleet_run`, `fleet`, `latest_scans` they share): for each account × region
+    of the current fleet, the rows of the newest run with status 'complete' or 'partial' in
+    which that account × region scanned ok (see FLEET_SQL for what the fleet is);
 
 Concurrency. DuckDB lets one process open a file read-write, and then refuses every other
 process, readers included. So a writer holds an exclusive `flock` on `<db>.lock` for the
@@ -201,29 +202,77 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _view_sql(view: str, table: str) -> str:
+def _view_sql(view: str, table: str, prefix: str = "") -> str:
     cols = ", ".join(f"t.{_quote(f.name)}" for f in schema.TABLES[table])
     return (
-        f"CREATE OR REPLACE VIEW {view} AS SELECT {cols} FROM {table} AS t "
-        "JOIN latest_scans AS l "
+        f"CREATE OR REPLACE VIEW {prefix}{view} AS SELECT {cols} FROM {prefix}{table} AS t "
+        f"JOIN {prefix}latest_scans AS l "
         "ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region"
     )
 
 
-LATEST_SCANS_SQL = """
-CREATE OR REPLACE VIEW latest_scans AS
-SELECT account_id, region, run_id, run_started_at
+# The current fleet: what the latest_* views describe. Plain SQL that DuckDB, Athena and Trino
+# all read; `{p}` is the table prefix ("" here, "database." in docs/athena.sql).
+#
+# fleet_run: the newest fleet-defining run (no row before there is one). A run defines the
+# fleet when it was not narrowed on the command line (runs.fleet_defining true or NULL: runs
+# written before the column existed count), and every runs row of its run id is 'complete'
+# or 'partial' with all of its shards there: a run killed half way, one whose every target
+# failed, or a sharded run with a shard missing, failed or still running, defines nothing.
+#
+# fleet: the account × region pairs that run planned (its scans rows, all shards, ok or
+# failed), plus those scanned ok since by a good run (a narrowed run adds what it scanned and
+# retires nothing). Before any fleet-defining run: every pair any run scanned.
+#
+# latest_scans: for each pair of the fleet, its newest good scan (scanned ok in a run with
+# status 'complete' or 'partial'), however old: a pair failing every night since keeps its
+# last good inventory. A pair that left the fleet keeps its rows in the tables (until
+# `prune` removes them by age) but is in no latest_* view.
+FLEET_SQL = (
+    """
+CREATE OR REPLACE VIEW {p}fleet_run AS
+SELECT run_id, min(started_at) AS started_at
+FROM {p}runs
+GROUP BY run_id
+HAVING bool_and(coalesce(fleet_defining, true))
+   AND bool_and(status IN ('complete', 'partial'))
+   AND count(DISTINCT coalesce(shard, -1)) >= coalesce(max(shards), 1)
+ORDER BY min(started_at) DESC, run_id DESC
+LIMIT 1
+""",
+    """
+CREATE OR REPLACE VIEW {p}fleet AS
+SELECT DISTINCT s.account_id, s.region
+FROM {p}scans AS s
+JOIN (
+    SELECT run_id, min(started_at) AS started_at,
+           bool_or(status IN ('complete', 'partial')) AS good
+    FROM {p}runs
+    GROUP BY run_id
+) AS r ON r.run_id = s.run_id
+LEFT JOIN {p}fleet_run AS f ON TRUE
+WHERE f.run_id IS NULL
+   OR s.run_id = f.run_id
+   OR (r.good AND s.status = 'ok'
+       AND (r.started_at > f.started_at OR (r.started_at = f.started_at AND r.run_id > f.run_id)))
+""",
+    """
+CREATE OR REPLACE VIEW {p}latest_scans AS
+SELECT g.account_id, g.region, g.run_id, g.run_started_at
 FROM (
     SELECT s.account_id, s.region, s.run_id, r.started_at AS run_started_at,
            row_number() OVER (
                PARTITION BY s.account_id, s.region
                ORDER BY r.started_at DESC, s.run_id DESC
-           ) AS rank
-    FROM scans AS s JOIN runs AS r ON r.run_id = s.run_id
+           ) AS rn
+    FROM {p}scans AS s
+    JOIN {p}runs AS r ON r.run_id = s.run_id
     WHERE s.status = 'ok' AND r.status IN ('complete', 'partial')
+) AS g
+JOIN {p}fleet AS f ON f.account_id = g.account_id AND f.region = g.region
+WHERE g.rn = 1
+""",
 )
-WHERE rank = 1
-"""
 
 
 # One row per run. A sharded run (collect --shard K/N) has one runs row per shard, all with
@@ -255,24 +304,27 @@ SELECT run_id,
        CAST(sum(deployments) AS BIGINT) AS deployments,
        CAST(sum(containers) AS BIGINT) AS containers,
        max(tool_version) AS tool_version,
-       min(schema_version) AS schema_version
+       min(schema_version) AS schema_version,
+       bool_and(coalesce(fleet_defining, true)) AS fleet_defining
 FROM {runs}
 GROUP BY run_id
 """
 RUN_TOTALS_SQL = "CREATE OR REPLACE VIEW run_totals AS" + RUN_TOTALS_SELECT.format(runs="runs")
 
 
-def view_statements(create: str = "CREATE OR REPLACE VIEW") -> list[str]:
-    """latest_scans, the latest_* views and run_totals, in the order they are created: the
-    one definition the store, the lake reader (lakequery) and the report's as-of views use.
-    `create`: e.g. "CREATE OR REPLACE TEMP VIEW"."""
+def view_statements(create: str = "CREATE OR REPLACE VIEW", prefix: str = "") -> list[str]:
+    """fleet_run, fleet, latest_scans, the latest_* views and run_totals, in the order they
+    are created: the one definition the store, the lake reader (lakequery), the report's
+    as-of views and the Athena DDL use. `create`: e.g. "CREATE OR REPLACE TEMP VIEW";
+    `prefix`: put before every table and view name, e.g. "lightsail_inventory."."""
     plain = "CREATE OR REPLACE VIEW"
+    run_totals = f"{plain} {prefix}run_totals AS" + RUN_TOTALS_SELECT.format(runs=f"{prefix}runs")
     return [
-        sql.replace(plain, create, 1)
+        sql.strip().replace(plain, create, 1)
         for sql in (
-            LATEST_SCANS_SQL,
-            *(_view_sql(view, table) for view, table in LATEST_VIEWS.items()),
-            RUN_TOTALS_SQL,
+            *(sql.format(p=prefix) for sql in FLEET_SQL),
+            *(_view_sql(view, table, prefix) for view, table in LATEST_VIEWS.items()),
+            run_totals,
         )
     ]
 
@@ -456,8 +508,10 @@ class Store:
         accounts: int,
         targets: int,
         tool_version: str,
+        fleet_defining: bool = True,
     ) -> list[str]:
-        """Record the start of a run (status 'running', committed).
+        """Record the start of a run (status 'running', committed). `fleet_defining`: False
+        for a run narrowed on the command line, which retires nothing (see FLEET_SQL).
 
         Any other run still 'running' was interrupted (we hold the writer lock, so nobody
         else runs): it becomes 'failed' (finished_at = its last scan's, else now) and its
@@ -483,7 +537,7 @@ class Store:
                 con.execute(
                     "INSERT INTO runs (run_id, started_at, status, accounts, targets, "
                     "tool_version, schema_version, shard, shards, fingerprint_key_id, "
-                    "env_values) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "env_values, fleet_defining) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         run_id,
                         started_at,
@@ -495,6 +549,7 @@ class Store:
                         shards,
                         key_id,
                         env_values,
+                        fleet_defining,
                     ],
                 )
                 con.execute("COMMIT")

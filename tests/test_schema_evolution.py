@@ -25,7 +25,7 @@ from inventory.model import Account, Options, Plan
 from inventory.pipeline import run_collect
 from inventory.simulator import Simulator
 from inventory.simulator.fleet import Change
-from inventory.store import APP, LATEST_SCANS_SQL, Store
+from inventory.store import APP, Store
 
 MakeSimulator = Callable[..., Simulator]
 RUN1, RUN2 = make_v0.RUN_IDS
@@ -220,6 +220,7 @@ V3_ADDED = {
     "deployments": ("extra",),
     "containers": ("extra",),
     "container_images": ("service_arn",),
+    "runs": ("fingerprint_key_id", "env_values", "fleet_defining"),
 }
 
 
@@ -246,7 +247,7 @@ def _write_v2_store(db: Path) -> None:
                 con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _rows")
                 con.unregister("_rows")
         con.execute("UPDATE runs SET schema_version = 2")
-        con.execute(LATEST_SCANS_SQL)
+        con.execute(make_v0.V0_LATEST_SCANS_SQL)
         for name in schema.INVENTORY_TABLES:
             cols = ", ".join(f"t.{c}" for c in v2[name].names)
             con.execute(

@@ -1,5 +1,5 @@
--- What changed since the previous run: services added, removed, or with a new state, power or scale, per account × region between its two newest good scans.
--- A good scan: the account × region scanned ok in a 'complete' or 'partial' run (as the latest_* views use). Pairs scanned ok only once show nothing.
+-- What changed since the previous run: services added, removed, or with a new state, power or scale, per account × region of the current fleet between its two newest good scans.
+-- A good scan: the account × region scanned ok in a 'complete' or 'partial' run. The newer one is what the latest_* views show (latest_scans): pairs that left the fleet, and pairs scanned ok only once, show nothing (as `inventory diff`).
 WITH good AS (
     SELECT
         s.account_id,
@@ -21,6 +21,8 @@ WITH good AS (
 pairs AS (
     SELECT n.account_id, n.region, n.run_id AS new_run, o.run_id AS old_run
     FROM good AS n
+    JOIN latest_scans AS l
+      ON l.account_id = n.account_id AND l.region = n.region AND l.run_id = n.run_id
     JOIN good AS o
       ON o.account_id = n.account_id AND o.region = n.region AND o.rank = 2
     WHERE n.rank = 1

@@ -1,0 +1,117 @@
+"""Installed from a wheel, the tool works: scripts/install-wheel.sh builds the wheel, installs
+it into a fresh virtual environment and runs `inventory query --list`, `inventory demo` and
+the named query `monthly_cost` from an empty folder. The wheel carries every module and the
+repository's sql/ (as the package data inventory/sql). A missing or empty query folder is an
+error, never an empty list of named queries.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "install-wheel.sh"
+
+
+def inventory(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`inventory ARGS` as a user runs it: a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "inventory", *args],
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "200", **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_and_runs_from_an_empty_folder(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    checkout = sorted(os.listdir(ROOT))
+    proc = subprocess.run(
+        [str(SCRIPT), str(venv)],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(os.listdir(ROOT)) == checkout  # the build left nothing in the checkout
+    out = proc.stdout
+    listed = out.split("== inventory query --list")[1].split("== inventory demo")[0]
+    names = {line.split(",")[0] for line in listed.strip().splitlines()[1:]}
+    assert names == {p.stem for p in (ROOT / "sql" / "queries").glob("*.sql")}
+    assert "run " in out and ": complete" in out  # the demo's summary
+    cost = out.split("== inventory query monthly_cost")[1].split("== ok")[0].strip().splitlines()
+    assert cost[0].startswith("account_id,account_name,region,service_name")
+    assert len(cost) > 1 and cost[1].split(",")[-1] == "2026-11-27"  # priced from the wheel
+    # the installed package: every module of the checkout, and all of sql/ under inventory/sql
+    (site,) = venv.glob("lib/python3*/site-packages")
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "inventory").rglob("*.py")}
+    installed = {p.relative_to(site).as_posix() for p in (site / "inventory").rglob("*.py")}
+    assert modules <= installed, sorted(modules - installed)
+    sql = {p.relative_to(ROOT / "sql").as_posix() for p in (ROOT / "sql").rglob("*") if p.is_file()}
+    shipped = {
+        p.relative_to(site / "inventory" / "sql").as_posix()
+        for p in (site / "inventory" / "sql").rglob("*")
+        if p.is_file()
+    }
+    assert sql <= shipped, sorted(sql - shipped)
+    # nothing of the checkout was used: the installed package is the one in the venv
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import inventory.queries as q; print(q.SQL_DIR)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert Path(where) == site / "inventory" / "sql"
+
+
+def test_install_script_refuses_a_used_destination(tmp_path: Path) -> None:
+    used = tmp_path / "venv"
+    used.mkdir()
+    (used / "keep.txt").write_text("mine")
+    proc = subprocess.run([str(SCRIPT), str(used)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"DEST_VENV {used} exists" in proc.stderr
+    assert (used / "keep.txt").read_text() == "mine" and sorted(os.listdir(used)) == ["keep.txt"]
+    usage = subprocess.run([str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "usage: scripts/install-wheel.sh DEST_VENV" in usage.stderr
+
+
+@pytest.mark.parametrize("layout", ["missing", "empty"])
+def test_a_missing_or_empty_query_folder_is_an_error(tmp_path: Path, layout: str) -> None:
+    sql = tmp_path / "sql"
+    if layout == "empty":
+        (sql / "queries").mkdir(parents=True)
+        (sql / "queries" / "README.txt").write_text("no queries here")
+    env = {"INVENTORY_SQL_DIR": str(sql)}
+    problem = "is missing" if layout == "missing" else "has no .sql files"
+    db = tmp_path / "demo.duckdb"
+    demo = inventory(
+        "demo", "--accounts", "1", "--latency-ms", "0", "--db", str(db), "--parquet-dir",
+        str(tmp_path / "lake"), cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stderr
+    for args in (
+        ("query", "--list"),
+        ("query", "monthly_cost", "--db", str(db)),
+        ("report", "--html", str(tmp_path / "report.html"), "--db", str(db)),
+    ):
+        proc = inventory(*args, cwd=tmp_path, env=env)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert proc.stdout == ""
+        (line,) = proc.stderr.strip().splitlines()
+        assert line == (
+            f"error: INVENTORY_SQL_DIR='{sql}': {sql / 'queries'} {problem}; "
+            "point it at a folder with queries/*.sql, or unset it"
+        )
+    assert not (tmp_path / "report.html").exists()
