@@ -41,6 +41,7 @@ lint: install
 	$(BIN)/ruff check inventory tests benchmarks
 	$(BIN)/ruff format --check inventory tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # BENCH_ARGS: more options, e.g. make bench-quick BENCH_ARGS="--huge-answer-mb 50"
 bench: install

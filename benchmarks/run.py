@@ -235,7 +235,7 @@ def fleet_info(sim: Simulator, n: int, seed: int, regions: list[str] | None) -> 
     if regions:
         regs = regions
     elif not regs:
-        from inventory.regions import all_regions
+        from inventory.plan.regions import all_regions
 
         regs = list(all_regions())
     if expected is not None and isinstance(expected, dict):
@@ -400,7 +400,7 @@ class Run:
 def startup_cpu(kind: str, log_dir: Path) -> float:
     """CPU of starting the interpreter and importing what the child imports (median of 3)."""
     code = {
-        "ours": "import inventory.cli, inventory.pipeline, inventory.collect, duckdb, pyarrow",
+        "ours": "import inventory.cli, inventory.run.pipeline, inventory.run.collect, duckdb, pyarrow",
         "peer": "import boto3, duckdb, pyarrow, botocore.session",
         "floor": "import aiohttp, json",
     }[kind]

@@ -16,10 +16,11 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.markup import escape
 
-from inventory import __version__, queries, render
+from inventory import __version__, render
+from inventory.answers import queries
 from inventory.errors import InventoryError, UsageError
-from inventory.files import private_umask
 from inventory.model import Options
+from inventory.storage.files import private_umask
 from inventory.terminal import visible
 
 app = typer.Typer(
@@ -263,9 +264,10 @@ def collect(
 
     Example: inventory collect --config accounts.toml --regions us-east-1,eu-west-2
     """
-    from inventory import config as config_mod
     from inventory import logs
-    from inventory.pipeline import run_collect, tune_gc_for_collect
+    from inventory.plan import config as config_mod
+    from inventory.run.builder import tune_gc_for_collect
+    from inventory.run.pipeline import run_collect
 
     tune_gc_for_collect()
     level = LogLevel.warning if quiet else log_level or LogLevel.info
@@ -346,7 +348,7 @@ def query(
 
     Example: inventory query services_in_account --param account=111111111111
     """
-    from inventory.store import Store
+    from inventory.storage.store import Store
 
     if list_:
         if sql is not None or param:
@@ -366,7 +368,7 @@ def query(
     # the SQL reads the store (or the lake) and the files a named query needs, nothing else
     allowed = queries.allowed_files(name, values)
     if lake is not None:
-        from inventory import lakequery
+        from inventory.storage import lakequery
 
         con = lakequery.open_lake(lake)
         try:
@@ -401,7 +403,7 @@ def runs(
     Example: inventory runs --db data/inventory.duckdb
     """
     from inventory.errors import StoreError
-    from inventory.store import Store
+    from inventory.storage.store import Store
 
     # run_totals: one row per run (the shards of a sharded run together). scope: 'fleet' for
     # a run that (when whole and good) defines the fleet, 'one-off' for a narrowed one.
@@ -456,8 +458,8 @@ def export(
 
     Example: inventory export --run 20261127T053650Z-3f9a1c --to s3://lake/lightsail
     """
-    from inventory import lake
-    from inventory.store import Store
+    from inventory.storage import lake
+    from inventory.storage.store import Store
 
     store = Store.open(db, read_only=True)
     try:
@@ -505,7 +507,7 @@ def rebuild(
 
     Example: inventory rebuild --from-lake s3://lake/lightsail --db data/inventory.duckdb
     """
-    from inventory import rebuild as rebuild_mod
+    from inventory.storage import rebuild as rebuild_mod
 
     done = rebuild_mod.rebuild(from_lake, db)
     rows = sum(n for t, n in done.rows.items() if t != "runs")
@@ -533,10 +535,10 @@ def diff_cmd(
 
     Example: inventory diff --from 20261126T053650Z-3f9a1c --to 20261127T053702Z-81c0de
     """
-    from inventory import diff as diff_mod
+    from inventory.answers import diff as diff_mod
 
     if lake is not None:
-        from inventory import lakequery
+        from inventory.storage import lakequery
 
         con = lakequery.open_lake(lake)
         try:
@@ -544,7 +546,7 @@ def diff_cmd(
         finally:
             con.close()
     else:
-        from inventory.store import Store
+        from inventory.storage.store import Store
 
         with Store.open(db, read_only=True) as store, store.connection() as con:
             result = diff_mod.diff(con, from_run, to_run)
@@ -579,8 +581,8 @@ def prune(
 
     Example: inventory prune --keep-days 90
     """
-    from inventory import retention
-    from inventory.store import Store
+    from inventory.storage import retention
+    from inventory.storage.store import Store
 
     if (keep_days is None) == (keep_runs is None):
         raise UsageError("give one of --keep-days N or --keep-runs N")
@@ -605,7 +607,7 @@ def report(
 
     Example: inventory report --html report.html --db data/inventory.duckdb
     """
-    from inventory import report as report_mod
+    from inventory.answers import report as report_mod
 
     if not html.strip():
         raise UsageError(f"--html {html!r}: give a file name, or - for standard output")
@@ -671,8 +673,8 @@ def doctor(
 
     Example: inventory doctor --config accounts.toml --sample 5 --regions discover
     """
-    from inventory import config as config_mod
-    from inventory import doctor as doctor_mod
+    from inventory.answers import doctor as doctor_mod
+    from inventory.plan import config as config_mod
 
     options = Options(timeout=timeout, max_attempts=3, engine=engine.value)
     plan = config_mod.load_plan(config, regions=regions, org=org, options=options)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from inventory import render
 from inventory.model import Account, Options, Plan
-from inventory.pipeline import run_collect
-from inventory.regions import all_regions
+from inventory.plan.regions import all_regions
+from inventory.run.pipeline import run_collect
 from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
-from inventory.store import Store
+from inventory.storage.store import Store
 
 DEMO_QUERY = """
 select region, state, count(*) as services, sum(scale) as nodes

@@ -43,8 +43,7 @@ import pyarrow as pa
 
 from inventory.errors import UsageError
 from inventory.model import ErrorRecord, group_failures, utcnow
-from inventory.render import plural
-from inventory.terminal import visible
+from inventory.terminal import plural, visible
 
 FORMATS = ("text", "json")
 ROOT = "inventory"

@@ -23,19 +23,14 @@ from rich.table import Table
 from rich.text import Text
 
 from inventory.model import FailureGroup, group_failures
-from inventory.terminal import visible
+from inventory.terminal import plural, visible
 
 if TYPE_CHECKING:  # importing the pipeline loads aiobotocore, duckdb, pyarrow
-    from inventory.pipeline import RunSummary
+    from inventory.run.pipeline import RunSummary
 
 
 def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=False)
-
-
-def plural(n: int, word: str, words: str | None = None) -> str:
-    """`1 failure`, `2 failures`, `1,000 runs` (`words`: an irregular plural)."""
-    return f"{n:,} {word if n == 1 else words or word + 's'}"
 
 
 class ProgressView:

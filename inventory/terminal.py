@@ -32,3 +32,8 @@ def visible(text: str) -> str:
     if _CONTROL.search(text) is None:
         return text
     return _CONTROL.sub(_escape, text)
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """`1 failure`, `2 failures`, `1,000 runs` (`words`: an irregular plural)."""
+    return f"{n:,} {word if n == 1 else words or word + 's'}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from inventory.store import Store
+from inventory.storage.store import Store
 
 
 def rows(db: Path, sql: str) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ list (a failed scan, never an empty region), leaves of the wrong type (NULL, the
 End to end through both engines (`lean`, `botocore`) against the simulator's answer variants
 (`Faults.unknown_members`, `no_services_member`, `services_not_list`, `bad_leaves`), into a
 real DuckDB file (and Parquet); the expected values come from the simulator's wire dicts
-(`Fleet.answer`), not from inventory.flatten. A property-based test (hypothesis) then replaces
+(`Fleet.answer`), not from inventory.storage.flatten. A property-based test (hypothesis) then replaces
 random leaves of valid answers with values of the wrong type.
 """
 
@@ -26,14 +26,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from inventory import schema
 from inventory.cli import app
-from inventory.fingerprint import Fingerprinter, load_key
-from inventory.flatten import UNKNOWN_MEMBER, TargetContext, flatten, known_members
 from inventory.model import Account, Options, Plan
-from inventory.pipeline import run_collect
+from inventory.run.pipeline import run_collect
 from inventory.simulator import Faults, Fleet, Simulator
 from inventory.simulator.fleet import FUTURE_MEMBERS
+from inventory.storage import schema
+from inventory.storage.fingerprint import Fingerprinter, load_key
+from inventory.storage.flatten import UNKNOWN_MEMBER, TargetContext, flatten, known_members
 
 R1, R2 = "us-east-1", "eu-west-2"
 ENGINES = ("lean", "botocore")

@@ -26,11 +26,11 @@ import typer
 from conftest import use_simulator_env
 from typer.testing import CliRunner
 
-from inventory import schema
 from inventory.cli import app
-from inventory.config import load_plan
-from inventory.pipeline import run_collect
+from inventory.plan.config import load_plan
+from inventory.run.pipeline import run_collect
 from inventory.simulator import Faults, Fleet, Simulator
+from inventory.storage import schema
 
 WriteAccounts = Callable[..., Path]
 R2 = ("us-east-1", "ap-southeast-2")

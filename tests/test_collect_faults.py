@@ -18,11 +18,11 @@ from aiohttp import web
 from helpers import rows
 from typer.testing import CliRunner
 
+from inventory.aws.retry import Backoff
 from inventory.cli import app
-from inventory.collect import BREAKER_TARGETS, BREAKER_TIMEOUTS, Collector, run_time_bound
 from inventory.model import Account, Options, Plan
-from inventory.pipeline import run_collect
-from inventory.retry import Backoff
+from inventory.run.collect import BREAKER_TARGETS, BREAKER_TIMEOUTS, Collector, run_time_bound
+from inventory.run.pipeline import run_collect
 from inventory.simulator import Faults, Fleet, Simulator
 
 R1, R2, R3 = "us-east-1", "eu-west-2", "ap-south-1"

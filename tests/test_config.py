@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from inventory.config import load_plan, role_arn_for, validate_options
 from inventory.errors import ConfigError, UsageError
 from inventory.model import Account, Options, OrgDiscovery, Plan
-from inventory.regions import all_regions
+from inventory.plan.config import load_plan, role_arn_for, validate_options
+from inventory.plan.regions import all_regions
 
 
 def write(tmp_path: Path, text: str, name: str = "accounts.toml") -> Path:

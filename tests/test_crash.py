@@ -28,12 +28,12 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import rows
 
-from inventory import pipeline
-from inventory.config import load_plan
 from inventory.model import Account, Options, Plan
-from inventory.pipeline import run_collect
+from inventory.plan.config import load_plan
+from inventory.run import builder
+from inventory.run.pipeline import run_collect
 from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
-from inventory.store import Store
+from inventory.storage.store import Store
 
 REGIONS = ("us-east-1", "eu-west-2")
 INVENTORY = ("container_services", "deployments", "containers")
@@ -317,7 +317,7 @@ async def test_an_exception_while_writing_leaves_earlier_runs_intact(
     assert good.status == "complete"
     before = snapshot(db)
 
-    monkeypatch.setattr(pipeline, "FLUSH_TARGETS", 2)  # write every second target
+    monkeypatch.setattr(builder, "FLUSH_TARGETS", 2)  # write every second target
     calls = 0
     real_append = Store.append
 

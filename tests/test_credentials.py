@@ -17,9 +17,9 @@ from aiohttp import web
 from conftest import use_simulator_env
 from helpers import rows
 
-from inventory.collect import Collector
 from inventory.model import Account, Options, Plan
-from inventory.pipeline import run_collect
+from inventory.run.collect import Collector
+from inventory.run.pipeline import run_collect
 from inventory.simulator import Faults, Fleet, Simulator
 
 REGIONS = ("us-east-1", "eu-west-2", "ap-south-1")
@@ -199,8 +199,8 @@ async def test_base_credentials_are_read_fresh_for_every_assume_role() -> None:
 
     from botocore.credentials import ReadOnlyCredentials
 
-    from inventory import credentials as cm
-    from inventory.credentials import CallCounter, CredentialBroker
+    from inventory.aws import credentials as cm
+    from inventory.aws.credentials import CallCounter, CredentialBroker
     from inventory.model import Account, Options
 
     class RotatingBase:

@@ -1,6 +1,6 @@
 """`collect --deep`: GetContainerServiceDeployments and GetContainerImages per service, against
 the simulator's ground truth (`fleet.deployments`, `fleet.images`), computed here from the raw
-wire dicts, never with inventory.flatten / inventory.deep.
+wire dicts, never with inventory.storage.flatten / inventory.run.deep.
 
 Real parts: aiobotocore clients over HTTP to the simulator, a DuckDB file, Parquet files read
 back. Fleets are small (a few accounts × 2 regions, ~17 services)."""
@@ -20,16 +20,16 @@ from fixtures import make_v0
 from test_secrets import decoded_duckdb, decoded_parquet, found, found_in_bytes
 from typer.testing import CliRunner
 
-from inventory import lakequery, schema
 from inventory.cli import app
-from inventory.collect import Collector
-from inventory.deep import DEPLOYMENTS, IMAGES, DeepFetcher, DeepFlattener, DeepResult
-from inventory.fingerprint import KEY_ENV, Fingerprinter
-from inventory.flatten import UNEXPECTED_SHAPE, UNKNOWN_ENUM_VALUE, TargetContext
 from inventory.model import Account, Options, Plan
-from inventory.pipeline import run_collect
+from inventory.run.collect import Collector
+from inventory.run.deep import DEPLOYMENTS, IMAGES, DeepFetcher, DeepFlattener, DeepResult
+from inventory.run.pipeline import run_collect
 from inventory.simulator import Faults, Fleet, Simulator
-from inventory.store import Store
+from inventory.storage import lakequery, schema
+from inventory.storage.fingerprint import KEY_ENV, Fingerprinter
+from inventory.storage.flatten import UNEXPECTED_SHAPE, UNKNOWN_ENUM_VALUE, TargetContext
+from inventory.storage.store import Store
 
 MakeSimulator = Callable[..., Simulator]
 WriteAccounts = Callable[..., Path]

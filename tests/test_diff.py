@@ -19,16 +19,16 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from inventory import diff as diff_mod
-from inventory import lake, lakequery
+from inventory.answers import diff as diff_mod
 from inventory.cli import app
 from inventory.errors import UsageError
-from inventory.fingerprint import Fingerprinter, load_key
 from inventory.model import Account, Options, Plan
-from inventory.pipeline import RunSummary, run_collect
+from inventory.run.pipeline import RunSummary, run_collect
 from inventory.simulator import Fleet, Simulator
 from inventory.simulator.fleet import Change as FleetChange
-from inventory.store import Store
+from inventory.storage import lake, lakequery
+from inventory.storage.fingerprint import Fingerprinter, load_key
+from inventory.storage.store import Store
 
 MakeSimulator = Callable[..., Simulator]
 REGIONS = ("us-east-1", "eu-west-2", "ap-south-1")

@@ -18,8 +18,9 @@ import pytest
 from typer.testing import CliRunner
 
 from inventory.cli import app
-from inventory.config import DISCOVER_REGIONS, load_plan
-from inventory.discovery import (
+from inventory.model import Account, Options, OrgDiscovery
+from inventory.plan.config import DISCOVER_REGIONS, load_plan
+from inventory.plan.discovery import (
     Calls,
     DiscoveryFailed,
     _org_fix,
@@ -28,8 +29,7 @@ from inventory.discovery import (
     merge_accounts,
     resolve,
 )
-from inventory.model import Account, Options, OrgDiscovery
-from inventory.regions import all_regions
+from inventory.plan.regions import all_regions
 from inventory.simulator import HUB_ACCOUNT_ID, Faults, Fleet, Simulator
 
 MakeSimulator = Callable[..., Simulator]

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from inventory.answers.doctor import trust_principal
 from inventory.cli import app
-from inventory.doctor import trust_principal
 from inventory.simulator import BASE_SECRET_KEY, HUB_ACCOUNT_ID, Faults, Fleet, Simulator
 
 MakeSimulator = Callable[..., Simulator]
@@ -187,12 +187,12 @@ def test_doctor_checks_the_engine_collect_uses(
 ) -> None:
     """A fault only the lean engine (collect's default) has, here a signature the simulator
     refuses, shows in doctor; `--engine botocore` checks the aiobotocore client instead."""
-    import inventory.lean
+    import inventory.aws.lean
 
     fleet = Fleet(3, seed=1, regions=R3[:2])
     sim = make_simulator(fleet=fleet, faults=Faults(external_id="ext-42"))
     config = write_accounts(tmp_path / "a.toml", list(fleet.account_ids))
-    monkeypatch.setattr(inventory.lean, "BODY_SHA256", "0" * 64)  # signs another body
+    monkeypatch.setattr(inventory.aws.lean, "BODY_SHA256", "0" * 64)  # signs another body
 
     code, out = doctor("-c", str(config), "--regions", ",".join(R3[:2]))
     assert code == 1, out

@@ -4,7 +4,7 @@ compared with the simulator's ground truth, row for row and column for column.
 Real parts throughout: aioboto3/aiobotocore clients over HTTP to the simulator, STS
 AssumeRole per account, a DuckDB file and Parquet files on disk. The expected rows are
 computed here from the raw `GetContainerServices` dicts (`fleet.services`) by the
-contract's rules (docs/contract.md), never with `inventory.flatten`, so a mistake there cannot
+contract's rules (docs/contract.md), never with `inventory.storage.flatten`, so a mistake there cannot
 hide itself. Fleets are small; the first test covers every Lightsail region.
 """
 
@@ -32,11 +32,11 @@ from typer.testing import CliRunner
 
 from inventory import __version__
 from inventory.cli import app
-from inventory.config import load_plan
-from inventory.fingerprint import load_key
-from inventory.pipeline import run_collect
-from inventory.regions import all_regions
+from inventory.plan.config import load_plan
+from inventory.plan.regions import all_regions
+from inventory.run.pipeline import run_collect
 from inventory.simulator import HUB_ACCOUNT_ID, Faults, Fleet, Simulator
+from inventory.storage.fingerprint import load_key
 
 MakeSimulator = Callable[..., Simulator]
 WriteAccounts = Callable[..., Path]

@@ -16,10 +16,10 @@ import pytest
 from fixtures.snapshots import write_snapshot
 from typer.testing import CliRunner
 
-from inventory import lake, schema
 from inventory.cli import app
 from inventory.simulator import Fleet, Simulator
-from inventory.store import Store
+from inventory.storage import lake, schema
+from inventory.storage.store import Store
 
 MakeSimulator = Callable[..., Simulator]
 REGIONS = ("us-east-1", "eu-west-2")

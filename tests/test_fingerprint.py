@@ -1,4 +1,4 @@
-"""inventory.fingerprint: the key (env var or a private file beside the database) and the HMAC."""
+"""inventory.storage.fingerprint: the key (env var or a private file beside the database) and the HMAC."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from inventory.errors import StoreError, UsageError
-from inventory.fingerprint import KEY_ENV, Fingerprinter, key_path, load_key
+from inventory.storage.fingerprint import KEY_ENV, Fingerprinter, key_path, load_key
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""inventory.flatten: GetContainerServices answers -> the three inventory tables."""
+"""inventory.storage.flatten: GetContainerServices answers -> the three inventory tables."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import botocore.session
 import pyarrow as pa
 import pytest
 
-from inventory.fingerprint import Fingerprinter
-from inventory.flatten import (
+from inventory.model import Account, TargetResult
+from inventory.storage.fingerprint import Fingerprinter
+from inventory.storage.flatten import (
     FLATTEN_ERROR,
     UNEXPECTED_SHAPE,
     UNKNOWN_ENUM_VALUE,
@@ -22,8 +23,7 @@ from inventory.flatten import (
     TargetContext,
     flatten,
 )
-from inventory.model import Account, TargetResult
-from inventory.schema import INVENTORY_TABLES
+from inventory.storage.schema import INVENTORY_TABLES
 
 UTC = dt.UTC
 SECRET = "hunter2-Sup3r-s3cret-Valu3"

@@ -19,11 +19,12 @@ import pytest
 from helpers import rows
 from typer.testing import CliRunner
 
-from inventory import lakequery, queries
+from inventory.answers import queries
 from inventory.cli import app
-from inventory.config import load_plan
+from inventory.plan.config import load_plan
 from inventory.simulator import Fleet, Simulator
-from inventory.store import Store
+from inventory.storage import lakequery
+from inventory.storage.store import Store
 
 WriteAccounts = Callable[..., Path]
 REGIONS = ("us-east-1", "eu-west-2")
@@ -198,7 +199,7 @@ def _run(
     """A run of the given scans (pair -> 'ok' | 'failed'), written through the Store API."""
     import pyarrow as pa
 
-    from inventory import schema
+    from inventory.storage import schema
 
     started = dt.datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
     store.shard = shard

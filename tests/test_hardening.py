@@ -30,11 +30,11 @@ from conftest import MakeSimulator, WriteAccounts
 from helpers import rows
 from typer.testing import CliRunner
 
-from inventory import lake, schema
 from inventory.cli import app
-from inventory.files import GROUP_ENV
-from inventory.fingerprint import KEY_ENV, key_path
 from inventory.simulator import Fleet
+from inventory.storage import lake, schema
+from inventory.storage.files import GROUP_ENV
+from inventory.storage.fingerprint import KEY_ENV, key_path
 
 REGIONS = ("us-east-1", "eu-west-2")
 GOOD_KEY = "hardening-test-fingerprint-key-0123456789"
@@ -114,7 +114,7 @@ def test_the_write_ahead_log_is_private_under_umask_000(tmp_path: Path) -> None:
     """DuckDB creates the WAL itself, at the first write of each connection."""
     script = (
         "import os, stat, sys\n"
-        "from inventory.store import Store\n"
+        "from inventory.storage.store import Store\n"
         "db = sys.argv[1]\n"
         "with Store.open(db) as store, store.connection() as con:\n"
         "    con.execute(\"INSERT OR REPLACE INTO meta VALUES ('probe', 'x')\")\n"

@@ -66,7 +66,11 @@ def test_the_wheel_installs_and_runs_from_an_empty_folder(tmp_path: Path) -> Non
     assert sql <= shipped, sorted(sql - shipped)
     # nothing of the checkout was used: the installed package is the one in the venv
     where = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import inventory.queries as q; print(q.SQL_DIR)"],
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import inventory.answers.queries as q; print(q.SQL_DIR)",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

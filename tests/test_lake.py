@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from inventory import lake, schema
 from inventory.errors import StoreError
-from inventory.store import Store
+from inventory.storage import lake, schema
+from inventory.storage.store import Store
 
 # 23:30 UTC on the 27th is the 28th in Tokyo: run_date must be the UTC date
 STARTED = dt.datetime(2026, 11, 27, 23, 30, tzinfo=dt.UTC)

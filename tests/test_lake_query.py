@@ -14,11 +14,11 @@ import pytest
 from fixtures.snapshots import write_snapshot
 from typer.testing import CliRunner
 
-from inventory import lake, lakequery, schema
 from inventory.cli import app
 from inventory.errors import StoreError, UsageError
 from inventory.simulator import Fleet
-from inventory.store import LATEST_VIEWS, Store
+from inventory.storage import lake, lakequery, schema
+from inventory.storage.store import LATEST_VIEWS, Store
 
 REGIONS = ("us-east-1", "eu-west-2")
 DAYS = [dt.datetime(2026, 3, d, 5, 30, tzinfo=dt.UTC) for d in (1, 2, 3)]

@@ -9,11 +9,11 @@ import pytest
 from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError
 
-from inventory import credentials as creds_mod
-from inventory.collect import _SharedCredentialsSession, client_config
-from inventory.lean import LeanHTTP, LeanLightsailClient
+from inventory.aws import credentials as creds_mod
+from inventory.aws.lean import LeanHTTP, LeanLightsailClient
+from inventory.aws.retry import classify
+from inventory.aws.session import SharedCredentialsSession, client_config
 from inventory.model import Options
-from inventory.retry import classify
 from inventory.simulator import BASE_ACCESS_KEY, BASE_SECRET_KEY, Faults, Fleet, Simulator
 
 BASE = ReadOnlyCredentials(BASE_ACCESS_KEY, BASE_SECRET_KEY, None)
@@ -22,7 +22,7 @@ BASE = ReadOnlyCredentials(BASE_ACCESS_KEY, BASE_SECRET_KEY, None)
 async def _both(region: str, creds: ReadOnlyCredentials) -> list[object]:
     """Call GetContainerServices once through each path; return answers or exceptions."""
     opts = Options(timeout=2.0)
-    session = _SharedCredentialsSession()
+    session = SharedCredentialsSession()
     out: list[object] = []
     async with (
         session.create_client(
@@ -94,8 +94,8 @@ def test_dropped_connection_is_retryable(make_simulator) -> None:
 
 
 def test_unknown_engine_is_a_usage_error() -> None:
-    from inventory.config import validate_options
     from inventory.errors import UsageError
+    from inventory.plan.config import validate_options
 
     with pytest.raises(UsageError, match="--engine 'fast'"):
         validate_options(Options(engine="fast"))
@@ -123,7 +123,7 @@ def test_signature_is_botocores(url: str, token: str | None) -> None:
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
 
-    from inventory.lean import BODY, CONTENT_TYPE, TARGET, Signer
+    from inventory.aws.lean import BODY, CONTENT_TYPE, TARGET, Signer
 
     creds = ReadOnlyCredentials("ASIAEXAMPLEKEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", token)
     base = {"Content-Type": CONTENT_TYPE, "X-Amz-Target": TARGET, "User-Agent": "t"}
@@ -139,7 +139,7 @@ def test_signature_is_botocores(url: str, token: str | None) -> None:
 
 def test_proxy_from_the_environment(monkeypatch) -> None:
     """HTTPS_PROXY and NO_PROXY apply, looked up once per client rather than per request."""
-    from inventory.lean import env_proxy
+    from inventory.aws.lean import env_proxy
 
     monkeypatch.setenv("HTTPS_PROXY", "http://user:pw@proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
@@ -172,7 +172,7 @@ def test_request_url_and_headers_are_botocores(endpoint: str) -> None:
 
     import botocore.session
 
-    from inventory.lean import USER_AGENT
+    from inventory.aws.lean import USER_AGENT
 
     creds = ReadOnlyCredentials("ASIAEXAMPLEKEY", "wJalrXUtnFEMI/K7MDENG/EXAMPLE", "FwoG//tok==")
     client = botocore.session.get_session().create_client(
@@ -200,7 +200,7 @@ def test_request_url_and_headers_are_botocores(endpoint: str) -> None:
 
 
 def test_signing_keys_per_key_id_and_day_bounded_and_forgotten() -> None:
-    from inventory.lean import SigningKeys
+    from inventory.aws.lean import SigningKeys
 
     keys = SigningKeys(limit=3)
     k1 = keys.key("AKID1", "s1", "20261129", "us-east-1", "lightsail")
@@ -230,7 +230,7 @@ class _PathRecorder(Simulator):
 
 
 async def _collect(engine: str, regions: tuple[str, ...], accounts: list[Any]) -> Any:
-    from inventory.collect import Collector
+    from inventory.run.collect import Collector
 
     async with Collector(Options(engine=engine, timeout=5.0), regions) as collector:
         results = [r async for r in collector.results(accounts)]

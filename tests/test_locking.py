@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from inventory.cli import app
 from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
-from inventory.store import LockHolder, Store
+from inventory.storage.store import LockHolder, Store
 
 REGIONS = ("us-east-1", "eu-west-2")
 

@@ -19,9 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 from inventory import logs
+from inventory.aws.pacing import Pacer
 from inventory.cli import app
 from inventory.errors import UsageError
-from inventory.pacing import Pacer
 from inventory.simulator import BASE_SECRET_KEY, Faults, Fleet, Simulator
 
 MakeSimulator = Callable[..., Simulator]

@@ -32,10 +32,10 @@ from conftest import WriteAccounts
 from helpers import rows
 from typer.testing import CliRunner
 
-from inventory import lake
 from inventory.cli import app
-from inventory.fingerprint import key_path
 from inventory.simulator import Faults, Fleet, Simulator
+from inventory.storage import lake
+from inventory.storage.fingerprint import key_path
 
 MakeSimulator = Callable[..., Simulator]
 REGIONS = ("us-east-1", "eu-west-2")
@@ -457,7 +457,7 @@ def test_why_it_ended(
     errors: int,
     says: str,
 ) -> None:
-    from inventory.report import why_it_ended
+    from inventory.answers.report import why_it_ended
 
     failed = {"partial": 1 if not interrupted else 3, "failed": 8}.get(status, 0)
     if run_errors and status == "partial":
@@ -470,7 +470,7 @@ def test_why_it_ended(
 
 
 def test_env_values_compare_only_with_the_same_key_and_mode() -> None:
-    from inventory.diff import _env_incomparable
+    from inventory.answers.diff import _env_incomparable
 
     fp_a, fp_b, values, old = ("a", False), ("b", False), (None, True), (None, None)
     assert _env_incomparable(fp_a, fp_a) is None

@@ -24,8 +24,8 @@ from helpers import rows
 from typer.testing import CliRunner
 
 from inventory import logs
+from inventory.aws.pacing import Pacer
 from inventory.cli import app
-from inventory.pacing import Pacer
 from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
 
 WriteAccounts = Callable[..., Path]

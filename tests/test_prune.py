@@ -11,12 +11,12 @@ import pytest
 from fixtures.snapshots import write_snapshot
 from typer.testing import CliRunner
 
-from inventory import retention, schema
 from inventory.cli import app
 from inventory.errors import StoreLocked, UsageError
-from inventory.fingerprint import key_path, load_key
 from inventory.simulator import Fleet
-from inventory.store import LATEST_VIEWS, Store
+from inventory.storage import retention, schema
+from inventory.storage.fingerprint import key_path, load_key
+from inventory.storage.store import LATEST_VIEWS, Store
 
 REGIONS = ("us-east-1", "eu-west-2", "ap-south-1")
 runner = CliRunner()

@@ -32,9 +32,10 @@ import pytest
 from conftest import use_simulator_env
 from typer.testing import CliRunner
 
-from inventory import cli, queries
+from inventory import cli
+from inventory.answers import queries
 from inventory.model import Account, Options, Plan
-from inventory.pipeline import run_collect
+from inventory.run.pipeline import run_collect
 from inventory.simulator import Faults, Fleet, Simulator
 
 QUERIES_DIR = Path(__file__).resolve().parent.parent / "sql" / "queries"

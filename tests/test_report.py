@@ -28,11 +28,13 @@ import pytest
 from conftest import use_simulator_env
 from typer.testing import CliRunner
 
-from inventory import cli, report, schema
+from inventory import cli
+from inventory.answers import report
 from inventory.model import Account, Options, Plan
-from inventory.pipeline import run_collect
+from inventory.run.pipeline import run_collect
 from inventory.simulator import Faults, Fleet, Simulator
-from inventory.store import Store
+from inventory.storage import schema
+from inventory.storage.store import Store
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 DENIED_REGION = "ap-northeast-2"  # the showcase account has services there

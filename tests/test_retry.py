@@ -20,11 +20,11 @@ from aiohttp import web
 from botocore.exceptions import ClientError, ReadTimeoutError
 from helpers import rows
 
-from inventory.collect import Collector
+from inventory.aws.retry import THROTTLED_FACTOR, Backoff, Budget, Failure, Kind, classify
 from inventory.errors import InventoryError
 from inventory.model import Account, Options, Plan
-from inventory.pipeline import run_collect
-from inventory.retry import THROTTLED_FACTOR, Backoff, Budget, Failure, Kind, classify
+from inventory.run.collect import Collector
+from inventory.run.pipeline import run_collect
 from inventory.simulator import Faults, Fleet, Simulator
 
 R1, R2, R3 = "us-east-1", "eu-west-2", "ap-south-1"
@@ -316,7 +316,7 @@ def test_parser_errors_never_quote_the_answer() -> None:
     """botocore's parser errors quote the body: an STS answer holds a secret key."""
     from botocore.parsers import ResponseParserError
 
-    from inventory.retry import classify
+    from inventory.aws.retry import classify
 
     body = "<AssumeRoleResult><SecretAccessKey>wJalrXUtnFEMI-leaked</SecretAccessKey>"
     for exc in (
@@ -337,7 +337,7 @@ async def test_a_run_that_cannot_start_is_recorded_failed(
     import duckdb
 
     from inventory.model import Plan
-    from inventory.pipeline import run_collect
+    from inventory.run.pipeline import run_collect
 
     sim_env(Simulator(Fleet(1, seed=5, regions=(R1,)), Faults()))
     monkeypatch.setenv("AWS_SESSION_TOKEN", "not-a-token-the-simulator-issued")

@@ -17,15 +17,15 @@ from fixtures import make_v0
 from fixtures.snapshots import TEST_KEY
 from typer.testing import CliRunner
 
-from inventory import diff as diff_mod
-from inventory import lake, lakequery, schema
+from inventory.answers import diff as diff_mod
 from inventory.cli import app
-from inventory.fingerprint import KEY_ENV
 from inventory.model import Account, Options, Plan
-from inventory.pipeline import run_collect
+from inventory.run.pipeline import run_collect
 from inventory.simulator import Simulator
 from inventory.simulator.fleet import Change
-from inventory.store import APP, Store
+from inventory.storage import lake, lakequery, schema
+from inventory.storage.fingerprint import KEY_ENV
+from inventory.storage.store import APP, Store
 
 MakeSimulator = Callable[..., Simulator]
 RUN1, RUN2 = make_v0.RUN_IDS

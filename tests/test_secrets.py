@@ -20,8 +20,8 @@ import pytest
 from typer.testing import CliRunner
 
 from inventory.cli import app
-from inventory.fingerprint import load_key
 from inventory.simulator import BASE_SECRET_KEY, Faults, Fleet, Simulator
+from inventory.storage.fingerprint import load_key
 
 MakeSimulator = Callable[..., Simulator]
 WriteAccounts = Callable[..., Path]

@@ -20,10 +20,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from inventory import diff as diff_mod
-from inventory import lake, lakequery, queries, schema
+from inventory.answers import diff as diff_mod
+from inventory.answers import queries
 from inventory.cli import app
-from inventory.config import (
+from inventory.errors import UsageError
+from inventory.model import Account, Options
+from inventory.plan.config import (
     SHARD_INDEX_ENV,
     Shard,
     check_run_id,
@@ -34,12 +36,11 @@ from inventory.config import (
     shard_from_env,
     shard_of,
 )
-from inventory.errors import UsageError
-from inventory.fingerprint import KEY_ENV
-from inventory.model import Account, Options
-from inventory.pipeline import run_collect
+from inventory.run.pipeline import run_collect
 from inventory.simulator import Fleet, Simulator
-from inventory.store import LATEST_VIEWS, Store
+from inventory.storage import lake, lakequery, schema
+from inventory.storage.fingerprint import KEY_ENV
+from inventory.storage.store import LATEST_VIEWS, Store
 
 MakeSimulator = Callable[..., Simulator]
 WriteAccounts = Callable[..., Path]

@@ -19,7 +19,7 @@ from typing import Any
 from helpers import rows
 
 from inventory.model import Account, Options, Plan
-from inventory.pipeline import RunSummary, run_collect
+from inventory.run.pipeline import RunSummary, run_collect
 from inventory.simulator import Faults, Fleet, Simulator
 
 REGIONS = ("us-east-1", "eu-west-2", "ap-south-1", "ca-central-1", "ap-northeast-1")

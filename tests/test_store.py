@@ -18,9 +18,9 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from inventory import schema
 from inventory.errors import StoreError, StoreLocked
-from inventory.store import Store
+from inventory.storage import schema
+from inventory.storage.store import Store
 
 T0 = dt.datetime(2026, 11, 27, 5, 36, 50, tzinfo=dt.UTC)
 REPO = Path(__file__).resolve().parents[1]
@@ -531,7 +531,7 @@ def test_newer_schema_is_not_written(db: Path) -> None:
 
 HOLD_WRITER = """
 import sys, time
-from inventory.store import Store
+from inventory.storage.store import Store
 s = Store.open(sys.argv[1])
 print("ready", flush=True)
 sys.stdin.readline()
@@ -613,7 +613,7 @@ def test_reader_works_between_writer_flushes(db: Path) -> None:
         import datetime as dt, sys, time
         sys.path.insert(0, {str(REPO / "tests")!r})
         from test_store import services, scan, T0
-        from inventory.store import Store
+        from inventory.storage.store import Store
         s = Store.open({str(db)!r})
         s.begin_run("r1", T0, 1, 25, "test")
         print("begun", flush=True)
@@ -660,7 +660,7 @@ def test_reader_waits_then_fails_clearly_while_the_file_is_held(db: Path) -> Non
     proc = child(
         f"""
         import sys, time
-        from inventory.store import Store
+        from inventory.storage.store import Store
         s = Store.open({str(db)!r})
         with s.connection():
             print("holding", flush=True)
@@ -697,7 +697,7 @@ def test_sigkill_mid_append_leaves_earlier_runs_intact(db: Path) -> None:
         import sys
         sys.path.insert(0, {str(REPO / "tests")!r})
         from test_store import services, scan, at
-        from inventory.store import Store
+        from inventory.storage.store import Store
         s = Store.open({str(db)!r})
         s.begin_run("r2", at(60), 1, 10**6, "test")
         i = 0

@@ -54,7 +54,7 @@ def accounts_file(path: Path, head: str, accounts: dict[str, str | None]) -> Pat
 def test_doctor_prints_one_trust_policy_per_external_id_always_with_the_condition(
     tmp_path: Path, make_simulator: MakeSimulator
 ) -> None:
-    from inventory.doctor import EXTERNAL_ID_PLACEHOLDER
+    from inventory.answers.doctor import EXTERNAL_ID_PLACEHOLDER
 
     fleet = Fleet(3, seed=1, regions=["us-east-1"])
     make_simulator(fleet=fleet, faults=Faults(external_id="the-right-one"))
@@ -168,7 +168,7 @@ def test_session_name_carries_the_run_id(
 
 
 def test_run_session_name_never_cuts_the_run_id() -> None:
-    from inventory.credentials import run_session_name
+    from inventory.aws.credentials import run_session_name
 
     longest = "20261127T053650Z-" + "a" * 32  # the longest run id check_run_id accepts
     name = run_session_name("n" * 64, longest)

@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from inventory.cli import app
-from inventory.fingerprint import Fingerprinter, load_key
 from inventory.simulator import Fleet, Simulator
+from inventory.storage.fingerprint import Fingerprinter, load_key
 
 MakeSimulator = Callable[..., Simulator]
 WriteAccounts = Callable[..., Path]
@@ -191,7 +191,7 @@ def test_secret_like_rule_has_one_home(
     collected: Callable[..., tuple[Any, Path, Path, Fleet]],
 ) -> None:
     """The named query binds the collector's own pattern, and both agree name by name."""
-    from inventory.fingerprint import SECRET_NAME_PATTERN, is_secret_name
+    from inventory.storage.fingerprint import SECRET_NAME_PATTERN, is_secret_name
 
     sql = Path(__file__).parent.parent / "sql" / "queries" / "secret_like_env_names.sql"
     text = sql.read_text(encoding="utf-8")
@@ -230,6 +230,6 @@ def test_secret_like_rule_has_one_home(
     ],
 )
 def test_redact_command_forms(command: list[object], want: list[object] | None) -> None:
-    from inventory.fingerprint import redact_command
+    from inventory.storage.fingerprint import redact_command
 
     assert redact_command(command, lambda v: f"<{v}>") == want

@@ -9,9 +9,9 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from inventory import pipeline
 from inventory.model import Account, Options, Plan
-from inventory.pipeline import run_collect
+from inventory.run import builder, pipeline
+from inventory.run.pipeline import run_collect
 from inventory.simulator import Fleet
 
 CONTENT = {
@@ -62,22 +62,22 @@ def test_two_workers_store_what_one_process_stores(make_simulator, tmp_path, mon
 
 def test_memory_is_bounded_by_the_batch_not_the_fleet(make_simulator, tmp_path, monkeypatch):
     """Rows are released after each write: what is held never grows with the fleet."""
-    monkeypatch.setattr(pipeline, "FLUSH_ROWS", 50)
-    monkeypatch.setattr(pipeline, "FLUSH_TARGETS", 40)
+    monkeypatch.setattr(builder, "FLUSH_ROWS", 50)
+    monkeypatch.setattr(builder, "FLUSH_TARGETS", 40)
     regions = ("us-east-1", "eu-west-2", "eu-north-1")
     peaks: dict[int, tuple[int, int]] = {}
     for accounts in (30, 120):
         sim = make_simulator(accounts=accounts, seed=9)
         held: list[int] = []
         arrow: list[int] = []
-        real_add = pipeline.RunBuilder.add
+        real_add = builder.RunBuilder.add
 
-        def add(self: pipeline.RunBuilder, result, _held=held, _arrow=arrow, _real=real_add):
+        def add(self: builder.RunBuilder, result, _held=held, _arrow=arrow, _real=real_add):
             _real(self, result)
             _held.append(sum(self.flattener.rows.values()) + len(self._scans))
             _arrow.append(pa.total_allocated_bytes())
 
-        monkeypatch.setattr(pipeline.RunBuilder, "add", add)
+        monkeypatch.setattr(builder.RunBuilder, "add", add)
         summary = asyncio.run(
             run_collect(
                 _plan(sim.fleet, regions, workers=1), tmp_path / f"m{accounts}.duckdb", None
@@ -86,7 +86,7 @@ def test_memory_is_bounded_by_the_batch_not_the_fleet(make_simulator, tmp_path, 
         assert summary.status == "complete"
         assert summary.tally.targets_ok == accounts * len(regions)
         peaks[accounts] = (max(held), max(arrow))
-        monkeypatch.setattr(pipeline.RunBuilder, "add", real_add)
+        monkeypatch.setattr(builder.RunBuilder, "add", real_add)
     # pending rows never exceed one batch plus one target's worth (≤ 20 services × 3 rows)
     for held_peak, _ in peaks.values():
         assert held_peak <= 50 + 40 + 20 * 7
@@ -114,8 +114,8 @@ def test_more_workers_than_accounts_is_fine(make_simulator, tmp_path, workers):
 async def test_credentials_kept_follow_the_accounts_in_flight(make_simulator) -> None:
     """Roles are assumed ahead of the targets, but at most PREFETCH_AHEAD accounts ahead,
     and an account's credentials are dropped once its last target is done."""
-    from inventory import collect
-    from inventory.collect import Collector
+    from inventory.run import collect
+    from inventory.run.collect import Collector
 
     sim = make_simulator(accounts=150, seed=6)
     plan = _plan(sim.fleet, ("us-east-1", "eu-west-2"), concurrency=8)

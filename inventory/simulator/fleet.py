@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from inventory.regions import all_regions
+from inventory.plan.regions import all_regions
 
 HUB_ACCOUNT_ID = "123456789012"
 MAX_PER_REGION = 20

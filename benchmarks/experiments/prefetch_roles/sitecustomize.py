@@ -8,7 +8,7 @@ a slot for about two round trips. Prefetching the roles lets a slot hold one.
 import asyncio
 import contextlib
 
-import inventory.collect as _collect
+import inventory.run.collect as _collect
 
 _original_results = _collect.Collector.results
 PREFETCH_IN_FLIGHT = 8

@@ -24,9 +24,9 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inventory import lakequery, schema
 from inventory.errors import UsageError
-from inventory.store import LOCK_SUFFIX, Store
+from inventory.storage import lakequery, schema
+from inventory.storage.store import LOCK_SUFFIX, Store
 
 
 @dataclass

@@ -30,22 +30,26 @@ from typing import Any
 
 from botocore.credentials import ReadOnlyCredentials
 
-from inventory import credentials as creds_mod
-from inventory.config import DISCOVER_REGIONS
-from inventory.discovery import (
+from inventory.aws import credentials as creds_mod
+from inventory.aws.session import (
+    SharedCredentialsSession,
+    client_config,
+    client_kwargs,
+    home_region,
+)
+from inventory.model import Account, Plan
+from inventory.plan.config import DISCOVER_REGIONS
+from inventory.plan.discovery import (
     DOCS,
     ORG_PERMISSIONS,
     CallFailed,
     Calls,
     DiscoveryFailed,
-    client_kwargs,
-    home_region,
     lightsail_regions,
     list_org_accounts,
     merge_accounts,
 )
-from inventory.model import Account, Plan
-from inventory.regions import all_regions
+from inventory.plan.regions import all_regions
 from inventory.terminal import visible
 
 __all__ = ["Check", "Report", "diagnose", "render"]
@@ -405,10 +409,9 @@ async def _check_lightsail(
     calls: Calls,
     own_account: bool = False,
 ) -> None:
-    from inventory.collect import _SharedCredentialsSession, client_config
-    from inventory.lean import USER_AGENT, LeanHTTP, LeanLightsailClient
+    from inventory.aws.lean import USER_AGENT, LeanHTTP, LeanLightsailClient
 
-    session = _SharedCredentialsSession()
+    session = SharedCredentialsSession()
     limit = asyncio.Semaphore(CONCURRENCY)
     async with contextlib.AsyncExitStack() as stack:
         clients: dict[str, Any] = {

@@ -44,9 +44,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from inventory.fingerprint import redact_command
 from inventory.model import ErrorRecord, TargetResult
-from inventory.schema import INVENTORY_TABLES
+from inventory.storage.fingerprint import redact_command
+from inventory.storage.schema import INVENTORY_TABLES
 
 __all__ = [
     "FLATTEN_ERROR",
@@ -578,7 +578,7 @@ def _build(
 class Flattener:
     """Accumulates the rows of the three inventory tables, column by column; `take()` builds them.
 
-    `fingerprint`: applied to every environment value (see inventory.fingerprint.Fingerprinter);
+    `fingerprint`: applied to every environment value (see inventory.storage.fingerprint.Fingerprinter);
     None stores values as they are (`--include-env-values` only). Deliberately no default.
     """
 

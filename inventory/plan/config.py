@@ -35,7 +35,7 @@ from inventory.model import (
     OrgDiscovery,
     Plan,
 )
-from inventory.regions import all_regions, parse_regions, region_problem
+from inventory.plan.regions import all_regions, parse_regions, region_problem
 
 __all__ = [
     "ACCOUNT_KEYS",

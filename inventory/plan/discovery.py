@@ -31,17 +31,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
 from aiobotocore.session import AioSession
 from botocore.credentials import ReadOnlyCredentials
 
 from inventory import logs
-from inventory.config import DISCOVER_REGIONS, role_arn_for
-from inventory.credentials import assume_role_params, from_sts
+from inventory.aws.credentials import assume_role_params, from_sts
+from inventory.aws.retry import CallFailed, Calls
+from inventory.aws.session import base_credentials, client_kwargs, home_region
 from inventory.errors import InventoryError
-from inventory.model import Account, ErrorRecord, Options, OrgDiscovery, Plan, utcnow
-from inventory.regions import all_regions
-from inventory.retry import CallFailed, Calls
+from inventory.model import Account, Options, OrgDiscovery, Plan
+from inventory.plan.config import DISCOVER_REGIONS, role_arn_for
+from inventory.plan.regions import all_regions
 
 __all__ = [
     "DISCOVER_REGIONS",
@@ -52,12 +52,10 @@ __all__ = [
     "lightsail_regions",
     "list_org_accounts",
     "merge_accounts",
-    "record_failure",
     "resolve",
-    "resolve_for_run",
 ]
 
-log = logging.getLogger("inventory.discovery")
+log = logging.getLogger("inventory.plan.discovery")
 
 DOCS = "docs/iam.md"
 _REGION_NAME = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
@@ -100,23 +98,6 @@ class DiscoveryFailed(InventoryError):
         if self.run_id:
             text += f" (recorded as failed run {self.run_id})"
         return text
-
-
-def client_kwargs(options: Options, creds: ReadOnlyCredentials) -> dict[str, Any]:
-    """create_client keyword arguments: these credentials, our timeouts, our retries."""
-    from inventory.collect import client_config
-
-    return {
-        "aws_access_key_id": creds.access_key,
-        "aws_secret_access_key": creds.secret_key,
-        "aws_session_token": creds.token,
-        "config": client_config(options, 10),
-    }
-
-
-def home_region(session: AioSession) -> str:
-    """The region for global calls (STS, Organizations, GetRegions): configured, else us-east-1."""
-    return str(session.get_config_variable("region") or "us-east-1")
 
 
 async def whoami(
@@ -232,7 +213,6 @@ async def list_org_accounts(
 
     Raises DiscoveryFailed naming the operation and the fix.
     """
-    from inventory.collect import base_credentials
 
     calls = calls or Calls(options)
     base, session = await base_credentials()
@@ -331,7 +311,6 @@ class RegionListing:
 
 async def lightsail_regions(options: Options, calls: Calls | None = None) -> RegionListing:
     """The Lightsail regions that exist today (GetRegions, with the base credentials)."""
-    from inventory.collect import base_credentials
 
     calls = calls or Calls(options)
     base, session = await base_credentials()
@@ -455,73 +434,3 @@ async def resolve(plan: Plan) -> Resolved:
         calls.counter.api_calls,
         calls.counter.retries,
     )
-
-
-def record_failure(
-    store: Any,
-    exc: DiscoveryFailed,
-    run_id: str,
-    started: Any,
-    tool_version: str,
-    parquet_dest: str | None = None,
-) -> None:
-    """Write the run that could not start: a `runs` row (status failed, no targets, its
-    API calls) and an `errors` row naming the operation; then the lake, when there is one."""
-    from inventory import lake, schema
-
-    store.begin_run(run_id, started, 0, 0, tool_version)
-    record = ErrorRecord(
-        occurred_at=utcnow(),
-        account_id=exc.account_id or "",
-        region=None,
-        operation=exc.operation,
-        error_code=exc.error_code,
-        message=f"{exc.detail.rstrip('.')}. {exc.fix}" if exc.detail else exc.fix,
-        attempts=exc.attempts,
-    )
-    row = {"run_id": run_id, **dataclasses.asdict(record)}
-    store.append(run_id, {"errors": pa.Table.from_pylist([row], schema=schema.ERRORS)})
-    store.finish_run(
-        run_id,
-        "failed",
-        utcnow(),
-        accounts=0,
-        targets=0,
-        targets_ok=0,
-        targets_failed=0,
-        api_calls=exc.api_calls,
-        retries=exc.retries,
-        services=0,
-        deployments=0,
-        containers=0,
-    )
-    exc.run_id = run_id
-    logs.event(
-        log,
-        logging.ERROR,
-        "discovery_failed",
-        f"run {run_id} could not start: {exc.operation} {exc.error_code}",
-        run_id=run_id,
-        operation=exc.operation,
-        error_code=exc.error_code,
-        attempts=exc.attempts,
-        api_calls=exc.api_calls,
-    )
-    if parquet_dest:
-        lake.export_run(store, run_id, parquet_dest)
-
-
-async def resolve_for_run(
-    plan: Plan,
-    store: Any,
-    run_id: str,
-    started: Any,
-    tool_version: str,
-    parquet_dest: str | None = None,
-) -> Resolved:
-    """`resolve`, for run_collect: a failure is recorded as failed run `run_id`, then raised."""
-    try:
-        return await resolve(plan)
-    except DiscoveryFailed as exc:
-        record_failure(store, exc, run_id, started, tool_version, parquet_dest)
-        raise

@@ -12,12 +12,10 @@ import asyncio
 import dataclasses
 import datetime as dt
 import errno
-import gc
 import logging
 import os
 import secrets
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,48 +23,37 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from inventory import __version__, deep, discovery, lake, logs, schema
-from inventory.collect import Collector, run_deadline
-from inventory.config import Shard, run_started_at
-from inventory.credentials import run_session_name
+from inventory import __version__, logs
+from inventory.aws.credentials import run_session_name
 from inventory.errors import InventoryError, UsageError
-from inventory.fingerprint import KEY_ENV, Fingerprinter, key_exists, key_id, key_path, load_key
-from inventory.flatten import Flattener, TargetContext
-from inventory.model import Account, ErrorRecord, Plan, TargetResult, utcnow
-from inventory.store import Store
+from inventory.model import Account, ErrorRecord, Plan, utcnow
+from inventory.plan import discovery
+from inventory.plan.config import Shard, run_started_at
+from inventory.run.builder import (
+    RunBuilder,
+    Tally,
+    collect_into,
+    error_row,
+    fingerprinter,
+)
+from inventory.run.collect import Collector, run_deadline
+from inventory.storage import lake, schema
+from inventory.storage.fingerprint import (
+    KEY_ENV,
+    key_exists,
+    key_id,
+    key_path,
+    load_key,
+)
+from inventory.storage.flatten import Flattener
+from inventory.storage.store import Store
 
-log = logging.getLogger("inventory.pipeline")
-FLUSH_ROWS = 20_000  # inventory rows pending before a write
-FLUSH_TARGETS = 2_000  # scans pending before a write
-FLUSH_SECONDS = 5.0
-MAX_FAILURES_KEPT = 1_000  # for the summary; every failure is in the errors table
+log = logging.getLogger("inventory.run.pipeline")
 
 
 def new_run_id(started: dt.datetime) -> str:
     """Sortable by time: the UTC start, then 6 random hex digits."""
     return started.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
-
-
-@dataclass
-class Tally:
-    """What a run (or one worker's share of it) did. Tallies of workers add up."""
-
-    targets_ok: int = 0
-    targets_failed: int = 0
-    anomalies: int = 0
-    services: int = 0
-    deployments: int = 0
-    containers: int = 0
-    api_calls: int = 0
-    retries: int = 0
-    failures: list[ErrorRecord] = field(default_factory=list)
-
-    def merge(self, other: Tally) -> None:
-        for f in dataclasses.fields(self):
-            if f.name != "failures":
-                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-        room = MAX_FAILURES_KEPT - len(self.failures)
-        self.failures.extend(other.failures[: max(0, room)])
 
 
 @dataclass
@@ -153,127 +140,6 @@ class Interrupts:
         self._previous = {}
 
 
-def _scan_row(run_id: str, r: TargetResult) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "account_id": r.account.id,
-        "region": r.region,
-        "status": "ok" if r.ok else "failed",
-        "started_at": r.started_at,
-        "finished_at": r.finished_at,
-        "attempts": r.attempts,
-        "services": len(r.services) if r.services is not None else None,
-        "error_code": r.error.error_code if r.error else None,
-    }
-
-
-def _error_row(run_id: str, e: ErrorRecord) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "occurred_at": e.occurred_at,
-        "account_id": e.account_id,
-        "region": e.region,
-        "operation": e.operation,
-        "error_code": e.error_code,
-        "message": e.message,
-        "attempts": e.attempts,
-    }
-
-
-class RunBuilder:
-    """Turns TargetResults into rows (scans, errors, inventory) and keeps the tally."""
-
-    def __init__(self, run_id: str, flattener: Flattener):
-        self.run_id = run_id
-        self.flattener = flattener
-        self.tally = Tally()
-        self._scans: list[dict[str, Any]] = []
-        self._errors: list[dict[str, Any]] = []
-        self._failed_accounts: set[str] = set()
-        self._last_take = time.monotonic()
-        self._deep: deep.DeepFlattener | None = None  # collect --deep, from its first result
-
-    def add(self, result: TargetResult) -> None:
-        self._scans.append(_scan_row(self.run_id, result))
-        errors = list(result.anomalies)
-        if result.ok:
-            self.tally.targets_ok += 1
-            ctx = TargetContext.of(self.run_id, result)
-            errors += [
-                a.to_error(ctx, result.attempts) for a in self.flattener.add(ctx, result.services)
-            ]
-            if isinstance(result, deep.DeepResult):
-                if self._deep is None:
-                    self._deep = deep.DeepFlattener(self.flattener.fingerprint)
-                errors += self._deep.add_result(self.run_id, result)
-            self.tally.anomalies += len(errors)
-        else:
-            self.tally.targets_failed += 1
-            err = result.error
-            assert err is not None
-            # An account whose role could not be assumed fails in every region: one error row.
-            if err.operation != "AssumeRole" or result.account.id not in self._failed_accounts:
-                errors.append(err)
-                if len(self.tally.failures) < MAX_FAILURES_KEPT:
-                    self.tally.failures.append(err)
-            if err.operation == "AssumeRole":
-                self._failed_accounts.add(result.account.id)
-        self._errors.extend(_error_row(self.run_id, e) for e in errors)
-
-    def due(self) -> bool:
-        return (
-            sum(self.flattener.rows.values())
-            + (sum(self._deep.rows.values()) if self._deep is not None else 0)
-            >= FLUSH_ROWS
-            or len(self._scans) >= FLUSH_TARGETS
-            or time.monotonic() - self._last_take >= FLUSH_SECONDS
-        )
-
-    def take(self) -> dict[str, pa.Table]:
-        """The rows gathered since the last take, as Arrow tables (empty ones left out)."""
-        tables: dict[str, pa.Table] = dict(self.flattener.take())
-        self.tally.services += tables["container_services"].num_rows
-        self.tally.deployments += tables["deployments"].num_rows
-        self.tally.containers += tables["containers"].num_rows
-        if self._deep is not None:
-            tables.update(self._deep.take())
-        if self._scans:
-            tables["scans"] = pa.Table.from_pylist(self._scans, schema=schema.SCANS)
-        if self._errors:
-            tables["errors"] = pa.Table.from_pylist(self._errors, schema=schema.ERRORS)
-        self._scans, self._errors = [], []
-        self._last_take = time.monotonic()
-        return {name: t for name, t in tables.items() if t.num_rows}
-
-
-def fingerprinter(key: bytes | None) -> Fingerprinter | None:
-    """None (store values as they are) when there is no key: --include-env-values."""
-    return None if key is None else Fingerprinter(key)
-
-
-async def collect_into(
-    builder: RunBuilder,
-    collector: Collector,
-    accounts: list[Account],
-    sink: Callable[[dict[str, pa.Table]], Any],
-    on_result: Callable[[bool], None] | None = None,
-) -> None:
-    """Run the collector over `accounts`, feeding `sink` with batches of tables."""
-    storms = logs.StormWatch(collector.pacer, builder.run_id)
-    if collector.options.deep:
-        collector.after_collect = deep.DeepFetcher(collector)
-    async for result in collector.results(accounts):
-        builder.add(result)
-        storms.check()
-        if on_result:
-            on_result(result.ok)
-        if builder.due():
-            await sink(builder.take())
-    await sink(builder.take())
-    builder.tally.api_calls = collector.counter.api_calls
-    builder.tally.retries = collector.counter.retries
-
-
 def warn_missing_external_id(run_id: str, accounts: list[Account]) -> None:
     """One warning per run when member roles are assumed without an ExternalId (the reader
     role's trust policy should require one: docs/iam.md)."""
@@ -291,46 +157,90 @@ def warn_missing_external_id(run_id: str, accounts: list[Account]) -> None:
         )
 
 
-def tune_gc_for_collect() -> None:
-    """For the collect process only (never library callers): the modules loaded so far are
-    frozen out of the collector's sight and young collections run 100× less often. The
-    fan-out makes many short-lived objects and few cycles; measured: CPU per call 0.536 ->
-    0.474 ms (median of 3, lean engine, 400 accounts × 16 regions)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
-
-
-def _record_unfinished(
-    store: Store, run_id: str, started: dt.datetime, begun: bool, exc: BaseException
+def record_failed_run(
+    store: Store,
+    run_id: str,
+    started: dt.datetime,
+    begun: bool,
+    exc: BaseException,
+    parquet_dest: str | None = None,
 ) -> None:
-    """A run ended by an exception is recorded 'failed' now, with an errors row saying why,
-    rather than left 'running' until the next collect (best effort: the store may be what
-    failed); like an interrupted run, it keeps its scans and errors but no inventory rows.
-    Discovery failures have recorded themselves already."""
-    if getattr(exc, "run_id", None) == run_id:
-        return
+    """The one way a run that ended by an exception is recorded: 'failed' now, with an
+    errors row saying why, rather than left 'running' until the next collect (best effort:
+    the store may be what failed). A run that could not start (discovery.DiscoveryFailed:
+    Organizations or GetRegions refused) gets its runs row with the calls it made, and goes
+    to the lake too; any other keeps its scans and errors but no inventory rows, like an
+    interrupted run."""
     try:
         if not begun:
             store.begin_run(run_id, started, 0, 0, __version__)
-        own = isinstance(exc, InventoryError)
-        message = str(exc) if own else f"{type(exc).__name__} (its text is withheld; see the log)"
-        record = ErrorRecord(
-            utcnow(),
-            "",
-            None,
-            getattr(exc, "operation", "Collect"),
-            getattr(exc, "error_code", type(exc).__name__),
-            message,
-            getattr(exc, "attempts", 0),
-        )
         store.append(
             run_id,
-            {"errors": pa.Table.from_pylist([_error_row(run_id, record)], schema=schema.ERRORS)},
+            {
+                "errors": pa.Table.from_pylist(
+                    [error_row(run_id, _failure_record(exc))], schema=schema.ERRORS
+                )
+            },
         )
-        store.abandon_run(run_id)
+        if not isinstance(exc, discovery.DiscoveryFailed):
+            store.abandon_run(run_id)
+            return
+        store.finish_run(
+            run_id,
+            "failed",
+            utcnow(),
+            accounts=0,
+            targets=0,
+            targets_ok=0,
+            targets_failed=0,
+            api_calls=exc.api_calls,
+            retries=exc.retries,
+            services=0,
+            deployments=0,
+            containers=0,
+        )
+        exc.run_id = run_id  # its message names the run it was recorded as
+        logs.event(
+            log,
+            logging.ERROR,
+            "discovery_failed",
+            f"run {run_id} could not start: {exc.operation} {exc.error_code}",
+            run_id=run_id,
+            operation=exc.operation,
+            error_code=exc.error_code,
+            attempts=exc.attempts,
+            api_calls=exc.api_calls,
+        )
+        if parquet_dest:
+            lake.export_run(store, run_id, parquet_dest)
     except Exception as again:
         log.warning("run %s could not be marked failed: %s", run_id, type(again).__name__)
+
+
+def _failure_record(exc: BaseException) -> ErrorRecord:
+    """The errors row of the exception that ended a run (never a foreign exception's text:
+    it may quote an answer)."""
+    if isinstance(exc, discovery.DiscoveryFailed):
+        return ErrorRecord(
+            occurred_at=utcnow(),
+            account_id=exc.account_id or "",
+            region=None,
+            operation=exc.operation,
+            error_code=exc.error_code,
+            message=f"{exc.detail.rstrip('.')}. {exc.fix}" if exc.detail else exc.fix,
+            attempts=exc.attempts,
+        )
+    own = isinstance(exc, InventoryError)
+    message = str(exc) if own else f"{type(exc).__name__} (its text is withheld; see the log)"
+    return ErrorRecord(
+        utcnow(),
+        "",
+        None,
+        getattr(exc, "operation", "Collect"),
+        getattr(exc, "error_code", type(exc).__name__),
+        message,
+        getattr(exc, "attempts", 0),
+    )
 
 
 def preflight(
@@ -411,7 +321,7 @@ def export_failed(store: Store, summary: RunSummary, exc: Exception) -> None:
         summary.status = "partial"
     log.error("run %s: %s", summary.run_id, message)
     try:
-        errors = pa.Table.from_pylist([_error_row(summary.run_id, record)], schema=schema.ERRORS)
+        errors = pa.Table.from_pylist([error_row(summary.run_id, record)], schema=schema.ERRORS)
         store.record_late_failure(summary.run_id, errors)
     except Exception as again:
         log.warning(
@@ -478,9 +388,7 @@ async def run_collect(
     failure_log = logs.FailureLog(run_id)
     begun = finished = False
     try:
-        found = await discovery.resolve_for_run(
-            plan, store, run_id, started, __version__, parquet_dest
-        )  # Organizations accounts, GetRegions: a failure is recorded, then raised
+        found = await discovery.resolve(plan)  # Organizations accounts, GetRegions
         plan = found.plan
         if shard is not None:  # after discovery: Organizations accounts are sharded too
             plan = dataclasses.replace(plan, accounts=shard.select(plan.accounts))
@@ -533,7 +441,7 @@ async def run_collect(
                 await collect_into(builder, collector, accounts, to_store, on_result)
                 summary.tally = builder.tally
         else:
-            from inventory import workers as workers_mod
+            from inventory.run import workers as workers_mod
 
             # every worker stops at the whole run's deadline, not one of its own share
             limit = run_deadline(plan.options, len(accounts) * len(plan.regions))
@@ -579,7 +487,7 @@ async def run_collect(
                 export_failed(store, summary, exc)
     except BaseException as exc:
         if not finished:
-            _record_unfinished(store, run_id, started, begun, exc)
+            record_failed_run(store, run_id, started, begun, exc, parquet_dest)
         raise
     finally:
         interrupts.uninstall()

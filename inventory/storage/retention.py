@@ -29,12 +29,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from inventory import schema
 from inventory.errors import StoreError, UsageError
-from inventory.files import keep_mode
-from inventory.lake import fsync_dir
-from inventory.render import plural
-from inventory.store import Store
+from inventory.storage import schema
+from inventory.storage.files import keep_mode
+from inventory.storage.lake import fsync_dir
+from inventory.storage.store import Store
+from inventory.terminal import plural
 
 log = logging.getLogger(__name__)
 MAX_KEEP_DAYS = 36_500  # a century: more is a typo (and past the dates Python can count back)

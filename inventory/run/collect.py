@@ -51,19 +51,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession
 from botocore.credentials import ReadOnlyCredentials
 from botocore.parsers import ResponseParserError
 
-from inventory import credentials as creds_mod
-from inventory.answers import session_class
-from inventory.credentials import AssumeRoleFailed, CallCounter, CredentialBroker
+from inventory.aws import credentials as creds_mod
+from inventory.aws.credentials import AssumeRoleFailed, CallCounter, CredentialBroker
+from inventory.aws.lean import USER_AGENT, LeanHTTP, LeanLightsailClient
+from inventory.aws.pacing import Pacer, default_floor
+from inventory.aws.retry import Backoff, Budget, CallFailed, Calls, Failure, Kind, classify
+from inventory.aws.session import (
+    SharedCredentialsSession,
+    base_source,
+    client_config,
+    home_region,
+)
 from inventory.errors import CallError
-from inventory.lean import USER_AGENT, LeanHTTP, LeanLightsailClient
 from inventory.model import Account, ErrorRecord, Options, TargetResult, utcnow
-from inventory.pacing import Pacer, default_floor
-from inventory.retry import Backoff, Budget, CallFailed, Calls, Failure, Kind, classify
 
 BREAKER_TIMEOUTS = 6  # calls to one region timed out or unreachable, none answered: stop...
 BREAKER_TARGETS = 3  # ...when they came from at least this many accounts
@@ -141,50 +144,6 @@ def raw_answer(
     customized_response_dict.update(answer)
 
 
-class _SharedCredentialsSession(AioSession):
-    """An aiobotocore session whose clients sign with the credentials of the calling task."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._context_credentials = creds_mod.ContextCredentials()
-
-    async def get_credentials(self) -> Any:
-        return self._context_credentials
-
-
-def client_config(options: Options, pool: int) -> AioConfig:
-    return AioConfig(
-        connect_timeout=options.timeout,
-        read_timeout=options.timeout,
-        retries={"total_max_attempts": 1, "mode": "standard"},
-        max_pool_connections=max(10, pool),
-        # answers of bounded size, no redirects followed (answers.py)
-        http_session_cls=session_class(options.max_answer_bytes),
-    )
-
-
-async def base_credentials() -> tuple[ReadOnlyCredentials, AioSession]:
-    """The base identity from the standard AWS chain (env, profile, SSO, IMDS, ...), frozen
-    now: for short tasks. A whole collect keeps `base_source()` instead."""
-    source, session = await base_source()
-    return await source.get_frozen_credentials(), session
-
-
-async def base_source() -> tuple[Any, AioSession]:
-    """The base credentials object of the standard chain. Instance-role, SSO and web-identity
-    credentials expire: botocore refreshes this object when it is asked for frozen ones."""
-    session = AioSession()
-    found = await session.get_credentials()
-    if found is None:
-        from inventory.errors import UsageError
-
-        raise UsageError(
-            "no AWS credentials found in the standard chain "
-            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, SSO, instance role)"
-        )
-    return found, session
-
-
 class Collector:
     """Collects every (account, region) target; use as `async with` and iterate `results()`."""
 
@@ -206,7 +165,7 @@ class Collector:
         self.pacer = Pacer(options.rate)
         self.backoff = backoff or Backoff()
         self._clock = clock
-        self._session = _SharedCredentialsSession()
+        self._session = SharedCredentialsSession()
         self._stack = contextlib.AsyncExitStack()
         self._clients: dict[str, Any] = {}
         self.botocore_clients: dict[str, Any] = {}  # per region (the lean engine wraps them)
@@ -281,7 +240,7 @@ class Collector:
         await self._stack.aclose()
 
     def _sts_region(self) -> str:
-        return self._session.get_config_variable("region") or "us-east-1"
+        return home_region(self._session)
 
     def stop(self, reason: str = "interrupted", code: str = INTERRUPTED) -> None:
         """Make no new calls: cancel those in flight; unfinished targets end with error

@@ -25,8 +25,8 @@ from typing import Any
 import pyarrow as pa
 
 from inventory.errors import InventoryError
-from inventory.flatten import UNKNOWN_MEMBER, Flattener
 from inventory.model import Account, Plan
+from inventory.storage.flatten import UNKNOWN_MEMBER, Flattener
 
 POLL_SECONDS = 0.5
 
@@ -64,7 +64,7 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _early_stop)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    from inventory.pipeline import tune_gc_for_collect
+    from inventory.run.builder import tune_gc_for_collect
 
     tune_gc_for_collect()
     try:
@@ -76,8 +76,8 @@ def _worker_main(
 async def _work(
     q: Any, plan: Plan, accounts: list[Account], run_id: str, key: bytes | None, index: int
 ) -> None:
-    from inventory.collect import Collector
-    from inventory.pipeline import RunBuilder, collect_into, fingerprinter
+    from inventory.run.builder import RunBuilder, collect_into, fingerprinter
+    from inventory.run.collect import Collector
 
     builder = RunBuilder(run_id, Flattener(fingerprinter(key)))
 
@@ -162,7 +162,7 @@ class WorkerPool:
         on_result: Callable[[bool], None] | None = None,
     ) -> Any:
         """Start the workers, feed `sink` with their batches; return the summed Tally."""
-        from inventory.pipeline import Tally
+        from inventory.run.builder import Tally
 
         # Workers install their signal handlers only once started; until then Ctrl-C (sent
         # to the whole process group) or our own SIGTERM would kill them outright. The mask

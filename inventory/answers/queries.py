@@ -35,7 +35,7 @@ def default_sql_dir() -> Path:
     packaged = importlib.resources.files("inventory") / "sql"
     if isinstance(packaged, Path) and packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parent.parent / "sql"
+    return Path(__file__).resolve().parents[2] / "sql"
 
 
 SQL_DIR = default_sql_dir()
@@ -139,7 +139,7 @@ def used_params(text: str) -> set[str]:
 
 def defaults(declared: dict[str, str | None], sql_dir: Path | None = None) -> dict[str, str]:
     """The declared defaults, `{sql_dir}` replaced in the value (never in the SQL)."""
-    from inventory.fingerprint import SECRET_NAME_PATTERN
+    from inventory.storage.fingerprint import SECRET_NAME_PATTERN
 
     folder = str(sql_dir or SQL_DIR)
     return {

@@ -39,10 +39,12 @@ from typing import Any
 
 import duckdb
 
-from inventory import __version__, queries, schema
+from inventory import __version__
+from inventory.answers import queries
 from inventory.errors import StoreError, UsageError
-from inventory.files import keep_mode, make_dirs
-from inventory.store import Store, _select_list, view_statements
+from inventory.storage import schema
+from inventory.storage.files import keep_mode, make_dirs
+from inventory.storage.store import Store, _select_list, view_statements
 
 FINDING_ROWS = 20  # rows shown per named query
 FAILURE_ROWS = 200  # errors rows shown

@@ -47,9 +47,11 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from inventory import schema
-from inventory.credentials import AssumeRoleFailed
-from inventory.flatten import (
+from inventory.aws.credentials import AssumeRoleFailed
+from inventory.aws.retry import Budget, Failure, Kind, classify
+from inventory.model import ErrorRecord, TargetResult, utcnow
+from inventory.storage import schema
+from inventory.storage.flatten import (
     UNEXPECTED_SHAPE,
     Anomaly,
     Flattener,
@@ -59,11 +61,9 @@ from inventory.flatten import (
     _us,
     known_enums,
 )
-from inventory.model import ErrorRecord, TargetResult, utcnow
-from inventory.retry import Budget, Failure, Kind, classify
 
 if TYPE_CHECKING:
-    from inventory.collect import Collector
+    from inventory.run.collect import Collector
 
 DEPLOYMENTS = "GetContainerServiceDeployments"
 IMAGES = "GetContainerImages"

@@ -41,7 +41,7 @@ from botocore.exceptions import (
 )
 from botocore.parsers import ResponseParserError
 
-from inventory.answers import AnswerRefused
+from inventory.aws.bounded import AnswerRefused
 from inventory.model import cap_message
 
 THROTTLING_CODES = frozenset(

@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from inventory.errors import StoreError, UsageError
-from inventory.files import make_dirs, refuse_link
+from inventory.storage.files import make_dirs, refuse_link
 
 KEY_ENV = "INVENTORY_FINGERPRINT_KEY"
 KEY_SUFFIX = ".fingerprint-key"

@@ -39,7 +39,7 @@ import duckdb
 import pyarrow as pa
 
 from inventory.errors import UsageError
-from inventory.fingerprint import PREFIX as FINGERPRINT_PREFIX
+from inventory.storage.fingerprint import PREFIX as FINGERPRINT_PREFIX
 
 # Every kind of change, in the order they are reported within a service.
 KINDS = (

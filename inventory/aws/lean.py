@@ -47,8 +47,8 @@ from botocore.utils import normalize_url_path
 from yarl import URL
 
 from inventory import __version__
-from inventory.answers import read_bounded, refuse_redirect
-from inventory.credentials import current as current_credentials
+from inventory.aws.bounded import read_bounded, refuse_redirect
+from inventory.aws.credentials import current as current_credentials
 from inventory.model import DEFAULT_MAX_ANSWER_BYTES
 
 TARGET = "Lightsail_20161128.GetContainerServices"

@@ -55,9 +55,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from inventory import schema
 from inventory.errors import BadStore, StoreError, StoreLocked
-from inventory.files import make_dirs, open_private, private_umask
+from inventory.storage import schema
+from inventory.storage.files import make_dirs, open_private, private_umask
 
 log = logging.getLogger(__name__)
 

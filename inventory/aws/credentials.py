@@ -22,8 +22,8 @@ from typing import Any
 from aiobotocore.credentials import AioCredentials
 from botocore.credentials import ReadOnlyCredentials
 
+from inventory.aws.retry import Backoff, Budget, CallCounter, Failure, Kind, classify
 from inventory.model import Account, Options
-from inventory.retry import Backoff, Budget, CallCounter, Failure, Kind, classify
 
 _CURRENT: ContextVar[ReadOnlyCredentials] = ContextVar("inventory_credentials")
 

@@ -36,13 +36,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from inventory import fingerprint, schema
 from inventory.errors import StoreError, UsageError
-from inventory.files import keep_mode, make_dirs, temp_beside
-from inventory.fingerprint import Fingerprinter
+from inventory.storage import fingerprint, schema
+from inventory.storage.files import keep_mode, make_dirs, temp_beside
+from inventory.storage.fingerprint import Fingerprinter
 
 if TYPE_CHECKING:
-    from inventory.store import Store
+    from inventory.storage.store import Store
 
 COMPRESSION = "zstd"
 ROW_GROUP_ROWS = 128 * 1024
