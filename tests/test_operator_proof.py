@@ -440,7 +440,7 @@ def test_ctrl_c_logs_one_line_per_region_and_error(tmp_path: Path) -> None:
 
 
 def test_demo_says_how_to_run_inventory_again(tmp_path: Path) -> None:
-    """After `make demo` (`.venv/bin/inventory demo`, the .venv not on PATH) the hint at the
+    """After `make demo` (`.venv-runtime/bin/inventory demo`, that venv not on PATH) the hint at the
     end names the command that works: that path, not a bare `inventory`."""
     exe = Path(sys.executable).with_name("inventory")
     env = {k: v for k, v in os.environ.items() if k not in UNSET_ENV}
