@@ -377,7 +377,7 @@ def query(
             con.close()
     else:
         with Store.open(db, read_only=True) as store, store.connection() as con:
-            columns, rows = queries.run_sandboxed(con, text, values or None, allowed)
+            columns, rows = queries.run_sandboxed(con, text, values or None, allowed, store.path)
     _print_rows(columns, rows, format, name)
 
 

@@ -4,8 +4,10 @@
 #
 #   scripts/install-wheel.sh DEST_VENV
 #
-# DEST_VENV must not exist yet (or be an empty folder). Dependencies come from the package
-# registry pip is configured with, pinned by constraints.txt; nothing else is downloaded.
+# DEST_VENV must not exist yet (or be an empty folder). The runtime dependencies come from
+# the package registry pip is configured with, each file checked against the sha256 pinned in
+# requirements/runtime.txt (--require-hashes: pip refuses anything else); the wheel is built
+# with the setuptools pinned there and installed without an index.
 # Then, from an empty temporary folder, DEST_VENV/bin/inventory runs `query --list` (the
 # named queries ship in the wheel), `demo` (the bundled simulator, 3 accounts) and the named
 # query `monthly_cost` on the demo's store (its price list ships in the wheel too).
@@ -33,17 +35,23 @@ step "virtual environment $dest ($python)"
 "$python" -m venv "$dest"
 dest=$(cd "$dest" && pwd)
 
+pip() { "$dest/bin/python" -m pip --disable-pip-version-check "$@"; }
+
+step "the runtime dependencies, hash-pinned (requirements/runtime.txt)"
+pip install --quiet --require-hashes --no-deps -r "$repo/requirements/runtime.txt"
+
 step "building the wheel"
 # from a copy of what the wheel is made of, so that the build leaves nothing in the checkout
 mkdir "$work/src"
 cp -R "$repo/pyproject.toml" "$repo/README.md" "$repo/inventory" "$repo/sql" "$work/src/"
 find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
-"$dest/bin/python" -m pip wheel --quiet --no-deps --wheel-dir "$work/dist" "$work/src"
+pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$work/dist" "$work/src"
 wheel=$(ls "$work"/dist/*.whl)
 echo "$(basename "$wheel")"
 
-step "installing it (pinned by constraints.txt)"
-"$dest/bin/python" -m pip install --quiet --constraint "$repo/constraints.txt" "$wheel"
+step "installing it (no index: nothing more is downloaded)"
+pip install --quiet --no-deps --no-index "$wheel"
+pip check
 
 # From here on nothing may come from the checkout: run in an empty folder, with no
 # INVENTORY_SQL_DIR, and no AWS settings of the caller (the demo sets its own).

@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "install-wheel.sh"
+DEV_TOOLS = {"pytest", "pytest-asyncio", "moto", "flask", "docker", "mypy", "ruff", "pyinstrument"}
 
 
 def inventory(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -77,6 +79,26 @@ def test_the_wheel_installs_and_runs_from_an_empty_folder(tmp_path: Path) -> Non
         check=True,
     ).stdout.strip()
     assert Path(where) == site / "inventory" / "sql"
+    # the runtime environment: the runtime dependencies, hash-checked, and no development tool
+    assert "== the runtime dependencies, hash-pinned" in out
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
+    frozen = subprocess.run([*pip, "freeze"], capture_output=True, text=True, check=True).stdout
+    installed_dists = {canonicalize_name(line.split("==")[0]) for line in frozen.split()}
+    assert "lightsail-inventory" in installed_dists and not installed_dists & DEV_TOOLS
+    # ... where a file whose hash differs from the pinned one is refused
+    version = next(
+        line.split("==")[1].split()[0]
+        for line in (ROOT / "requirements" / "runtime.txt").read_text().splitlines()
+        if line.startswith("six==")
+    )
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"six=={version} --hash=sha256:{'0' * 64}\n", encoding="utf-8")
+    refused = subprocess.run(
+        [*pip, "install", "--require-hashes", "--no-deps", "--force-reinstall",
+         "--no-cache-dir", "-r", str(bad)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "DO NOT MATCH THE HASHES" in refused.stderr
 
 
 def test_install_script_refuses_a_used_destination(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
 WriteAccounts = Callable[..., Path]
 MakeSimulator = Callable[..., Simulator]
 R2 = ("us-east-1", "ap-southeast-2")
+EXTERNAL_ID = "operator-proof-external-id"  # set: no no_external_id warning in the logs
 
 
 def invoke(*args: str) -> Any:
@@ -61,13 +62,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
     fleet = Fleet(4, seed=3, regions=R2)
     config = tmp / "accounts.toml"
     config.write_text(
-        f'role_name = "R"\nregions = {list(R2)!r}\n'
+        f'role_name = "R"\nexternal_id = "{EXTERNAL_ID}"\nregions = {list(R2)!r}\n'
         + "".join(f'[[accounts]]\nid = "{a}"\n' for a in fleet.account_ids)
     )
     db, lake = tmp / "inv.duckdb", tmp / "lake"
     with Simulator(fleet, Faults()) as sim, pytest.MonkeyPatch.context() as mp:
         use_simulator_env(mp, sim)
-        mp.setenv("INVENTORY_FINGERPRINT_KEY", "operator-key")
+        mp.setenv("INVENTORY_FINGERPRINT_KEY", "operator-proof-fingerprint-key-0123456789abcdef")
         result = invoke(
             "collect", "--config", str(config), "--db", str(db), "--parquet-dir", str(lake)
         )
@@ -113,7 +114,9 @@ def test_run_deadline_ends_a_night_with_a_hung_region(
     sim = make_simulator(
         3, regions=R2, faults=Faults(hang_regions={("*", "us-east-1")}, hang_max_s=120)
     )
-    config = write_accounts(tmp_path / "a.toml", sim.fleet.account_ids, regions=list(R2))
+    config = write_accounts(
+        tmp_path / "a.toml", sim.fleet.account_ids, regions=list(R2), external_id=EXTERNAL_ID
+    )
     db = tmp_path / "inv.duckdb"
     result = invoke(
         "collect", "--config", str(config), "--db", str(db), "--no-parquet",
@@ -343,7 +346,9 @@ def test_quiet_and_log_level(
     tmp_path: Path, make_simulator: MakeSimulator, write_accounts: WriteAccounts
 ) -> None:
     sim = make_simulator(3, regions=R2, faults=Faults(throttle_rate=0.3, seed=5))
-    config = write_accounts(tmp_path / "a.toml", sim.fleet.account_ids, regions=list(R2))
+    config = write_accounts(
+        tmp_path / "a.toml", sim.fleet.account_ids, regions=list(R2), external_id=EXTERNAL_ID
+    )
     db = str(tmp_path / "inv.duckdb")
     base = ("collect", "--config", str(config), "--db", db, "--no-parquet")
     result = invoke(*base, "--quiet")
@@ -401,11 +406,15 @@ def test_ctrl_c_logs_one_line_per_region_and_error(tmp_path: Path) -> None:
     with Simulator(fleet, Faults(latency_ms=200, seed=31)) as sim:
         config = tmp_path / "a.toml"
         config.write_text(
-            f'role_name = "R"\nregions = {list(R2)!r}\n'.replace("'", '"')
+            f'role_name = "R"\nexternal_id = "{EXTERNAL_ID}"\nregions = {list(R2)!r}\n'.replace(
+                "'", '"'
+            )
             + "".join(f'[[accounts]]\nid = "{a}"\n' for a in fleet.account_ids)
         )
         env = {k: v for k, v in os.environ.items() if k not in UNSET_ENV}
-        env.update(sim.env(), INVENTORY_FINGERPRINT_KEY="k")
+        env.update(
+            sim.env(), INVENTORY_FINGERPRINT_KEY="operator-proof-fingerprint-key-0123456789abcdef"
+        )
         db = tmp_path / "inv.duckdb"
         proc = subprocess.Popen(
             [sys.executable, "-m", "inventory", "collect", "--config", str(config), "--db",
@@ -431,7 +440,7 @@ def test_ctrl_c_logs_one_line_per_region_and_error(tmp_path: Path) -> None:
 
 
 def test_demo_says_how_to_run_inventory_again(tmp_path: Path) -> None:
-    """After `make demo` (`.venv/bin/inventory demo`, the .venv not on PATH) the hint at the
+    """After `make demo` (`.venv-runtime/bin/inventory demo`, that venv not on PATH) the hint at the
     end names the command that works: that path, not a bare `inventory`."""
     exe = Path(sys.executable).with_name("inventory")
     env = {k: v for k, v in os.environ.items() if k not in UNSET_ENV}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inventory.errors import InventoryError, StoreError, UsageError
+from inventory.errors import BadStore, InventoryError, StoreError, UsageError
 
 if TYPE_CHECKING:
     import duckdb
@@ -238,12 +238,19 @@ def sandbox(con: duckdb.DuckDBPyConnection, allowed: Iterable[str] = ()) -> None
 
 
 def run_sandboxed(
-    con: duckdb.DuckDBPyConnection, text: str, params: Any, allowed: Iterable[str] = ()
+    con: duckdb.DuckDBPyConnection,
+    text: str,
+    params: Any,
+    allowed: Iterable[str] = (),
+    db: Path | None = None,
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run one statement on `con` inside `sandbox`: (column names, rows). A statement that
-    reaches outside is a usage error that says so; any other failure a StoreError."""
+    reaches outside is a usage error that says so; a damaged store `db` a BadStore (exit 2);
+    any other failure a StoreError."""
     import duckdb
     import pyarrow as pa
+
+    from inventory.store import damaged, is_damage
 
     sandbox(con, allowed)
     try:
@@ -257,4 +264,6 @@ def run_sandboxed(
             f"query: SQL here reads the inventory only, no other file, URL or setting ({first})"
         ) from e
     except (duckdb.Error, pa.ArrowException, OSError) as e:
+        if db is not None and is_damage(e):
+            raise BadStore(damaged(db, e)) from e
         raise StoreError(f"query failed: {e}") from e

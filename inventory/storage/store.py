@@ -459,8 +459,8 @@ class Store:
                 con.execute("SET TimeZone = 'UTC'")
                 yield con
             except duckdb.Error as e:
-                if _is_damage(e):
-                    raise BadStore(_damaged(self.path, e)) from e
+                if is_damage(e):
+                    raise BadStore(damaged(self.path, e)) from e
                 raise
             finally:
                 con.close()
@@ -472,8 +472,8 @@ class Store:
             try:
                 return duckdb.connect(str(self.path), read_only=read_only)
             except duckdb.Error as e:
-                if _is_damage(e):
-                    raise BadStore(_damaged(self.path, e)) from e
+                if is_damage(e):
+                    raise BadStore(damaged(self.path, e)) from e
                 if not _is_lock_conflict(e):
                     raise BadStore(f"{self.path}: cannot open the database: {e}") from e
                 if time.monotonic() >= deadline:
@@ -717,8 +717,8 @@ class Store:
             try:
                 return con.sql(sql, params=params).to_arrow_table()
             except duckdb.Error as e:
-                if _is_damage(e):
-                    raise BadStore(_damaged(self.path, e)) from e
+                if is_damage(e):
+                    raise BadStore(damaged(self.path, e)) from e
                 raise StoreError(f"query failed: {e}") from e
 
     def query_rows(self, sql: str, params: Any = None) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -729,8 +729,8 @@ class Store:
                 cols = [d[0] for d in cur.description or []]
                 return cols, cur.fetchall()
             except duckdb.Error as e:
-                if _is_damage(e):
-                    raise BadStore(_damaged(self.path, e)) from e
+                if is_damage(e):
+                    raise BadStore(damaged(self.path, e)) from e
                 raise StoreError(f"query failed: {e}") from e
 
     def runs(self) -> list[dict[str, Any]]:
@@ -808,7 +808,7 @@ def _table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]
 _DAMAGE_SIGNS = ("Corrupt database file", "checksum", "Could not read enough bytes")
 
 
-def _is_damage(exc: BaseException) -> bool:
+def is_damage(exc: BaseException) -> bool:
     """Whether a DuckDB error says the file itself is damaged (truncated, bytes overwritten)."""
     if isinstance(exc, duckdb.SerializationException | duckdb.InternalException):
         return True
@@ -816,7 +816,8 @@ def _is_damage(exc: BaseException) -> bool:
     return any(sign in text for sign in _DAMAGE_SIGNS)
 
 
-def _damaged(db: Path, exc: BaseException) -> str:
+def damaged(db: Path, exc: BaseException) -> str:
+    """The one-line message for a damaged store (how to restore or rebuild it)."""
     detail = " ".join(str(exc).split())
     return (
         f"{db}: the database is damaged ({detail}); it was left as it is. Restore it from a "
@@ -838,7 +839,7 @@ def _verify(con: duckdb.DuckDBPyConnection, db: Path) -> None:
         for table in tables:
             con.execute(f"SELECT count(*), max(hash(COLUMNS(*))) FROM {_quote(table)}").fetchall()
     except duckdb.Error as e:
-        raise BadStore(_damaged(db, e)) from e
+        raise BadStore(damaged(db, e)) from e
 
 
 def _check_header(db: Path) -> None:
