@@ -250,7 +250,7 @@ def run_sandboxed(
     import duckdb
     import pyarrow as pa
 
-    from inventory.store import damaged, is_damage
+    from inventory.storage.store import damaged, is_damage
 
     sandbox(con, allowed)
     try:
