@@ -197,7 +197,8 @@ class Backoff:
 
     A throttled attempt waits at most `throttle_cap`: the pacer already slows the whole
     collector down (pacing.py), and a long per-target pause on top of it only makes the
-    unluckiest target of a storm the length of the run.
+    unluckiest target of a storm the length of the run (benchmarks/README.md, "Measured
+    decisions").
     """
 
     base: float = 0.1

@@ -1,8 +1,9 @@
 """The async fan-out: GetContainerServices in every region of every account.
 
 Bounded concurrency (a fixed pool of worker tasks), a global adaptive rate (pacing.Pacer),
-retries with backoff and jitter for throttling, 5xx and dropped connections (retry.py), a
-timeout per call and a deadline per account × region. One TargetResult per account ×
+retries with backoff and jitter for throttling, 5xx and dropped connections, a timeout per
+call and a deadline per account × region (all of it retry.attempts, the loop every AWS call
+goes through, with the collector's `policy`). One TargetResult per account ×
 region, streamed through a bounded queue as they finish: the fleet is never held in memory.
 
 Clients: one aiobotocore Lightsail client per region, shared by every account; each
@@ -359,9 +360,9 @@ class Collector:
         an account the workers reached first is theirs (`reached`).
 
         Without it every slot of an account waits for that account's AssumeRole before its
-        own call: two round trips per target instead of one (measured: 1,000 accounts × 16
-        regions, 50 ms: 27.3 s -> 14.3 s wall, the same CPU). The broker makes it one call
-        per account either way; a failure is remembered and reported by the targets."""
+        own call: two round trips per target instead of one (benchmarks/README.md, "Measured
+        decisions"). The broker makes it one call per account either way; a failure is
+        remembered and reported by the targets."""
         assert self.broker is not None
         broker = self.broker
         limit = asyncio.Semaphore(PREFETCH_IN_FLIGHT)
