@@ -22,7 +22,17 @@ from typing import Any
 from aiobotocore.credentials import AioCredentials
 from botocore.credentials import ReadOnlyCredentials
 
-from inventory.aws.retry import Backoff, Budget, CallCounter, Failure, Kind, classify
+from inventory.aws.retry import (
+    Backoff,
+    Budget,
+    CallCounter,
+    Deadline,
+    Failure,
+    Kind,
+    Policy,
+    Stop,
+    attempts,
+)
 from inventory.model import Account, Options
 
 _CURRENT: ContextVar[ReadOnlyCredentials] = ContextVar("inventory_credentials")
@@ -152,9 +162,10 @@ class CredentialBroker:
         self._sts = sts
         self._base = base
         self._options = options
-        self._counter = counter
         self._clock = clock
-        self._backoff = backoff or Backoff()
+        # AssumeRole's retries: the run's budget and timeout, its own deadline (the caller's
+        # may be earlier), expired base credentials end it (not ours to refresh), no pacer.
+        self._policy = Policy.of(options, counter, backoff=backoff or Backoff())
         self._cache: dict[str, _Entry] = {}
         self._failed: dict[str, AssumeRoleFailed] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -252,51 +263,39 @@ class CredentialBroker:
         params = assume_role_params(
             account.role_arn, self._options.session_name, account.external_id
         )
-        own_deadline = time.monotonic() + self._options.deadline
-        end = own_deadline if deadline is None else min(deadline, own_deadline)
         budget = Budget(self._options.max_attempts)
-        while True:
-            remaining = end - time.monotonic()
-            if remaining <= 0:
-                raise AssumeRoleFailed(
-                    account,
-                    Failure("Timeout", "no answer from STS before the deadline", Kind.TRANSIENT),
-                    budget.attempts,
-                    final=end == own_deadline,
-                )
-            budget.attempts += 1
-            self._counter.api_calls += 1
-            self.assume_role_calls += 1
-            if budget.attempts > 1:
-                self._counter.retries += 1
-            try:
-                base = await self.base()
-                with use(base):
-                    answer = await asyncio.wait_for(
-                        self._sts.assume_role(**params), min(self._options.timeout, remaining)
-                    )
-            except Exception as exc:  # classified below; nothing is swallowed silently
-                failure = classify(exc)
-                pause = self._backoff.delay(
-                    budget.attempts, throttled=failure.kind is Kind.THROTTLED
-                )
-                if (
-                    failure.kind is Kind.EXPIRED  # base credentials expired: not ours to fix
-                    or not budget.spend(failure)
-                ):
-                    raise AssumeRoleFailed(account, failure, budget.attempts) from None
-                if time.monotonic() + pause >= end:
-                    raise AssumeRoleFailed(
-                        account, failure, budget.attempts, final=end == own_deadline
-                    ) from None
-                await asyncio.sleep(pause)
-                continue
-            c = answer["Credentials"]
-            expiration = c.get("Expiration")
-            expires = expiration.timestamp() if isinstance(expiration, dt.datetime) else None
-            now = self._clock()
-            return _Entry(
-                creds=from_sts(answer),
-                expires=expires,
-                lifetime=(expires - now) if expires is not None else None,
+        try:
+            out = await attempts(
+                self._assume_role,
+                params,
+                self._policy,
+                budget=budget,
+                deadline=None if deadline is None else Deadline(deadline),
             )
+        finally:
+            self.assume_role_calls += budget.attempts
+        if out.stop is not None:
+            failure = out.failure
+            if failure is None:  # the deadline passed before a call
+                failure = Failure(
+                    "Timeout", "no answer from STS before the deadline", Kind.TRANSIENT
+                )
+            # only the caller's deadline ran out: another region of the account may try
+            final = out.stop is not Stop.LATE or out.own_deadline
+            raise AssumeRoleFailed(account, failure, out.attempts, final=final)
+        answer = out.answer
+        c = answer["Credentials"]
+        expiration = c.get("Expiration")
+        expires = expiration.timestamp() if isinstance(expiration, dt.datetime) else None
+        now = self._clock()
+        return _Entry(
+            creds=from_sts(answer),
+            expires=expires,
+            lifetime=(expires - now) if expires is not None else None,
+        )
+
+    async def _assume_role(self, **params: Any) -> Any:
+        """One AssumeRole attempt, signed with the base identity's credentials of now."""
+        base = await self.base()
+        with use(base):
+            return await self._sts.assume_role(**params)

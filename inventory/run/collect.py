@@ -1,8 +1,9 @@
 """The async fan-out: GetContainerServices in every region of every account.
 
 Bounded concurrency (a fixed pool of worker tasks), a global adaptive rate (pacing.Pacer),
-retries with backoff and jitter for throttling, 5xx and dropped connections (retry.py), a
-timeout per call and a deadline per account × region. One TargetResult per account ×
+retries with backoff and jitter for throttling, 5xx and dropped connections, a timeout per
+call and a deadline per account × region (all of it retry.attempts, the loop every AWS call
+goes through, with the collector's `policy`). One TargetResult per account ×
 region, streamed through a bounded queue as they finish: the fleet is never held in memory.
 
 Clients: one aiobotocore Lightsail client per region, shared by every account; each
@@ -48,7 +49,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from botocore.credentials import ReadOnlyCredentials
@@ -58,7 +59,19 @@ from inventory.aws import credentials as creds_mod
 from inventory.aws.credentials import AssumeRoleFailed, CallCounter, CredentialBroker
 from inventory.aws.lean import USER_AGENT, LeanHTTP, LeanLightsailClient
 from inventory.aws.pacing import Pacer, default_floor
-from inventory.aws.retry import Backoff, Budget, CallFailed, Calls, Failure, Kind, classify
+from inventory.aws.retry import (
+    NO_PARAMS,
+    Backoff,
+    Breaker,
+    Budget,
+    CallFailed,
+    Calls,
+    Failure,
+    Kind,
+    Policy,
+    Stop,
+    attempts,
+)
 from inventory.aws.session import (
     SharedCredentialsSession,
     base_source,
@@ -104,24 +117,6 @@ def run_deadline(options: Options, targets: int) -> float:
     if options.run_deadline is not None:
         return options.run_deadline
     return run_time_bound(options, targets)
-
-
-@dataclass(slots=True)
-class _RegionHealth:
-    """What a region's targets have seen so far, for the circuit breaker."""
-
-    answered: int = 0  # calls that got an HTTP answer (any status)
-    timeouts: int = 0  # calls that timed out
-    unreachable: int = 0  # calls that found no connection (refused, no DNS, closed unanswered)
-    accounts: set[str] = field(default_factory=set)  # accounts whose calls did either
-
-    @property
-    def broken(self) -> bool:
-        return (
-            self.answered == 0
-            and self.timeouts + self.unreachable >= BREAKER_TIMEOUTS
-            and len(self.accounts) >= BREAKER_TARGETS
-        )
 
 
 def raw_answer(
@@ -173,13 +168,26 @@ class Collector:
         # (collect --deep: deep.DeepFetcher makes the per-service calls there).
         self.after_collect: Callable[[TargetResult], Awaitable[TargetResult]] | None = None
         self._sts: Any = None
-        self._health = {region: _RegionHealth() for region in self.regions}
+        self._health = {  # the per-region circuit breakers
+            region: Breaker(BREAKER_TIMEOUTS, BREAKER_TARGETS) for region in self.regions
+        }
         self._fetching: set[asyncio.Task[Any]] = set()
         self.stop_reason: str | None = None
         self.stop_code = INTERRUPTED  # the error code of the targets a stop leaves unfinished
         self.base: ReadOnlyCredentials | None = None
         self.broker: CredentialBroker | None = None
         self.lean_http: LeanHTTP | None = None  # engine 'lean': the shared session and keys
+        # How every call for a target is retried (retry.attempts): the target's deadline is
+        # the call's own; the pacer, the stop and the signing with the account's credentials
+        # are shared by all of them (deep.py's calls too).
+        self.policy = Policy.of(
+            options,
+            self.counter,
+            backoff=self.backoff,
+            pacer=self.pacer,
+            stopped=self._stopping,
+            sign=creds_mod.use,
+        )
 
     async def __aenter__(self) -> Collector:
         try:
@@ -241,6 +249,9 @@ class Collector:
 
     def _sts_region(self) -> str:
         return home_region(self._session)
+
+    def _stopping(self) -> bool:
+        return self.stop_reason is not None
 
     def stop(self, reason: str = "interrupted", code: str = INTERRUPTED) -> None:
         """Make no new calls: cancel those in flight; unfinished targets end with error
@@ -349,9 +360,9 @@ class Collector:
         an account the workers reached first is theirs (`reached`).
 
         Without it every slot of an account waits for that account's AssumeRole before its
-        own call: two round trips per target instead of one (measured: 1,000 accounts × 16
-        regions, 50 ms: 27.3 s -> 14.3 s wall, the same CPU). The broker makes it one call
-        per account either way; a failure is remembered and reported by the targets."""
+        own call: two round trips per target instead of one (benchmarks/README.md, "Measured
+        decisions"). The broker makes it one call per account either way; a failure is
+        remembered and reported by the targets."""
         assert self.broker is not None
         broker = self.broker
         limit = asyncio.Semaphore(PREFETCH_IN_FLIGHT)
@@ -382,128 +393,53 @@ class Collector:
                 task.cancel()
 
     async def fetch(self, account: Account, region: str) -> TargetResult:
-        """One account × region: its services, or its error after bounded retries."""
-        assert self.broker is not None
+        """One account × region: its services, or its error after bounded retries
+        (retry.attempts with the collector's policy and the region's breaker)."""
+        broker = self.broker
+        assert broker is not None
         started = utcnow()
-        deadline = time.monotonic() + self.options.deadline
-        client = self._clients[region]
-        health = self._health[region]
         budget = Budget(self.options.max_attempts)
-        failure: Failure | None = None
-        out_of_time = False  # stopped by the deadline (not by the budget or a fatal error)
-        broken = False  # stopped by the region's circuit breaker
         try:
-            while True:
-                if self.stop_reason is not None:
-                    return self._interrupted(account, region, started, budget.attempts)
-                if health.broken:
-                    failure = self._breaker_failure(region, budget.attempts)
-                    broken = True
-                    break
-                try:
-                    creds = await self.broker.get(account, deadline)
-                except AssumeRoleFailed as exc:
-                    return self._failed(
-                        account,
-                        region,
-                        started,
-                        budget.attempts,
-                        exc.failure,
-                        "AssumeRole",
-                        exc.attempts,
-                    )
-                if deadline - time.monotonic() <= 0:
-                    out_of_time = True
-                    break
-                deadline += await self.pacer.acquire()  # queued for the rate: not the target's
-                remaining = deadline - time.monotonic()
-                try:
-                    answer = await self.attempt(
-                        budget, creds, client.get_container_services, remaining
-                    )
-                except Exception as exc:
-                    failure = self.react(classify(exc), account, creds)
-                    if failure.code == "Timeout":
-                        failure = self._timed_out(failure, remaining)
-                        health.timeouts += 1
-                        health.accounts.add(account.id)
-                    elif failure.status is not None:
-                        health.answered += 1
-                    elif failure.code == "ConnectionError":
-                        health.unreachable += 1
-                        health.accounts.add(account.id)
-                    if not budget.spend(failure):
-                        break
-                    pause = self.backoff.delay(
-                        budget.attempts, throttled=failure.kind is Kind.THROTTLED
-                    )
-                    if time.monotonic() + pause >= deadline:
-                        out_of_time = True
-                        break
-                    await asyncio.sleep(pause)
-                    continue
-                health.answered += 1
-                self.pacer.on_success()
-                result = self._collected(account, region, started, budget.attempts, answer)
-                if self.after_collect is not None and result.ok:
-                    result = await self.after_collect(result)
-                return result
-        except asyncio.CancelledError:
-            if self.stop_reason is None:
-                raise
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            return self._interrupted(account, region, started, budget.attempts)
-        if failure is None:  # the deadline passed before any attempt could be made
+            out = await attempts(
+                self._clients[region].get_container_services,
+                NO_PARAMS,
+                self.policy,
+                budget=budget,
+                credentials=partial(broker.get, account),
+                on_expired=partial(broker.invalidate, account),
+                breaker=self._health[region],
+                caller=account.id,
+            )
+        except AssumeRoleFailed as exc:
+            return self._failed(
+                account, region, started, budget.attempts, exc.failure, "AssumeRole", exc.attempts
+            )
+        if out.stop is None:
+            result = self._collected(account, region, started, out.attempts, out.answer)
+            if self.after_collect is not None and result.ok:
+                result = await self.after_collect(result)
+            return result
+        if out.stop is Stop.STOPPED:
+            return self._interrupted(account, region, started, out.attempts)
+        failure = out.failure
+        if out.stop is Stop.BROKEN:
+            failure = self._breaker_failure(region, out.attempts)  # its verdict says it all
+        elif failure is None:  # the deadline passed before any attempt could be made
             failure = Failure("Timeout", "target deadline passed before a call", Kind.TRANSIENT)
-        elif broken:
-            pass  # the breaker's verdict says it all
-        elif out_of_time:
-            failure = Failure(
-                failure.code,
-                f"{failure.message} (gave up at the {self.options.deadline:g}s target deadline)",
-                failure.kind,
-                failure.status,
-            )
+        else:
+            if failure.code == "Timeout":
+                failure = self._timed_out(failure, out.remaining)
+            if out.stop is Stop.LATE:
+                failure = Failure(
+                    failure.code,
+                    f"{failure.message} (gave up at the {self.options.deadline:g}s target "
+                    "deadline)",
+                    failure.kind,
+                    failure.status,
+                )
         return self._failed(
-            account,
-            region,
-            started,
-            budget.attempts,
-            failure,
-            "GetContainerServices",
-            budget.attempts,
+            account, region, started, out.attempts, failure, "GetContainerServices", out.attempts
         )
-
-    async def attempt(
-        self,
-        budget: Budget,
-        creds: ReadOnlyCredentials,
-        call: Callable[..., Awaitable[Any]],
-        remaining: float,
-        **params: Any,
-    ) -> Any:
-        """One attempt of a call for a target: counted, signed with `creds`, bounded by
-        --timeout and what is left of the target's deadline. Raises what the call raised."""
-        budget.attempts += 1
-        self.counter.api_calls += 1
-        if budget.attempts > 1:
-            self.counter.retries += 1
-        with creds_mod.use(creds):
-            return await asyncio.wait_for(
-                call(**params), min(self.options.timeout, max(0.001, remaining))
-            )
-
-    def react(self, failure: Failure, account: Account, creds: ReadOnlyCredentials) -> Failure:
-        """What a failed attempt changes for everyone: throttling slows the whole collector,
-        expired credentials are dropped so the next attempt assumes the role again."""
-        assert self.broker is not None
-        if failure.kind is Kind.THROTTLED:
-            self.pacer.on_throttle()
-        elif failure.kind is Kind.EXPIRED:
-            self.broker.invalidate(account, creds)
-        return failure
 
     def _timed_out(self, failure: Failure, remaining: float) -> Failure:
         """A Timeout's message says which limit it hit (asyncio's says nothing)."""

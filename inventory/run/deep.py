@@ -20,11 +20,12 @@ How the calls are made (decided):
 - Through the aiobotocore Lightsail client of the region (the lean engine's path covers the
   one hot call only; these two are rare: 2 per service, only with --deep), signed with the
   account's role from the collector's broker (assumed once, refreshed when it expires).
-- Retried like every other call (retry.classify, Budget, Backoff: throttling, 5xx, timeouts,
-  dropped connections, expired credentials), every attempt counted in runs.api_calls and
-  every retry in runs.retries. The deep calls of a target share their own deadline
-  (`Options.deadline`, the same length as the target's), so with --deep one account × region
-  takes at most twice the deadline (plus time queued for the rate).
+- Retried like every other call (retry.attempts with the collector's policy: throttling,
+  5xx, timeouts, dropped connections, expired credentials), every attempt counted in
+  runs.api_calls and every retry in runs.retries. The deep calls of a target share one
+  deadline (a retry.Deadline of `Options.deadline`, the same length as the target's), so
+  with --deep one account × region takes at most twice the deadline (plus time queued for
+  the rate).
 - A deep call that fails never fails the target: its services, deployments and containers
   are stored, its scan stays 'ok' and the run's status does not change. Each failure is one
   `errors` row (operation GetContainerServiceDeployments or GetContainerImages, the service
@@ -37,18 +38,18 @@ How the calls are made (decided):
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from inventory.aws.credentials import AssumeRoleFailed
-from inventory.aws.retry import Budget, Failure, Kind, classify
+from inventory.aws.retry import Budget, Deadline, Failure, Kind, Stop, attempts
 from inventory.model import ErrorRecord, TargetResult, utcnow
 from inventory.storage import schema
 from inventory.storage.flatten import (
@@ -117,53 +118,35 @@ class _Failed:
     skipped: int = 0  # services this operation was not called for after it (REFUSED, deadline)
 
 
-@dataclass(slots=True)
-class _Deadline:
-    at: float  # time.monotonic(); moved on by the time calls spend queued for the rate
-
-
 class DeepFetcher:
     """`Collector.after_collect` for --deep: the two calls for each service of a result."""
 
     def __init__(self, collector: Collector):
         self.collector = collector
+        # the collector's policy; the deadline is the one the target's deep calls share
+        self.policy = dataclasses.replace(collector.policy, deadline=None)
 
     async def __call__(self, result: TargetResult) -> TargetResult:
         services = _services(result.services or [])
         out = DeepResult.of(result)
         if not services:
             return out
-        c = self.collector
-        deadline = _Deadline(time.monotonic() + c.options.deadline)
+        deadline = Deadline(time.monotonic() + self.collector.options.deadline)
         failed: list[_Failed] = []
         stopped: dict[str, _Failed] = {}  # operation -> the failure that ends it for the target
-        try:
-            for name, arn in services:
-                for op in OPERATIONS:
-                    if op in stopped:
-                        stopped[op].skipped += 1
-                        continue
-                    got = await self._call(result, op, name, arn, deadline)
-                    if isinstance(got, DeepAnswer):
-                        out.deep.append(got)
-                        continue
-                    failed.append(got)
-                    code = got.failure.code
-                    if code in REFUSED or code == INTERRUPTED or time.monotonic() >= deadline.at:
-                        stopped[op] = got
-        except asyncio.CancelledError:
-            if c.stop_reason is None:
-                raise
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            # what the stop cut short: one errors row per operation, counting the rest
-            done = {(a.operation, a.service_name) for a in out.deep}
-            done |= {(f.operation, f.service_name) for f in failed}
+        for name, arn in services:
             for op in OPERATIONS:
-                left = [n for n, _ in services if (op, n) not in done]
-                if left and op not in stopped:
-                    failed.append(_Failed(op, left[0], self._interrupted(), 0, len(left) - 1))
+                if op in stopped:  # a stop, a refusal, the deadline: one errors row counts the rest
+                    stopped[op].skipped += 1
+                    continue
+                got = await self._call(result, op, name, arn, deadline)
+                if isinstance(got, DeepAnswer):
+                    out.deep.append(got)
+                    continue
+                failed.append(got)
+                code = got.failure.code
+                if code in REFUSED or code == INTERRUPTED or time.monotonic() >= deadline.at:
+                    stopped[op] = got
         out.anomalies.extend(self._error(result, f, len(services)) for f in failed)
         return out
 
@@ -189,41 +172,38 @@ class DeepFetcher:
         )
 
     async def _call(
-        self, result: TargetResult, op: str, name: str, arn: str | None, deadline: _Deadline
+        self, result: TargetResult, op: str, name: str, arn: str | None, deadline: Deadline
     ) -> DeepAnswer | _Failed:
-        """One deep call with the collector's retries, pacing and counting."""
+        """One deep call through retry.attempts: the collector's retries, pacing, counting
+        and stop, signed with the account's role, within the deep calls' `deadline`."""
         c = self.collector
-        assert c.broker is not None
-        account, region = result.account, result.region
-        client = c.botocore_clients[region]
-        method = getattr(client, _METHODS[op])
+        broker = c.broker
+        assert broker is not None
+        account = result.account
         budget = Budget(c.options.max_attempts)
-        while True:
-            if c.stop_reason is not None:
-                return _Failed(op, name, self._interrupted(), budget.attempts)
-            try:
-                creds = await c.broker.get(account, deadline.at)
-            except AssumeRoleFailed as exc:
-                return _Failed(op, name, exc.failure, budget.attempts)
-            if deadline.at - time.monotonic() <= 0:
-                return _Failed(op, name, self._late(None), budget.attempts)
-            deadline.at += await c.pacer.acquire()  # queued for the rate: not the target's
-            remaining = deadline.at - time.monotonic()
-            try:
-                answer = await c.attempt(budget, creds, method, remaining, serviceName=name)
-            except Exception as exc:
-                failure = c.react(classify(exc), account, creds)
-                if not budget.spend(failure):
-                    return _Failed(op, name, failure, budget.attempts)
-                pause = c.backoff.delay(budget.attempts, throttled=failure.kind is Kind.THROTTLED)
-                if time.monotonic() + pause >= deadline.at:
-                    return _Failed(op, name, self._late(failure), budget.attempts)
-                await asyncio.sleep(pause)
-                continue
-            c.pacer.on_success()
+        try:
+            out = await attempts(
+                getattr(c.botocore_clients[result.region], _METHODS[op]),
+                {"serviceName": name},
+                self.policy,
+                budget=budget,
+                deadline=deadline,
+                credentials=partial(broker.get, account),
+                on_expired=partial(broker.invalidate, account),
+            )
+        except AssumeRoleFailed as exc:
+            return _Failed(op, name, exc.failure, budget.attempts)
+        if out.stop is None:
+            answer = out.answer
             if isinstance(answer, dict):
                 answer.pop("ResponseMetadata", None)
-            return DeepAnswer(op, name, arn, answer, utcnow(), budget.attempts)
+            return DeepAnswer(op, name, arn, answer, utcnow(), out.attempts)
+        if out.stop is Stop.STOPPED:
+            return _Failed(op, name, self._interrupted(), out.attempts)
+        if out.stop is Stop.LATE:
+            return _Failed(op, name, self._late(out.failure), out.attempts)
+        assert out.failure is not None  # Stop.FAILED (deep calls have no breaker)
+        return _Failed(op, name, out.failure, out.attempts)
 
     def _late(self, failure: Failure | None) -> Failure:
         limit = f"the {self.collector.options.deadline:g}s deadline of this target's deep calls"
