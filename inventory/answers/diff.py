@@ -1,7 +1,7 @@
 """What changed between two snapshots, per account × region.
 
-`diff(con, from_run, to_run)` compares, for every account × region, two good scans (scans
-status 'ok' in a run whose status is 'complete' or 'partial'):
+`diff(con, from_run, to_run)` compares, for every account × region, two good scans (the
+views `good_scans` and `latest_scans`, store.FLEET_SQL: scans status 'ok' in a good run):
 
 - neither run given: for each account × region of the current fleet, its newest good scan
   (the one the latest_* views show, `latest_scans`) and the good scan just before it;
@@ -78,7 +78,6 @@ SERVICE_FIELDS = {
     "tags": "tags",
 }
 CONTAINER_FIELDS = {"image": "image", "ports": "ports", "command": "command"}
-GOOD_RUN_STATUSES = ("complete", "partial")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,33 +200,33 @@ class Diff:
 # --------------------------------------------------------------------------- choosing scans
 
 
-# A run: one runs row, or one per shard of a sharded run (the run is good when a shard is).
-_RUNS = f"""
-SELECT run_id, min(started_at) AS started_at,
-       bool_or(status IN {GOOD_RUN_STATUSES!r}) AS good, string_agg(DISTINCT status, '/') AS status
-FROM runs GROUP BY run_id
-"""
-
-# `newest`: this is the pair's scan in latest_scans (so the pair is in the current fleet).
-_GOOD_SCANS = f"""
+# The good scans (the store's views `good_scans` and `latest_scans`, the one definition of a
+# good scan), each with the good scan before it; `newest`: this is the pair's scan in
+# latest_scans (so the pair is in the current fleet).
+_GOOD_SCANS = """
 SELECT g.account_id, g.region, g.run_id, g.prev_run, l.run_id IS NOT NULL AS newest FROM (
-    SELECT s.account_id, s.region, s.run_id,
-           lead(s.run_id) OVER w AS prev_run
-    FROM (SELECT DISTINCT account_id, region, run_id FROM scans WHERE status = 'ok') AS s
-    JOIN ({_RUNS}) AS r ON r.run_id = s.run_id
-    WHERE r.good
-    WINDOW w AS (PARTITION BY s.account_id, s.region ORDER BY r.started_at DESC, s.run_id DESC)
+    SELECT account_id, region, run_id,
+           lead(run_id) OVER (
+               PARTITION BY account_id, region ORDER BY run_started_at DESC, run_id DESC
+           ) AS prev_run
+    FROM good_scans
 ) AS g
 LEFT JOIN latest_scans AS l
   ON l.account_id = g.account_id AND l.region = g.region AND l.run_id = g.run_id
 WHERE l.run_id IS NOT NULL OR g.run_id = $from_run OR g.run_id = $to_run
 """
 
+# A run (all its shards' runs rows): whether it is good, the statuses of its rows, its start.
+_RUN = """
+SELECT bool_or(g.run_id IS NOT NULL), string_agg(DISTINCT r.status, '/'), min(r.started_at)
+FROM runs AS r LEFT JOIN good_runs AS g ON g.run_id = r.run_id
+WHERE r.run_id = ?
+HAVING count(*) > 0
+"""
+
 
 def _check_run(con: duckdb.DuckDBPyConnection, flag: str, run_id: str) -> dt.datetime:
-    rows = con.execute(
-        f"SELECT good, status, started_at FROM ({_RUNS}) WHERE run_id = ?", [run_id]
-    ).fetchall()
+    rows = con.execute(_RUN, [run_id]).fetchall()
     if not rows:
         raise UsageError(f"{flag} {run_id!r}: no such run (list them with `inventory runs`)")
     good, status, started_at = rows[0]
