@@ -266,6 +266,7 @@ def collect(
     """
     from inventory import logs
     from inventory.plan import config as config_mod
+    from inventory.plan import runid
     from inventory.run.builder import tune_gc_for_collect
     from inventory.run.pipeline import run_collect
 
@@ -288,7 +289,7 @@ def collect(
             deep=deep,
             max_answer_bytes=max_answer_bytes,
         )
-        part = config_mod.resolve_shard(shard, shards, run_id, os.environ)
+        part = runid.resolve_shard(shard, shards, run_id, os.environ)
         plan = config_mod.load_plan(config, regions=regions, org=org, options=options)
         if no_parquet and parquet_dir != DEFAULT_PARQUET:
             raise UsageError(

@@ -1,6 +1,6 @@
 """Parquet for a data lake: `<dest>/<table>/run_date=YYYY-MM-DD/<run_id>[.<part>].parquet`.
 
-A run id never contains `.` (config.check_run_id; `file_name` refuses one that does), so a
+A run id never contains `.` (plan/runid.py; `file_name` refuses one that does), so a
 file's run id is its name up to the first `.`: `<run_id>.parquet` is a run's whole file,
 `<run_id>.<part>.parquet` (e.g. `.shard-3`) one of its parts, and re-exporting a run matches
 its files exactly, never another run whose id merely starts with it. Lakes written before
