@@ -174,8 +174,8 @@ def collect(
     workers: Annotated[
         int,
         typer.Option(
-            help="Processes sharing the accounts. One process keeps up with 256 calls in "
-            "flight at 50 ms; more pay only past that. 0 = one per core (≥ 100 accounts each)."
+            help="Processes sharing the accounts (more pay only when one process's CPU is "
+            "the limit: see benchmarks/README.md). 0 = one per core (≥ 100 accounts each)."
         ),
     ] = DEFAULTS.workers,
     engine: Annotated[

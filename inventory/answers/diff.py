@@ -453,7 +453,7 @@ def _compare_target(
         old, new = old_svcs[(name,)], new_svcs[(name,)]
         for column, kind in SERVICE_FIELDS.items():
             if _differs(old[column], new[column]):
-                yield change(kind, name, column, _plain(old[column]), _plain(new[column]))
+                yield change(kind, name, column, _comparable(old[column]), _comparable(new[column]))
     # deployments, by slot
     slots_both: set[tuple[str, str]] = set()
     for key in sorted((old_deps.keys() | new_deps.keys()), key=_str_key):
@@ -489,20 +489,34 @@ def _compare_target(
         assert o is not None and n is not None
         for column, kind in CONTAINER_FIELDS.items():
             if _differs(o[column], n[column]):
-                yield change(kind, name, f"{base}.{column}", _plain(o[column]), _plain(n[column]))
+                yield change(
+                    kind, name, f"{base}.{column}", _comparable(o[column]), _comparable(n[column])
+                )
         old_env, new_env = o["environment"] or {}, n["environment"] or {}
         for var in sorted(new_env.keys() - old_env.keys()):
-            yield change("env_added", name, f"{base}.environment.{var}", None, _fp(new_env[var]))
+            yield change(
+                "env_added",
+                name,
+                f"{base}.environment.{var}",
+                None,
+                _shown_fingerprint(new_env[var]),
+            )
         for var in sorted(old_env.keys() - new_env.keys()):
-            yield change("env_removed", name, f"{base}.environment.{var}", _fp(old_env[var]), None)
+            yield change(
+                "env_removed",
+                name,
+                f"{base}.environment.{var}",
+                _shown_fingerprint(old_env[var]),
+                None,
+            )
         for var in sorted(old_env.keys() & new_env.keys()) if env_comparable else ():
             if old_env[var] != new_env[var]:
                 yield change(
                     "env_value",
                     name,
                     f"{base}.environment.{var}",
-                    _fp(old_env[var]),
-                    _fp(new_env[var]),
+                    _shown_fingerprint(old_env[var]),
+                    _shown_fingerprint(new_env[var]),
                 )
 
 
@@ -511,15 +525,15 @@ def _str_key(key: tuple[Any, ...]) -> tuple[str, ...]:
 
 
 def _differs(a: Any, b: Any) -> bool:
-    return _plain(a) != _plain(b)
+    return _comparable(a) != _comparable(b)
 
 
-def _plain(v: Any) -> Any:
-    """A JSON-able value: maps as dicts with sorted keys (a map's order is not a change)."""
+def _comparable(v: Any) -> Any:
+    """A value as compared and shown: JSON-able: maps as dicts with sorted keys (a map's order is not a change)."""
     if isinstance(v, dict):
-        return {k: _plain(v[k]) for k in sorted(v, key=str)}
+        return {k: _comparable(v[k]) for k in sorted(v, key=str)}
     if isinstance(v, list | tuple):
-        return [_plain(x) for x in v]
+        return [_comparable(x) for x in v]
     return v
 
 
@@ -529,7 +543,7 @@ def _text(v: Any) -> Any:
     return v
 
 
-def _fp(value: Any) -> str | None:
+def _shown_fingerprint(value: Any) -> str | None:
     """An environment value as it may be shown: its fingerprint, never a raw value."""
     if isinstance(value, str) and value.startswith(FINGERPRINT_PREFIX):
         return value

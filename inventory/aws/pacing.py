@@ -4,7 +4,7 @@ asyncio-throttle does the pacing. Its `acquire()` polls every `retry_interval`; 
 hundreds of waiting tasks that polling alone costs real CPU, so one lock lets a single
 task poll at a time while the others wait on the lock without waking.
 
-Time a call spends queued here does not count against its target's deadline (collect.py):
+Time a call spends queued here does not count against its target's deadline (run/collect.py):
 that is the run slowing down as a whole, not the target being slow. It stays bounded:
 the rate never falls below `floor`, and every target makes a bounded number of calls.
 """
