@@ -44,7 +44,7 @@ from inventory.answers import queries
 from inventory.errors import StoreError, UsageError
 from inventory.storage import schema
 from inventory.storage.files import keep_mode, make_dirs
-from inventory.storage.store import Store, _select_list, view_statements
+from inventory.storage.store import Store, select_list, view_statements
 
 FINDING_ROWS = 20  # rows shown per named query
 FAILURE_ROWS = 200  # errors rows shown
@@ -175,7 +175,7 @@ def _scope_to(con: duckdb.DuckDBPyConnection, run: dict[str, Any]) -> None:
         # every schema.py column (NULL where a store no writer of this version migrated lacks
         # it), so that the views below can be built over any store
         con.execute(
-            f"CREATE TEMP VIEW {table} AS SELECT {_select_list(con, table)} FROM {base}.{table} "
+            f"CREATE TEMP VIEW {table} AS SELECT {select_list(con, table)} FROM {base}.{table} "
             "WHERE run_id IN (SELECT run_id FROM temp.main._report_runs)"
         )
     for sql in view_statements("CREATE OR REPLACE TEMP VIEW"):

@@ -758,7 +758,7 @@ class Store:
 
     def _runs_rows(self, tail: str, params: list[Any]) -> list[dict[str, Any]]:
         with self.connection() as con:
-            cur = con.execute(f"SELECT {_select_list(con, 'runs')} FROM runs {tail}", params)
+            cur = con.execute(f"SELECT {select_list(con, 'runs')} FROM runs {tail}", params)
             cols = [d[0] for d in cur.description or []]
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
@@ -774,7 +774,7 @@ class Store:
 
         def batches() -> Iterator[pa.RecordBatch]:
             with self.connection() as con:
-                cols = _select_list(con, table)
+                cols = select_list(con, table)
                 reader = con.sql(
                     f"SELECT {cols} FROM {table} WHERE run_id = $id", params={"id": run_id}
                 ).to_arrow_reader(batch_size)
@@ -798,7 +798,7 @@ def _abandon(con: duckdb.DuckDBPyConnection, run_id: str, now: dt.datetime) -> N
     )
 
 
-def _select_list(con: duckdb.DuckDBPyConnection, table: str) -> str:
+def select_list(con: duckdb.DuckDBPyConnection, table: str) -> str:
     """The schema.py columns of `table` in schema order; NULL for one the database lacks
     (a reader of a database no writer of this version has migrated yet)."""
     present = _table_columns(con, table)
