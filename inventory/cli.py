@@ -174,8 +174,8 @@ def collect(
     workers: Annotated[
         int,
         typer.Option(
-            help="Processes sharing the accounts. One process keeps up with 256 calls in "
-            "flight at 50 ms; more pay only past that. 0 = one per core (≥ 100 accounts each)."
+            help="Processes sharing the accounts (more pay only when one process's CPU is "
+            "the limit: see benchmarks/README.md). 0 = one per core (≥ 100 accounts each)."
         ),
     ] = DEFAULTS.workers,
     engine: Annotated[
@@ -266,6 +266,7 @@ def collect(
     """
     from inventory import logs
     from inventory.plan import config as config_mod
+    from inventory.plan import runid
     from inventory.run.builder import tune_gc_for_collect
     from inventory.run.pipeline import run_collect
 
@@ -288,7 +289,7 @@ def collect(
             deep=deep,
             max_answer_bytes=max_answer_bytes,
         )
-        part = config_mod.resolve_shard(shard, shards, run_id, os.environ)
+        part = runid.resolve_shard(shard, shards, run_id, os.environ)
         plan = config_mod.load_plan(config, regions=regions, org=org, options=options)
         if no_parquet and parquet_dir != DEFAULT_PARQUET:
             raise UsageError(

@@ -19,7 +19,7 @@ Events (the `event` field of a JSON line; text lines carry the same message):
   run deadline) left unfinished, one line per (region, error code), at the run's end
 - `run_end`      run_id, status, exit_code, the run's counters, and `failures`: the failures
   grouped by (region, operation, error_code) with count, example accounts and a message
-- `regions_discovered`, `org_discovered`, `discovery_failed` (discovery.py), `fatal` (cli.py)
+- `regions_discovered`, `org_discovered`, `discovery_failed` (plan/discovery.py), `fatal` (cli.py)
 
 A JSON line holds `ts` (UTC, ISO 8601), `level`, `logger`, `event`, `message` and the
 event's fields. What is logged is chosen field by field: ids, names, counts, AWS error
@@ -59,14 +59,16 @@ def event(logger: logging.Logger, level: int, name: str, text: str, /, **fields:
         logger.log(level, "%s", text, extra={"event": name, "fields": fields})
 
 
-def _ts(created: float) -> str:
+def _iso_millis(created: float) -> str:
+    """A log record's time as ISO 8601 UTC with milliseconds (`…T05:36:50.123Z`)."""
     return (
         dt.datetime.fromtimestamp(created, dt.UTC).isoformat(timespec="milliseconds")
         .replace("+00:00", "Z")
     )  # fmt: skip
 
 
-def _plain(value: Any) -> Any:
+def _json_default(value: Any) -> Any:
+    """What json.dumps writes for a value it cannot: a UTC ISO time, a list, else str()."""
     if isinstance(value, dt.datetime):
         return value.astimezone(dt.UTC).isoformat()
     if isinstance(value, tuple | set | frozenset):
@@ -79,7 +81,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": _ts(record.created),
+            "ts": _iso_millis(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": getattr(record, "event", None) or "message",
@@ -89,7 +91,7 @@ class JsonFormatter(logging.Formatter):
         if isinstance(fields, Mapping):
             for key, value in fields.items():
                 out.setdefault(str(key), value)
-        return json.dumps(out, default=_plain, ensure_ascii=False, separators=(",", ":"))
+        return json.dumps(out, default=_json_default, ensure_ascii=False, separators=(",", ":"))
 
 
 class TextFormatter(logging.Formatter):
@@ -97,7 +99,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         # one line, AWS's text included: control characters shown, never obeyed
-        return f"{_ts(record.created)} {record.levelname:<7} {visible(record.getMessage())}"
+        return f"{_iso_millis(record.created)} {record.levelname:<7} {visible(record.getMessage())}"
 
 
 class _Stderr:

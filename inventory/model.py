@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-# --max-answer-bytes (answers.py): a real region answers in kilobytes.
+# --max-answer-bytes (aws/bounded.py): a real region answers in kilobytes.
 DEFAULT_MAX_ANSWER_BYTES = 32 * 1024 * 1024
 MIN_MAX_ANSWER_BYTES = 64 * 1024
 MAX_MAX_ANSWER_BYTES = 1024 * 1024 * 1024
@@ -44,7 +44,7 @@ class Options:
     timeout: float = 10.0  # one API call, seconds (connect and read)
     target_deadline: float | None = None  # one account × region with its retries; None: derived
     # the whole collect: unfinished targets then end 'RunDeadline'; None: derived from the
-    # others (collect.run_time_bound), so that a run always ends
+    # others (run/collect.py's run_time_bound), so that a run always ends
     run_deadline: float | None = None
     max_attempts: int = 8
     include_env_values: bool = False
@@ -52,12 +52,14 @@ class Options:
     export_env_values: bool = False
     session_name: str = "lightsail-inventory"
     workers: int = 1  # processes; 0 = one per core when there are enough accounts
-    # 'lean': the hot call through botocore's signer + one aiohttp session + json.loads
-    # (lean.py); 'botocore': through the aiobotocore client. Same endpoints, same errors.
+    # 'lean': the hot call signed by its own SigV4 signer (checked against botocore's) + one
+    # aiohttp session + json.loads (aws/lean.py); 'botocore': through the aiobotocore client.
+    # Same endpoints, same errors.
     engine: str = "lean"
     # --deep: per service found, GetContainerServiceDeployments and GetContainerImages too
     deep: bool = False
-    # bytes of one answer read at most; a larger one fails its call 'AnswerTooLarge' (answers.py)
+    # bytes of one answer read at most; a larger one fails its call 'AnswerTooLarge'
+    # (aws/bounded.py)
     max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
 
     @property

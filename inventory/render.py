@@ -164,7 +164,8 @@ def print_failures(out: Console, s: RunSummary) -> None:
     out.print(Text("\n".join(notes)), soft_wrap=True)
 
 
-def _plain(v: Any) -> Any:
+def _json_value(v: Any) -> Any:
+    """A query result's cell as a JSON value (times in ISO 8601, decimals as floats)."""
     if isinstance(v, dt.datetime):
         return v.astimezone(dt.UTC).isoformat() if v.tzinfo else v.isoformat()
     if isinstance(v, dt.date):
@@ -174,16 +175,18 @@ def _plain(v: Any) -> Any:
     if isinstance(v, dt.timedelta):
         return v.total_seconds()
     if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
+        return {str(k): _json_value(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
-        return [_plain(x) for x in v]
+        return [_json_value(x) for x in v]
     return v
 
 
 def format_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> str:
     """Rows as csv or json text (the table format is rendered by `rows_table`)."""
     if fmt == "json":
-        return json.dumps([dict(zip(columns, map(_plain, r), strict=True)) for r in rows], indent=2)
+        return json.dumps(
+            [dict(zip(columns, map(_json_value, r), strict=True)) for r in rows], indent=2
+        )
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
@@ -197,8 +200,8 @@ def _csv_cell(v: Any) -> Any:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, dict | list):
-        return json.dumps(_plain(v))
-    return _plain(v)
+        return json.dumps(_json_value(v))
+    return _json_value(v)
 
 
 SHORT_CELL = 24  # columns whose values are all this short are never wrapped
@@ -220,7 +223,7 @@ def rows_table(
     columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
 ) -> Table:
     # values are shown as stored, control characters made visible (terminal.visible)
-    cells = [["" if v is None else visible(str(_plain(v))) for v in r] for r in rows]
+    cells = [["" if v is None else visible(str(_json_value(v))) for v in r] for r in rows]
     t = Table(title=None if title is None else Text(visible(title)))
     for i, c in enumerate(columns):
         # short values (ids, regions, states) stay whole; long ones fold

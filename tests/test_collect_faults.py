@@ -1,4 +1,4 @@
-"""Issue #3, points 2, 3 and 7: throttling storms, hung regions, bad answers, bad --db.
+"""Throttling storms, hung regions, bad answers, bad --db.
 
 Everything over real HTTP against the simulator, with real aiobotocore / lean clients; the
 runs write a real DuckDB file that is read back.

@@ -1,4 +1,4 @@
-"""Issue #3, point 5: crash safety.
+"""Crash safety.
 
 A collect stopped at any point (SIGKILL at random moments, SIGINT / SIGTERM, an exception
 while writing) leaves every earlier run intact and readable; the latest_* views never show

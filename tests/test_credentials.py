@@ -1,4 +1,4 @@
-"""Issue #3, point 4: credentials that outlive the run.
+"""Credentials that outlive the run.
 
 Assumed-role credentials are refreshed before they expire (a controllable clock shared by
 the simulator and the collector, so an hour passes in no time); an ExpiredToken answer

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from inventory.answers import queries
 from inventory.cli import app
 from inventory.plan.config import load_plan
+from inventory.plan.runid import run_started_at
 from inventory.simulator import Fleet, Simulator
 from inventory.storage import lakequery
 from inventory.storage.store import Store
@@ -250,3 +251,140 @@ def test_only_a_whole_good_run_redefines_the_fleet(tmp_path: Path) -> None:
         _run(store, "20260106T000000Z-6", {(A, "eu-west-2"): "ok"})
         assert latest(db) == {(A, "eu-west-2"): "20260106T000000Z-6"}
         assert rows(db, "select run_id from fleet_run") == [{"run_id": "20260106T000000Z-6"}]
+
+
+def _night(
+    path: Path,
+    lake_dir: Path,
+    run_id: str,
+    services: dict[tuple[str, str], str | None],
+    *,
+    status: str = "complete",
+    shard: tuple[int, int] | None = None,
+) -> None:
+    """One run (or one shard of one) in its own store, exported to the lake: each pair scanned
+    ok, with one service of the given state (None: scanned ok but no inventory rows, as a run
+    killed half way and marked failed keeps its scans and loses its inventory)."""
+    import pyarrow as pa
+
+    from inventory.storage import lake, schema
+
+    started = run_started_at(run_id)
+    with Store.open(path) as store:
+        store.shard = shard
+        store.begin_run(run_id, started, 1, len(services), "test")
+        scans = [
+            {"run_id": run_id, "account_id": a, "region": r, "status": "ok", "attempts": 1}
+            for a, r in services
+        ]
+        found = [
+            {"run_id": run_id, "account_id": a, "region": r, "service_name": f"svc-{a}",
+             "state": state}
+            for (a, r), state in services.items()
+            if state is not None
+        ]  # fmt: skip
+        store.append(
+            run_id,
+            {
+                "scans": pa.Table.from_pylist(scans, schema=schema.SCANS),
+                "container_services": pa.Table.from_pylist(found, schema=schema.CONTAINER_SERVICES),
+            },
+        )
+        store.finish_run(run_id, status)
+        lake.export_run(store, run_id, lake_dir)
+
+
+def test_every_reader_has_one_rule_for_a_good_run(tmp_path: Path) -> None:
+    """A sharded run with a shard failed is not good in any reader: the store's views, the
+    lake's, the Athena DDL's views, `diff` and the named query all keep the night before (the
+    failed shard's ok scans have no inventory rows: reading them would empty their pairs). A
+    shard missing from the lake makes the run good but not fleet-defining: it updates the
+    pairs it scanned and retires nothing, again in every reader."""
+    import duckdb
+
+    from inventory.answers import diff as diff_mod
+    from inventory.errors import UsageError
+
+    lake_dir = tmp_path / "lake"
+    us = "us-east-1"
+    one, two = "20260101T000000Z-one", "20260102T000000Z-two"
+    _night(tmp_path / "one.duckdb", lake_dir, one, {(A, us): "READY", (B, us): "READY"})
+    _night(tmp_path / "s0.duckdb", lake_dir, two, {(A, us): "DISABLED"}, shard=(0, 2))
+    _night(tmp_path / "s1.duckdb", lake_dir, two, {(B, us): None}, status="failed", shard=(1, 2))
+    changes_sql, _ = queries.resolve_sql("changes_since_previous_run")
+    athena_views = [
+        sql.rstrip(";")
+        for sql in lakequery.athena_ddl().split("\n\n")
+        if sql.startswith("CREATE OR REPLACE VIEW")
+    ]
+    assert [s.split()[4] for s in athena_views[:2]] == [
+        "lightsail_inventory.good_runs",
+        "lightsail_inventory.good_scans",
+    ]
+
+    def readers() -> dict[str, duckdb.DuckDBPyConnection]:
+        """The lake, a store rebuilt from it, and the Athena views over the lake's tables."""
+        db = tmp_path / f"rebuilt-{len(list(tmp_path.glob('rebuilt-*')))}.duckdb"
+        out = invoke("rebuild", "--from-lake", str(lake_dir), "--db", str(db))
+        assert out.exit_code == 0, out.output
+        athena = duckdb.connect()
+        athena.execute("ATTACH ':memory:' AS lightsail_inventory")
+        with lakequery.open_lake(lake_dir) as con:
+            for table in ("runs", "scans", "container_services", "deployments", "containers"):
+                data = con.sql(f"SELECT * EXCLUDE (run_date) FROM {table}").to_arrow_table()
+                athena.register("_t", data)
+                athena.execute(f"CREATE TABLE lightsail_inventory.{table} AS SELECT * FROM _t")
+                athena.unregister("_t")
+        for sql in athena_views:
+            athena.execute(sql)
+        athena.execute("USE lightsail_inventory")
+        return {
+            "lake": lakequery.open_lake(lake_dir),
+            "store": duckdb.connect(str(db), read_only=True),
+            "athena": athena,
+        }
+
+    def latest(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+        return {
+            "scans": sorted(con.execute("SELECT account_id, run_id FROM latest_scans").fetchall()),
+            "services": sorted(
+                con.execute("SELECT service_name, state FROM latest_container_services").fetchall()
+            ),
+            "fleet_run": con.execute("SELECT run_id FROM fleet_run").fetchall(),
+        }
+
+    # shard 1 failed: the run is not good anywhere; every reader keeps the night before
+    for name, con in readers().items():
+        with con:
+            assert latest(con) == {
+                "scans": [(A, one), (B, one)],
+                "services": [(f"svc-{A}", "READY"), (f"svc-{B}", "READY")],
+                "fleet_run": [(one,)],
+            }, name
+            if name == "athena":
+                continue  # diff and the named queries read the store or the lake
+            assert con.execute(changes_sql).fetchall() == [], name
+            d = diff_mod.diff(con)
+            assert d.pairs == [] and {u.reason for u in d.uncompared} == {"only one good scan"}
+            with pytest.raises(UsageError, match=r"that run is \S*failed"):
+                diff_mod.diff(con, to_run=two)
+
+    # shard 1 missing from the lake: the run is good (it updates A) but defines no fleet
+    for p in lake_dir.rglob(f"{two}.shard-1.parquet"):
+        p.unlink()
+    for name, con in readers().items():
+        with con:
+            assert latest(con) == {
+                "scans": [(A, two), (B, one)],
+                "services": [(f"svc-{A}", "DISABLED"), (f"svc-{B}", "READY")],
+                "fleet_run": [(one,)],
+            }, name
+            if name == "athena":
+                continue
+            assert con.execute(changes_sql).fetchall() == [
+                (A, us, f"svc-{A}", "changed", "READY", "DISABLED", None, None, None, None,
+                 one, two)
+            ], name  # fmt: skip
+            assert [(p.account_id, p.from_run, p.to_run) for p in diff_mod.diff(con).pairs] == [
+                (A, one, two)
+            ], name

@@ -1,15 +1,15 @@
-"""Issue 11 (security hardening), items 1, 6, 7 and 8, through the `inventory` command line.
+"""Security hardening, through the `inventory` command line.
 
-1. Files only their owner can read: under `umask 000` every file a command creates is 0600
-   and every folder 0700; a file written again (the store compacted by `prune`, a report,
-   a Parquet file) keeps its mode.
-6. Writes that do not follow links: a symbolic link at the lock file or the fingerprint key
-   (dangling or not) is a one-line error and the file it points to is untouched; a key that
-   belongs to another user is refused; the Parquet temporary name cannot be planted.
-7. A key worth its name: fewer than 32 bytes of key material is a usage error (exit 2) that
-   says how to make a key.
-8. Re-export touches only its own run: run ids may contain '-', part files are
-   `<run_id>.<part>.parquet`, and re-exporting run `…-a` leaves run `…-a-b` alone.
+- Files only their owner can read: under `umask 000` every file a command creates is 0600
+  and every folder 0700; a file written again (the store compacted by `prune`, a report,
+  a Parquet file) keeps its mode.
+- Writes that do not follow links: a symbolic link at the lock file or the fingerprint key
+  (dangling or not) is a one-line error and the file it points to is untouched; a key that
+  belongs to another user is refused; the Parquet temporary name cannot be planted.
+- A key worth its name: fewer than 32 bytes of key material is a usage error (exit 2) that
+  says how to make a key.
+- Re-export touches only its own run: run ids may contain '-', part files are
+  `<run_id>.<part>.parquet`, and re-exporting run `…-a` leaves run `…-a-b` alone.
 """
 
 from __future__ import annotations

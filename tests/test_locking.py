@@ -1,4 +1,4 @@
-"""Issue #3, point 6: one writer at a time.
+"""One writer at a time.
 
 While a real `inventory collect` process writes a database (a slow simulator keeps it busy
 for a few seconds): a second collect on the same database fails at once with a message

@@ -1,4 +1,4 @@
-"""Operator-proof (issue 10, items 1, 4, 5, 6), through the `inventory` CLI as a user runs it,
+"""Operator-proof, through the `inventory` CLI as a user runs it,
 against the simulator, real DuckDB files and a real Parquet lake (local, and S3 on moto):
 
 1. a damaged store is refused before any call, left byte for byte as it was, and every read

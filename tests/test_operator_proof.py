@@ -76,7 +76,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
     yield db, lake, fleet
 
 
-# --------------------------------------------------------------------------- item 7: bounds
+# --------------------------------------------------------------------------- bounds
 @pytest.mark.parametrize(
     ("flag", "value"),
     [
@@ -199,7 +199,7 @@ def test_report_to_stdout(
     assert not (tmp_path / "-").exists()
 
 
-# --------------------------------------------------------------------------- item 10: query
+# --------------------------------------------------------------------------- query
 def test_ad_hoc_sql_cannot_write_or_read_files(
     store: tuple[Path, Path, Fleet], tmp_path: Path
 ) -> None:
@@ -251,7 +251,7 @@ def test_csv_booleans_are_true_and_false_like_json(store: tuple[Path, Path, Flee
     assert json.loads(result.stdout) == [{"yes": True, "no": False, "unknown": None}]
 
 
-# --------------------------------------------------------------------------- item 9: failures
+# --------------------------------------------------------------------------- failures
 def test_failures_off_a_terminal_are_whole_and_grouped(
     tmp_path: Path,
     make_simulator: MakeSimulator,
@@ -307,7 +307,7 @@ def test_plurals_in_one_failure_and_one_run(
     assert "0 failures" in result.stdout and "1 failures" not in result.stdout
 
 
-# --------------------------------------------------------------------------- item 8: logs
+# --------------------------------------------------------------------------- logs
 def test_routine_throttling_is_info_and_never_from_x_to_x(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -368,7 +368,7 @@ def test_quiet_and_log_level(
     assert len(rows(Path(db), "select * from runs")) == 3
 
 
-# --------------------------------------------------------------------------- item 11: README
+# --------------------------------------------------------------------------- README
 def test_simulator_prints_an_accounts_file_collect_reads(
     tmp_path: Path, make_simulator: MakeSimulator
 ) -> None:

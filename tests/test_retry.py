@@ -1,4 +1,4 @@
-"""Issue #3, point 1: retries that are bounded and visible.
+"""Retries that are bounded and visible.
 
 Unit level: what each error means (retry.classify), how many attempts a call gets
 (retry.Budget) and how long it waits between them (retry.Backoff). Then the collector over

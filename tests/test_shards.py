@@ -25,11 +25,12 @@ from inventory.answers import queries
 from inventory.cli import app
 from inventory.errors import UsageError
 from inventory.model import Account, Options
-from inventory.plan.config import (
+from inventory.plan.config import load_plan
+from inventory.plan.runid import (
     SHARD_INDEX_ENV,
     Shard,
     check_run_id,
-    load_plan,
+    new_run_id,
     parse_shard,
     resolve_shard,
     run_started_at,
@@ -286,6 +287,14 @@ def test_parse_shard_and_index_from_the_environment() -> None:
 
 def test_run_ids() -> None:
     assert check_run_id("20261127T053650Z-3f9a1c") == "20261127T053650Z-3f9a1c"
+    started = dt.datetime(
+        2026, 11, 27, 6, 36, 50, 123456, tzinfo=dt.timezone(dt.timedelta(hours=1))
+    )
+    made = {new_run_id(started) for _ in range(8)}
+    assert len(made) > 1  # a random suffix
+    for run_id in made:
+        assert check_run_id(run_id) == run_id and run_id.startswith("20261127T053650Z-")
+        assert run_started_at(run_id) == started.replace(microsecond=0)
     assert check_run_id("20261127T053650Z-nightly_batch-7")
     assert run_started_at("20261127T053650Z-3f9a1c") == dt.datetime(
         2026, 11, 27, 5, 36, 50, tzinfo=dt.UTC

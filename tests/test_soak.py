@@ -1,4 +1,4 @@
-"""Issue #3, point 8: the fault soak.
+"""The fault soak.
 
 One end-to-end collect against the simulator with 20 % throttling, 5 % 5xx, 3 % dropped
 connections, one denied account, one denied region and one hanging region, with the

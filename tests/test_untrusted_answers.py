@@ -1,8 +1,8 @@
-"""Issue #11, items 4, 5 and 9: a member account's answers are input, not trusted.
+"""A member account's answers are input, not trusted.
 
-4. Answers of bounded size (`--max-answer-bytes`, AnswerTooLarge), error messages capped.
-5. No terminal escapes from AWS data: what is rendered for people shows control characters.
-9. No credential follows a redirect (UnexpectedRedirect): nothing reaches the other origin.
+- Answers of bounded size (`--max-answer-bytes`, AnswerTooLarge), error messages capped.
+- No terminal escapes from AWS data: what is rendered for people shows control characters.
+- No credential follows a redirect (UnexpectedRedirect): nothing reaches the other origin.
 
 Everything through the `inventory` CLI against the simulator over real HTTP, both engines,
 a real DuckDB file read back.

@@ -1,7 +1,7 @@
 """What changed between two snapshots, per account × region.
 
-`diff(con, from_run, to_run)` compares, for every account × region, two good scans (scans
-status 'ok' in a run whose status is 'complete' or 'partial'):
+`diff(con, from_run, to_run)` compares, for every account × region, two good scans (the
+views `good_scans` and `latest_scans`, store.FLEET_SQL: scans status 'ok' in a good run):
 
 - neither run given: for each account × region of the current fleet, its newest good scan
   (the one the latest_* views show, `latest_scans`) and the good scan just before it;
@@ -78,7 +78,6 @@ SERVICE_FIELDS = {
     "tags": "tags",
 }
 CONTAINER_FIELDS = {"image": "image", "ports": "ports", "command": "command"}
-GOOD_RUN_STATUSES = ("complete", "partial")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,33 +200,33 @@ class Diff:
 # --------------------------------------------------------------------------- choosing scans
 
 
-# A run: one runs row, or one per shard of a sharded run (the run is good when a shard is).
-_RUNS = f"""
-SELECT run_id, min(started_at) AS started_at,
-       bool_or(status IN {GOOD_RUN_STATUSES!r}) AS good, string_agg(DISTINCT status, '/') AS status
-FROM runs GROUP BY run_id
-"""
-
-# `newest`: this is the pair's scan in latest_scans (so the pair is in the current fleet).
-_GOOD_SCANS = f"""
+# The good scans (the store's views `good_scans` and `latest_scans`, the one definition of a
+# good scan), each with the good scan before it; `newest`: this is the pair's scan in
+# latest_scans (so the pair is in the current fleet).
+_GOOD_SCANS = """
 SELECT g.account_id, g.region, g.run_id, g.prev_run, l.run_id IS NOT NULL AS newest FROM (
-    SELECT s.account_id, s.region, s.run_id,
-           lead(s.run_id) OVER w AS prev_run
-    FROM (SELECT DISTINCT account_id, region, run_id FROM scans WHERE status = 'ok') AS s
-    JOIN ({_RUNS}) AS r ON r.run_id = s.run_id
-    WHERE r.good
-    WINDOW w AS (PARTITION BY s.account_id, s.region ORDER BY r.started_at DESC, s.run_id DESC)
+    SELECT account_id, region, run_id,
+           lead(run_id) OVER (
+               PARTITION BY account_id, region ORDER BY run_started_at DESC, run_id DESC
+           ) AS prev_run
+    FROM good_scans
 ) AS g
 LEFT JOIN latest_scans AS l
   ON l.account_id = g.account_id AND l.region = g.region AND l.run_id = g.run_id
 WHERE l.run_id IS NOT NULL OR g.run_id = $from_run OR g.run_id = $to_run
 """
 
+# A run (all its shards' runs rows): whether it is good, the statuses of its rows, its start.
+_RUN = """
+SELECT bool_or(g.run_id IS NOT NULL), string_agg(DISTINCT r.status, '/'), min(r.started_at)
+FROM runs AS r LEFT JOIN good_runs AS g ON g.run_id = r.run_id
+WHERE r.run_id = ?
+HAVING count(*) > 0
+"""
+
 
 def _check_run(con: duckdb.DuckDBPyConnection, flag: str, run_id: str) -> dt.datetime:
-    rows = con.execute(
-        f"SELECT good, status, started_at FROM ({_RUNS}) WHERE run_id = ?", [run_id]
-    ).fetchall()
+    rows = con.execute(_RUN, [run_id]).fetchall()
     if not rows:
         raise UsageError(f"{flag} {run_id!r}: no such run (list them with `inventory runs`)")
     good, status, started_at = rows[0]
@@ -454,7 +453,7 @@ def _compare_target(
         old, new = old_svcs[(name,)], new_svcs[(name,)]
         for column, kind in SERVICE_FIELDS.items():
             if _differs(old[column], new[column]):
-                yield change(kind, name, column, _plain(old[column]), _plain(new[column]))
+                yield change(kind, name, column, _comparable(old[column]), _comparable(new[column]))
     # deployments, by slot
     slots_both: set[tuple[str, str]] = set()
     for key in sorted((old_deps.keys() | new_deps.keys()), key=_str_key):
@@ -490,20 +489,34 @@ def _compare_target(
         assert o is not None and n is not None
         for column, kind in CONTAINER_FIELDS.items():
             if _differs(o[column], n[column]):
-                yield change(kind, name, f"{base}.{column}", _plain(o[column]), _plain(n[column]))
+                yield change(
+                    kind, name, f"{base}.{column}", _comparable(o[column]), _comparable(n[column])
+                )
         old_env, new_env = o["environment"] or {}, n["environment"] or {}
         for var in sorted(new_env.keys() - old_env.keys()):
-            yield change("env_added", name, f"{base}.environment.{var}", None, _fp(new_env[var]))
+            yield change(
+                "env_added",
+                name,
+                f"{base}.environment.{var}",
+                None,
+                _shown_fingerprint(new_env[var]),
+            )
         for var in sorted(old_env.keys() - new_env.keys()):
-            yield change("env_removed", name, f"{base}.environment.{var}", _fp(old_env[var]), None)
+            yield change(
+                "env_removed",
+                name,
+                f"{base}.environment.{var}",
+                _shown_fingerprint(old_env[var]),
+                None,
+            )
         for var in sorted(old_env.keys() & new_env.keys()) if env_comparable else ():
             if old_env[var] != new_env[var]:
                 yield change(
                     "env_value",
                     name,
                     f"{base}.environment.{var}",
-                    _fp(old_env[var]),
-                    _fp(new_env[var]),
+                    _shown_fingerprint(old_env[var]),
+                    _shown_fingerprint(new_env[var]),
                 )
 
 
@@ -512,15 +525,15 @@ def _str_key(key: tuple[Any, ...]) -> tuple[str, ...]:
 
 
 def _differs(a: Any, b: Any) -> bool:
-    return _plain(a) != _plain(b)
+    return _comparable(a) != _comparable(b)
 
 
-def _plain(v: Any) -> Any:
-    """A JSON-able value: maps as dicts with sorted keys (a map's order is not a change)."""
+def _comparable(v: Any) -> Any:
+    """A value as compared and shown: JSON-able: maps as dicts with sorted keys (a map's order is not a change)."""
     if isinstance(v, dict):
-        return {k: _plain(v[k]) for k in sorted(v, key=str)}
+        return {k: _comparable(v[k]) for k in sorted(v, key=str)}
     if isinstance(v, list | tuple):
-        return [_plain(x) for x in v]
+        return [_comparable(x) for x in v]
     return v
 
 
@@ -530,7 +543,7 @@ def _text(v: Any) -> Any:
     return v
 
 
-def _fp(value: Any) -> str | None:
+def _shown_fingerprint(value: Any) -> str | None:
     """An environment value as it may be shown: its fingerprint, never a raw value."""
     if isinstance(value, str) and value.startswith(FINGERPRINT_PREFIX):
         return value

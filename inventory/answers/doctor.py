@@ -7,7 +7,7 @@ Checks, in order (a failed step that later ones depend on stops them):
 1. the base credentials: found in the standard chain, and GetCallerIdentity answers (the
    identity is printed);
 2. with `--regions discover`: Lightsail GetRegions; with `org = true`: Organizations lists
-   the accounts (discovery.py);
+   the accounts (plan/discovery.py);
 3. AssumeRole in a sample of the accounts (the first `sample` in the file's order, then
    discovered ones; 0 = every account); without an accounts file, the caller's own account;
 4. GetContainerServices in every region, with each sampled account whose role was assumed,
@@ -50,7 +50,7 @@ from inventory.plan.discovery import (
     merge_accounts,
 )
 from inventory.plan.regions import all_regions
-from inventory.terminal import visible
+from inventory.terminal import plural, visible
 
 __all__ = ["Check", "Report", "diagnose", "render"]
 
@@ -281,7 +281,7 @@ async def diagnose(plan: Plan, sample: int = DEFAULT_SAMPLE) -> Report:
         missing = [a.id for a in accounts if a.role_arn is not None and not a.external_id]
         if missing:
             report.warnings.append(
-                f"no ExternalId configured for the member roles of {_n(len(missing), 'account')} "
+                f"no ExternalId configured for the member roles of {plural(len(missing), 'account')} "
                 f"(e.g. {missing[0]}): set external_id in the accounts file and require it in "
                 f"each reader role's trust policy ({DOCS})"
             )
@@ -461,8 +461,8 @@ async def _check_lightsail(
                 len(x.get("containerServices") or []) for _, x in results if isinstance(x, dict)
             )
             report.add(
-                Check("region", region, True, f"ok in {_n(len(results), 'account')} "
-                      f"({_n(services, 'service')})")
+                Check("region", region, True, f"ok in {plural(len(results), 'account')} "
+                      f"({plural(services, 'service')})")
             )  # fmt: skip
             continue
         by_code: dict[str, list[Account]] = {}
@@ -472,7 +472,7 @@ async def _check_lightsail(
             message.setdefault(x.failure.code, x.failure.message)
         parts = []
         if len(failed) < len(results):
-            parts.append(f"ok in {len(results) - len(failed)} of {_n(len(results), 'account')}")
+            parts.append(f"ok in {len(results) - len(failed)} of {plural(len(results), 'account')}")
         for code, accounts in sorted(by_code.items()):
             parts.append(
                 f"{code} in {', '.join(a.id for a in accounts)}"
@@ -492,10 +492,6 @@ async def _check_lightsail(
             f"Attach this policy to {whom} (if it is already there, a service control policy "
             f"or a permissions boundary denies the region; see {DOCS}):\n" + reader_policy(),
         )
-
-
-def _n(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _region_fix(report: Report, by_code: dict[str, list[Account]]) -> str:
@@ -551,8 +547,8 @@ def render(report: Report) -> str:
         lines.append("All good: a collect with these settings should work.")
         return "\n".join(map(visible, lines)) + "\n"
     n = len(problems)
-    skipped = f" ({_n(len(report.skipped), 'check')} skipped)" if report.skipped else ""
-    lines.append(f"{_n(n, 'problem')} found{skipped}. What fixes {'them' if n != 1 else 'it'}:")
+    skipped = f" ({plural(len(report.skipped), 'check')} skipped)" if report.skipped else ""
+    lines.append(f"{plural(n, 'problem')} found{skipped}. What fixes {'them' if n != 1 else 'it'}:")
     used = [key for key in dict.fromkeys(c.fix for c in problems) if key in report.fixes]
     for i, key in enumerate(used, 1):
         what, how = report.fixes[key]

@@ -44,7 +44,7 @@ from inventory.answers import queries
 from inventory.errors import StoreError, UsageError
 from inventory.storage import schema
 from inventory.storage.files import keep_mode, make_dirs
-from inventory.storage.store import Store, _select_list, view_statements
+from inventory.storage.store import Store, select_list, view_statements
 
 FINDING_ROWS = 20  # rows shown per named query
 FAILURE_ROWS = 200  # errors rows shown
@@ -175,7 +175,7 @@ def _scope_to(con: duckdb.DuckDBPyConnection, run: dict[str, Any]) -> None:
         # every schema.py column (NULL where a store no writer of this version migrated lacks
         # it), so that the views below can be built over any store
         con.execute(
-            f"CREATE TEMP VIEW {table} AS SELECT {_select_list(con, table)} FROM {base}.{table} "
+            f"CREATE TEMP VIEW {table} AS SELECT {select_list(con, table)} FROM {base}.{table} "
             "WHERE run_id IN (SELECT run_id FROM temp.main._report_runs)"
         )
     for sql in view_statements("CREATE OR REPLACE TEMP VIEW"):
@@ -323,7 +323,8 @@ def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _ts(v: dt.datetime | None) -> str:
+def _utc_time_text(v: dt.datetime | None) -> str:
+    """`2026-11-27 05:36:50Z` (UTC), or a dash for none."""
     if v is None:
         return "—"
     if v.tzinfo is not None:
@@ -347,10 +348,10 @@ def _num(v: int | None) -> str:
     return "—" if v is None else f"{v:,}"
 
 
-def _plain(v: Any) -> str:
+def _cell_text(v: Any) -> str:
     """A cell value as text (maps as k=v, lists comma-separated, timestamps in UTC)."""
     if isinstance(v, dt.datetime):
-        return _ts(v)
+        return _utc_time_text(v)
     if isinstance(v, dt.date):
         return v.isoformat()
     if isinstance(v, bool):
@@ -360,11 +361,11 @@ def _plain(v: Any) -> str:
     if isinstance(v, dict):
         if not v:
             return "{}"
-        return "; ".join(f"{k}={'NULL' if x is None else _plain(x)}" for k, x in v.items())
+        return "; ".join(f"{k}={'NULL' if x is None else _cell_text(x)}" for k, x in v.items())
     if isinstance(v, list | tuple):
         if not v:
             return "[]"
-        return ", ".join("NULL" if x is None else _plain(x) for x in v)
+        return ", ".join("NULL" if x is None else _cell_text(x) for x in v)
     return str(v)
 
 
@@ -376,7 +377,7 @@ def _cell(v: Any) -> str:
     """One <td>: escaped, cut when long (the whole value in its title), numbers right."""
     if v is None:
         return '<td class="null">NULL</td>'
-    text = _plain(v)
+    text = _cell_text(v)
     cls = ' class="num"' if _is_num(v) else ' class="wrap"' if len(text) > WRAP_CHARS else ""
     if len(text) > CELL_CHARS:
         return f'<td{cls} title="{esc(text)}">{esc(text[: CELL_CHARS - 1])}…</td>'
@@ -694,7 +695,7 @@ def render(r: Report) -> str:
     meta = (
         f"run <code>{esc(r.run_id)}</code> "
         f'<span class="badge {esc(status)}">{esc(status)}</span> · '
-        f"started {esc(_ts(run.get('started_at')))} · finished {esc(_ts(run.get('finished_at')))}"
+        f"started {esc(_utc_time_text(run.get('started_at')))} · finished {esc(_utc_time_text(run.get('finished_at')))}"
         f" · collected by lightsail-inventory {esc(run.get('tool_version') or '?')}"
     )
     body = [
@@ -719,7 +720,7 @@ def render(r: Report) -> str:
         "each account × region of the fleet, its newest good scan up to this run. "
         f"{esc(_fleet_text(r.fleet))} Environment values are never shown.</p>",
         _findings(r),
-        f"<footer>Generated {esc(_ts(r.generated_at))} by lightsail-inventory "
+        f"<footer>Generated {esc(_utc_time_text(r.generated_at))} by lightsail-inventory "
         f"{esc(__version__)} (<code>inventory report</code>). Self-contained: no script, no "
         "external resource.</footer>",
         "</main></body></html>",

@@ -38,7 +38,7 @@ def client_config(options: Options, pool: int) -> AioConfig:
         read_timeout=options.timeout,
         retries={"total_max_attempts": 1, "mode": "standard"},
         max_pool_connections=max(10, pool),
-        # answers of bounded size, no redirects followed (answers.py)
+        # answers of bounded size, no redirects followed (bounded.py)
         http_session_cls=session_class(options.max_answer_bytes),
     )
 

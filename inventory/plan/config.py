@@ -16,13 +16,11 @@ in file order), the value and what is wrong with it. Problems with the flags are
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import difflib
-import hashlib
 import math
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +38,9 @@ from inventory.plan.regions import all_regions, parse_regions, region_problem
 __all__ = [
     "ACCOUNT_KEYS",
     "DISCOVER_REGIONS",
-    "SHARD_INDEX_ENV",
     "TOP_LEVEL_KEYS",
-    "Shard",
-    "check_run_id",
     "load_plan",
-    "parse_shard",
-    "resolve_shard",
     "role_arn_for",
-    "run_started_at",
-    "shard_from_env",
-    "shard_of",
     "validate_options",
 ]
 
@@ -702,142 +692,3 @@ class _FileParser:
             if pattern.match(line):
                 return i + 1
         return None
-
-
-# --------------------------------------------------------------------------- shards, run ids
-# `collect --shard K/N` (or `--shards N` with the index from the job array's environment)
-# collects a stable share of the accounts; every shard of a run writes under the run id the
-# submitter gives with `--run-id`, so the lake holds one run in N parts.
-
-MAX_SHARDS = 10_000
-# Where array jobs put the index of the current job: AWS Batch array jobs, Kubernetes
-# Indexed Jobs (completionMode: Indexed). Looked up in this order.
-SHARD_INDEX_ENV: tuple[str, ...] = ("AWS_BATCH_JOB_ARRAY_INDEX", "JOB_COMPLETION_INDEX")
-RUN_ID_FORMAT = "YYYYMMDDTHHMMSSZ-suffix"
-# The contract's run id: the UTC start, '-', then a suffix (6 hex digits when collect makes
-# it up; 1-32 letters, digits, '_' or '-' when given).
-_RUN_ID = re.compile(r"(?P<ts>[0-9]{8}T[0-9]{6}Z)-(?P<suffix>[A-Za-z0-9][A-Za-z0-9_-]{0,31})")
-_SHARD = re.compile(r"\s*(?P<k>[0-9]+)\s*/\s*(?P<n>[0-9]+)\s*")
-
-
-def shard_of(account_id: str, shards: int) -> int:
-    """The shard (0 … shards-1) that owns `account_id`: SHA-256 of the id as a big integer,
-    modulo `shards`. The same on every machine and Python version (unlike hash())."""
-    digest = hashlib.sha256(account_id.encode("utf-8")).digest()
-    return int.from_bytes(digest, "big") % shards
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Shard:
-    """Shard `index` of `count`: the accounts whose `shard_of` is `index`."""
-
-    index: int
-    count: int
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.count <= MAX_SHARDS or not 0 <= self.index < self.count:
-            raise ValueError(f"no shard {self.index}/{self.count}")
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-    @property
-    def part(self) -> str:
-        """The Parquet part name of this shard's files: `<run_id>.shard-K.parquet`."""
-        return f"shard-{self.index}"
-
-    def owns(self, account_id: str) -> bool:
-        return shard_of(account_id, self.count) == self.index
-
-    def select(self, accounts: Sequence[Account]) -> tuple[Account, ...]:
-        """This shard's accounts, in their original order."""
-        return tuple(a for a in accounts if self.owns(a.id))
-
-
-def parse_shard(text: str, flag: str = "--shard") -> Shard:
-    """`K/N` (0 <= K < N) -> Shard; UsageError naming the flag and value otherwise."""
-    found = _SHARD.fullmatch(text)
-    if found is None:
-        raise UsageError(f"{flag} {text!r}: expected K/N, e.g. 0/4 (shard K of N, K from 0)")
-    k, n = int(found["k"]), int(found["n"])
-    if not 1 <= n <= MAX_SHARDS:
-        raise UsageError(f"{flag} {text!r}: N must be between 1 and {MAX_SHARDS:,}")
-    if k >= n:
-        raise UsageError(f"{flag} {text!r}: K must be less than N (shards are 0 to {n - 1})")
-    return Shard(k, n)
-
-
-def shard_from_env(count: int, environ: Mapping[str, str]) -> Shard:
-    """`--shards N`: K from AWS_BATCH_JOB_ARRAY_INDEX, else JOB_COMPLETION_INDEX."""
-    _check_int("--shards", count, 1, MAX_SHARDS)
-    for name in SHARD_INDEX_ENV:
-        value = environ.get(name)
-        if value is None or not value.strip():
-            continue
-        if not value.strip().isdigit():
-            raise UsageError(f"--shards {count}: {name}={value!r} is not a shard index (0, 1, …)")
-        k = int(value)
-        if k >= count:
-            raise UsageError(
-                f"--shards {count}: {name}={k}, but shards are numbered 0 to {count - 1}; "
-                f"make the array size (job completions) equal to --shards"
-            )
-        return Shard(k, count)
-    raise UsageError(
-        f"--shards {count}: neither {' nor '.join(SHARD_INDEX_ENV)} is set (they are set in "
-        "an AWS Batch array job and a Kubernetes Indexed Job); elsewhere give --shard K/N"
-    )
-
-
-def check_run_id(run_id: str, flag: str = "--run-id") -> str:
-    """A run id as the contract has it (`20261127T053650Z-3f9a1c`): the UTC start time, then
-    a suffix. Returns it; UsageError naming the flag and value otherwise."""
-    found = _RUN_ID.fullmatch(run_id)
-    problem = None
-    if found is None:
-        problem = (
-            f"expected {RUN_ID_FORMAT}: the UTC start time, then 1-32 letters, digits, '_' "
-            "or '-', e.g. $(date -u +%Y%m%dT%H%M%SZ)-$(openssl rand -hex 3)"
-        )
-    else:
-        try:
-            dt.datetime.strptime(found["ts"], "%Y%m%dT%H%M%SZ")
-        except ValueError:
-            problem = f"{found['ts']} is not a valid UTC time (YYYYMMDDTHHMMSSZ)"
-    if problem is not None:
-        raise UsageError(f"{flag} {run_id!r}: {problem}")
-    return run_id
-
-
-def run_started_at(run_id: str) -> dt.datetime:
-    """The UTC start time a run id begins with (the same for every shard of the run, so
-    they all write the same `run_date` partition)."""
-    check_run_id(run_id)
-    return dt.datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
-
-
-def resolve_shard(
-    shard: str | None,
-    shards: int | None,
-    run_id: str | None,
-    environ: Mapping[str, str],
-) -> Shard | None:
-    """The collect flags `--shard K/N`, `--shards N` and `--run-id`, checked together."""
-    if run_id is not None:
-        check_run_id(run_id)
-    if shard is not None and shards is not None:
-        raise UsageError(
-            f"--shard {shard} and --shards {shards}: give one (--shards takes K from "
-            f"{' or '.join(SHARD_INDEX_ENV)})"
-        )
-    if shard is None and shards is None:
-        return None
-    found = parse_shard(shard) if shard is not None else shard_from_env(shards or 0, environ)
-    if run_id is None:
-        flag = f"--shard {shard}" if shard is not None else f"--shards {shards}"
-        raise UsageError(
-            f"{flag} needs --run-id: the id every shard of the run shares, chosen once by "
-            f"whoever starts them ({RUN_ID_FORMAT}, e.g. "
-            "$(date -u +%Y%m%dT%H%M%SZ)-$(openssl rand -hex 3))"
-        )
-    return found

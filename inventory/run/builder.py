@@ -180,9 +180,9 @@ async def collect_into(
 
 def tune_gc_for_collect() -> None:
     """For the collect process only (never library callers): the modules loaded so far are
-    frozen out of the collector's sight and young collections run 100× less often. The
-    fan-out makes many short-lived objects and few cycles; measured: CPU per call 0.536 ->
-    0.474 ms (median of 3, lean engine, 400 accounts × 16 regions)."""
+    frozen out of the collector's sight and young collections run far less often (the
+    fan-out makes many short-lived objects and few cycles; its effect on CPU per call is in
+    benchmarks/README.md)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)

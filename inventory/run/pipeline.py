@@ -14,7 +14,6 @@ import datetime as dt
 import errno
 import logging
 import os
-import secrets
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from inventory.aws.credentials import run_session_name
 from inventory.errors import InventoryError, UsageError
 from inventory.model import Account, ErrorRecord, Plan, utcnow
 from inventory.plan import discovery
-from inventory.plan.config import Shard, run_started_at
+from inventory.plan.runid import Shard, new_run_id, run_started_at
 from inventory.run.builder import (
     RunBuilder,
     Tally,
@@ -49,11 +48,6 @@ from inventory.storage.flatten import Flattener
 from inventory.storage.store import Store
 
 log = logging.getLogger("inventory.run.pipeline")
-
-
-def new_run_id(started: dt.datetime) -> str:
-    """Sortable by time: the UTC start, then 6 random hex digits."""
-    return started.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
 @dataclass
@@ -350,8 +344,8 @@ async def run_collect(
 ) -> RunSummary:
     """Collect `plan` into the store at `db_path` (and Parquet at `parquet_dest`).
 
-    `run_id`: the run's id (config.check_run_id); its timestamp is the run's started_at.
-    Default: a new one, now. `shard`: collect only that shard's accounts (config.Shard), as
+    `run_id`: the run's id (runid.check_run_id); its timestamp is the run's started_at.
+    Default: a new one, now. `shard`: collect only that shard's accounts (runid.Shard), as
     one part of run `run_id` that other processes collect the other shards of: the runs row
     records the shard, and the Parquet files are `<run_id>.shard-K.parquet`.
 

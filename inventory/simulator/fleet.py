@@ -86,7 +86,9 @@ FUTURE_MEMBERS: dict[str, dict[str, Any]] = {
 _REGION_CONTINENT = {"us": "NA", "ca": "NA", "eu": "EU", "ap": "AP", "sa": "SA", "me": "ME"}
 
 
-def _ts(rng: random.Random, lo: float = EPOCH_BASE, hi: float = EPOCH_NOW) -> float:
+def _random_epoch_seconds(
+    rng: random.Random, lo: float = EPOCH_BASE, hi: float = EPOCH_NOW
+) -> float:
     """An epoch-seconds timestamp with millisecond precision, like the API sends."""
     return round(rng.uniform(lo, hi), 3)
 
@@ -575,7 +577,7 @@ class Fleet:
                 email=f"aws+{team}-{env}-{i}@example.com",
                 status=status,
                 joined_method="CREATED" if rng.random() < 0.8 else "INVITED",
-                joined_timestamp=_ts(rng, EPOCH_BASE - 86400 * 365, EPOCH_BASE),
+                joined_timestamp=_random_epoch_seconds(rng, EPOCH_BASE - 86400 * 365, EPOCH_BASE),
                 parent_id=parents[i % len(parents)] if i < len(parents) else rng.choice(parents),
             )
 
@@ -690,7 +692,7 @@ def make_service(
             break
     state = STATES[k % len(STATES)]
     power = POWERS[(k + k // 6) % len(POWERS)]
-    created = _ts(rng)
+    created = _random_epoch_seconds(rng)
     svc: dict[str, Any] = {
         "containerServiceName": name,
         "arn": f"arn:aws:lightsail:{region}:{account_id}:ContainerService/{_uuid(rng)}",
@@ -724,15 +726,22 @@ def make_service(
     dep_state = "INACTIVE" if state == "DISABLED" else "FAILED" if k % 11 == 10 else "ACTIVE"
     version = 1 + k % 9
     if state not in ("PENDING", "READY"):
-        cur_created = _ts(rng, created, EPOCH_NOW)
+        cur_created = _random_epoch_seconds(rng, created, EPOCH_NOW)
         svc["currentDeployment"] = _deployment(rng, name, k, version, dep_state, cur_created)
         if state == "DEPLOYING" or (state == "RUNNING" and k % 4 == 2):
             nxt_state = "ACTIVATING" if state == "DEPLOYING" else "FAILED"
             svc["nextDeployment"] = _deployment(
-                rng, name, k + 1, version + 1, nxt_state, _ts(rng, cur_created, EPOCH_NOW)
+                rng,
+                name,
+                k + 1,
+                version + 1,
+                nxt_state,
+                _random_epoch_seconds(rng, cur_created, EPOCH_NOW),
             )
     elif state == "PENDING" and k % 2 == 0:
-        svc["nextDeployment"] = _deployment(rng, name, k, 1, "ACTIVATING", _ts(rng, created))
+        svc["nextDeployment"] = _deployment(
+            rng, name, k, 1, "ACTIVATING", _random_epoch_seconds(rng, created)
+        )
     svc["isDisabled"] = state == "DISABLED"
     if state != "PENDING":
         svc["principalArn"] = (

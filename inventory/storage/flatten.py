@@ -175,7 +175,7 @@ def _scrub(v: Any, fingerprint: Callable[[str], str] | None, secret: bool) -> An
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_US = dt.timedelta(microseconds=1)
+_MICROSECOND = dt.timedelta(microseconds=1)
 _MIN_S = -62135596800  # 0001-01-01T00:00:00Z
 _MAX_S = 253402300799  # 9999-12-31T23:59:59Z
 _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
@@ -201,18 +201,25 @@ def _describe(v: object) -> str:
     return type(v).__name__
 
 
-def _r(v: object, limit: int = 80) -> str:
-    """A short repr for names and enum values in messages."""
+def short_repr(v: object, limit: int = 80) -> str:
+    """A short repr for names and enum values in messages (at most `limit` characters of a
+    string; the type's name for anything but a string, number or boolean)."""
     if isinstance(v, str) and len(v) > limit:
         return repr(v[:limit]) + "…"
     s = repr(v) if isinstance(v, str | int | float | bool) else type(v).__name__
     return s if len(s) <= limit + 2 else s[:limit] + "…"
 
 
-def _us(v: dt.datetime) -> int:
+def epoch_micros(v: dt.datetime) -> int:
+    """Microseconds since the epoch of `v` (a naive datetime is taken as UTC)."""
     if v.utcoffset() is None:
         v = v.replace(tzinfo=dt.UTC)
-    return (v - _EPOCH) // _US
+    return (v - _EPOCH) // _MICROSECOND
+
+
+# The names run/deep.py imports (its owner moves it to short_repr and epoch_micros).
+_r = short_repr
+_us = epoch_micros
 
 
 class _Path:
@@ -224,7 +231,7 @@ class _Path:
         self.key, self.name = key, name
 
     def __str__(self) -> str:
-        return f"{self.key}.containers[{_r(self.name)}]"
+        return f"{self.key}.containers[{short_repr(self.name)}]"
 
 
 _Prefix = str | _Path
@@ -256,8 +263,8 @@ class _Check:
             return self.scope
         name, arn = self.svc.get("containerServiceName"), self.svc.get("arn")
         if isinstance(name, str) and _utf8_ok(name):
-            return f"service {_r(name)}"
-        return f"service #{self.index}" + (f" ({_r(arn)})" if isinstance(arn, str) else "")
+            return f"service {short_repr(name)}"
+        return f"service #{self.index}" + (f" ({short_repr(arn)})" if isinstance(arn, str) else "")
 
     def bad(self, path: _Prefix, expected: str, v: object) -> None:
         self.anomalies.append(
@@ -283,7 +290,7 @@ class _Check:
         """An element of a list (index: int) or a map's value (index: its key)."""
         if v is None or (isinstance(v, str) and _utf8_ok(v)):
             return v
-        self.bad(f"{path}[{_r(index)}]", "string", v)
+        self.bad(f"{path}[{short_repr(index)}]", "string", v)
         return None
 
     def int32(self, d: Mapping[str, Any], key: str, prefix: _Prefix = "") -> int | None:
@@ -317,10 +324,10 @@ class _Check:
                 return None
             return v * 1_000_000 if t is int else round(v * 1_000_000)
         if isinstance(v, dt.datetime):
-            return _us(v)
+            return epoch_micros(v)
         if isinstance(v, str):
             try:
-                return _us(dt.datetime.fromisoformat(v))
+                return epoch_micros(dt.datetime.fromisoformat(v))
             except ValueError:
                 pass
         self.bad(_join(prefix, key), "timestamp", v)
@@ -338,7 +345,7 @@ class _Check:
             self.note(
                 UNKNOWN_ENUM_VALUE,
                 path,
-                f"unknown {shape} value {_r(v)} (known: {', '.join(sorted(known))})",
+                f"unknown {shape} value {short_repr(v)} (known: {', '.join(sorted(known))})",
             )
 
     def obj(self, d: Mapping[str, Any], key: str, prefix: _Prefix = "") -> Mapping[str, Any]:
@@ -684,7 +691,7 @@ class Flattener:
             _truncate(bufs, n)  # the list and map columns (context columns are filled later)
 
     def _fill_context(self, ctx: TargetContext, before: list[int]) -> None:
-        collected = _us(ctx.collected_at)
+        collected = epoch_micros(ctx.collected_at)
         values = (ctx.run_id, collected, ctx.account_id, ctx.account_name, ctx.region)
         after = self._counts()
         for bufs, n0, n1 in zip((self._cs, self._dep, self._con), before, after, strict=True):
@@ -766,7 +773,7 @@ class Flattener:
                 got = "an empty string" if v == "" else _describe(v)
                 problems.append(f"{field}: expected a non-empty string, got {got}")
         known = name if _is_identity(name) else arn if _is_identity(arn) else None
-        chk.scope = f"containerServices[{chk.index}]" + (f" ({_r(known)})" if known else "")
+        chk.scope = f"containerServices[{chk.index}]" + (f" ({short_repr(known)})" if known else "")
         chk.note(UNEXPECTED_SHAPE, "", f"not stored, no usable identity: {'; '.join(problems)}")
         chk.scope = ""
 
@@ -834,7 +841,9 @@ class Flattener:
                     chk.note(UNEXPECTED_SHAPE, f"{path}.key", "missing")
                 continue
             if key in out:
-                chk.note(UNEXPECTED_SHAPE, path, f"duplicate tag key {_r(key)}, last one kept")
+                chk.note(
+                    UNEXPECTED_SHAPE, path, f"duplicate tag key {short_repr(key)}, last one kept"
+                )
             out[key] = chk.str_(tag, "value", path)
         col.keys.extend(out)
         col.items.extend(out.values())
@@ -859,10 +868,12 @@ class Flattener:
                 items.null()
             elif isinstance(names, list):
                 for k, dn in enumerate(names):
-                    items.values.append(chk.item_str(dn, f"publicDomainNames[{_r(cert)}]", k))
+                    items.values.append(
+                        chk.item_str(dn, f"publicDomainNames[{short_repr(cert)}]", k)
+                    )
                 items.end()
             else:
-                chk.bad(f"publicDomainNames[{_r(cert)}]", "list", names)
+                chk.bad(f"publicDomainNames[{short_repr(cert)}]", "list", names)
                 items.null()
         col.end()
 
@@ -996,10 +1007,10 @@ class Flattener:
                 if fingerprint is not None:
                     v = fingerprint(v)
                 elif not (v.isascii() or _utf8_ok(v)):
-                    chk.bad(f"{path}.environment[{_r(k)}]", "string", v)
+                    chk.bad(f"{path}.environment[{short_repr(k)}]", "string", v)
                     v = None
             elif v is not None:
-                chk.bad(f"{path}.environment[{_r(k)}]", "string", v)
+                chk.bad(f"{path}.environment[{short_repr(k)}]", "string", v)
                 v = None
             keys.append(k)
             items.append(v)
@@ -1022,7 +1033,7 @@ class Flattener:
             if proto.__class__ is not str or proto not in known:  # common: a known protocol
                 proto = chk.item_str(proto, f"{path}.ports", port)
                 if proto is not None:
-                    chk.unknown(proto, PROTOCOL, f"{path}.ports[{_r(port)}]")
+                    chk.unknown(proto, PROTOCOL, f"{path}.ports[{short_repr(port)}]")
             col.keys.append(port)
             col.items.append(proto)
         col.end()

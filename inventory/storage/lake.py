@@ -1,6 +1,6 @@
 """Parquet for a data lake: `<dest>/<table>/run_date=YYYY-MM-DD/<run_id>[.<part>].parquet`.
 
-A run id never contains `.` (config.check_run_id; `file_name` refuses one that does), so a
+A run id never contains `.` (plan/runid.py; `file_name` refuses one that does), so a
 file's run id is its name up to the first `.`: `<run_id>.parquet` is a run's whole file,
 `<run_id>.<part>.parquet` (e.g. `.shard-3`) one of its parts, and re-exporting a run matches
 its files exactly, never another run whose id merely starts with it. Lakes written before
@@ -188,9 +188,9 @@ class _Protect:
         self._fingerprint: Fingerprinter | None = None
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        return fingerprint.protect_batch(batch, self._fp)
+        return fingerprint.protect_batch(batch, self._fingerprint_of)
 
-    def _fp(self, value: str) -> str:
+    def _fingerprint_of(self, value: str) -> str:
         if self._fingerprint is None:
             self._fingerprint = Fingerprinter(fingerprint.load_key(self._db_path))
         return self._fingerprint(value)
@@ -275,7 +275,7 @@ def _s3_settings() -> tuple[str | None, ...]:
 
 def _s3_client() -> Any:
     """A boto3 S3 client, shared while the settings it was made from stay the same (making
-    one loads botocore's S3 model: ≈ 0.45 s, once per table otherwise)."""
+    one loads botocore's S3 model, which would otherwise happen once per table)."""
     return _s3_client_for(*_s3_settings())
 
 

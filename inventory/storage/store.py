@@ -4,9 +4,9 @@ Layout of a database (all derived from schema.py):
   - the six tables of schema.TABLES, plus `meta` (key, value): `app` marks the file as ours,
     `schema_version` is the schema.py version it was last migrated to;
   - the views `latest_container_services`, `latest_deployments`, `latest_containers` (and
-    the helpers `fleet_run`, `fleet`, `latest_scans` they share): for each account × region
-    of the current fleet, the rows of the newest run with status 'complete' or 'partial' in
-    which that account × region scanned ok (see FLEET_SQL for what the fleet is);
+    the helpers `good_runs`, `good_scans`, `fleet_run`, `fleet`, `latest_scans` they share):
+    for each account × region of the current fleet, the rows of its newest good scan (see
+    FLEET_SQL for what a good run and the fleet are);
 
 Concurrency. DuckDB lets one process open a file read-write, and then refuses every other
 process, readers included. So a writer holds an exclusive `flock` on `<db>.lock` for the
@@ -211,63 +211,77 @@ def _view_sql(view: str, table: str, prefix: str = "") -> str:
     )
 
 
-# The current fleet: what the latest_* views describe. Plain SQL that DuckDB, Athena and Trino
-# all read; `{p}` is the table prefix ("" here, "database." in docs/athena.sql).
+# What a good scan and the latest snapshot are: written here once, as views, and read by
+# everything else (the latest_* views, `diff`, the named queries, `prune`, the report, the
+# lake and the Athena DDL). Plain SQL that DuckDB, Athena and Trino all read; `{p}` is the
+# table prefix ("" here, "database." in docs/athena.sql).
 #
-# fleet_run: the newest fleet-defining run (no row before there is one). A run defines the
-# fleet when it was not narrowed on the command line (runs.fleet_defining true or NULL: runs
-# written before the column existed count), and every runs row of its run id is 'complete'
-# or 'partial' with all of its shards there: a run killed half way, one whose every target
-# failed, or a sharded run with a shard missing, failed or still running, defines nothing.
+# good_runs: one row per good run. A run (all runs rows of its run id: one per shard of a
+# sharded run) is good when every one of its rows is 'complete' or 'partial': a run killed
+# half way, one whose every target failed, or a sharded run with a shard failed or still
+# running, is not. A shard missing (not yet in the lake; a shard's own store holds only its
+# own row) does not make it bad: `all_shards` says whether every shard is there.
+#
+# good_scans: each account × region scanned ok in a good run, with the run's start time.
+#
+# fleet_run: the newest fleet-defining run (no row before there is one): a good run with all
+# of its shards there that was not narrowed on the command line (runs.fleet_defining true or
+# NULL: runs written before the column existed count).
 #
 # fleet: the account × region pairs that run planned (its scans rows, all shards, ok or
-# failed), plus those scanned ok since by a good run (a narrowed run adds what it scanned and
-# retires nothing). Before any fleet-defining run: every pair any run scanned.
+# failed), plus those in a good scan since (a narrowed run adds what it scanned and retires
+# nothing). Before any fleet-defining run: every pair any run scanned.
 #
-# latest_scans: for each pair of the fleet, its newest good scan (scanned ok in a run with
-# status 'complete' or 'partial'), however old: a pair failing every night since keeps its
-# last good inventory. A pair that left the fleet keeps its rows in the tables (until
-# `prune` removes them by age) but is in no latest_* view.
+# latest_scans: for each pair of the fleet, its newest good scan, however old: a pair failing
+# every night since keeps its last good inventory. A pair that left the fleet keeps its rows
+# in the tables (until `prune` removes them by age) but is in no latest_* view.
 FLEET_SQL = (
     """
-CREATE OR REPLACE VIEW {p}fleet_run AS
-SELECT run_id, min(started_at) AS started_at
+CREATE OR REPLACE VIEW {p}good_runs AS
+SELECT run_id,
+       min(started_at) AS started_at,
+       count(DISTINCT coalesce(shard, -1)) >= coalesce(max(shards), 1) AS all_shards,
+       bool_and(coalesce(fleet_defining, true)) AS fleet_defining
 FROM {p}runs
 GROUP BY run_id
-HAVING bool_and(coalesce(fleet_defining, true))
-   AND bool_and(status IN ('complete', 'partial'))
-   AND count(DISTINCT coalesce(shard, -1)) >= coalesce(max(shards), 1)
-ORDER BY min(started_at) DESC, run_id DESC
+HAVING bool_and(status IN ('complete', 'partial'))
+""",
+    """
+CREATE OR REPLACE VIEW {p}good_scans AS
+SELECT s.account_id, s.region, s.run_id, g.started_at AS run_started_at
+FROM (SELECT DISTINCT account_id, region, run_id FROM {p}scans WHERE status = 'ok') AS s
+JOIN {p}good_runs AS g ON g.run_id = s.run_id
+""",
+    """
+CREATE OR REPLACE VIEW {p}fleet_run AS
+SELECT run_id, started_at
+FROM {p}good_runs
+WHERE all_shards AND fleet_defining
+ORDER BY started_at DESC, run_id DESC
 LIMIT 1
 """,
     """
 CREATE OR REPLACE VIEW {p}fleet AS
-SELECT DISTINCT s.account_id, s.region
+SELECT s.account_id, s.region
 FROM {p}scans AS s
-JOIN (
-    SELECT run_id, min(started_at) AS started_at,
-           bool_or(status IN ('complete', 'partial')) AS good
-    FROM {p}runs
-    GROUP BY run_id
-) AS r ON r.run_id = s.run_id
 LEFT JOIN {p}fleet_run AS f ON TRUE
-WHERE f.run_id IS NULL
-   OR s.run_id = f.run_id
-   OR (r.good AND s.status = 'ok'
-       AND (r.started_at > f.started_at OR (r.started_at = f.started_at AND r.run_id > f.run_id)))
+WHERE f.run_id IS NULL OR s.run_id = f.run_id
+UNION
+SELECT g.account_id, g.region
+FROM {p}good_scans AS g
+JOIN {p}fleet_run AS f
+  ON g.run_started_at > f.started_at
+  OR (g.run_started_at = f.started_at AND g.run_id > f.run_id)
 """,
     """
 CREATE OR REPLACE VIEW {p}latest_scans AS
 SELECT g.account_id, g.region, g.run_id, g.run_started_at
 FROM (
-    SELECT s.account_id, s.region, s.run_id, r.started_at AS run_started_at,
+    SELECT account_id, region, run_id, run_started_at,
            row_number() OVER (
-               PARTITION BY s.account_id, s.region
-               ORDER BY r.started_at DESC, s.run_id DESC
+               PARTITION BY account_id, region ORDER BY run_started_at DESC, run_id DESC
            ) AS rn
-    FROM {p}scans AS s
-    JOIN {p}runs AS r ON r.run_id = s.run_id
-    WHERE s.status = 'ok' AND r.status IN ('complete', 'partial')
+    FROM {p}good_scans
 ) AS g
 JOIN {p}fleet AS f ON f.account_id = g.account_id AND f.region = g.region
 WHERE g.rn = 1
@@ -313,9 +327,9 @@ RUN_TOTALS_SQL = "CREATE OR REPLACE VIEW run_totals AS" + RUN_TOTALS_SELECT.form
 
 
 def view_statements(create: str = "CREATE OR REPLACE VIEW", prefix: str = "") -> list[str]:
-    """fleet_run, fleet, latest_scans, the latest_* views and run_totals, in the order they
-    are created: the one definition the store, the lake reader (lakequery), the report's
-    as-of views and the Athena DDL use. `create`: e.g. "CREATE OR REPLACE TEMP VIEW";
+    """good_runs, good_scans, fleet_run, fleet, latest_scans, the latest_* views and
+    run_totals, in the order they are created: the one definition the store, the lake reader
+    (lakequery), the report's as-of views and the Athena DDL use. `create`: e.g. "CREATE OR REPLACE TEMP VIEW";
     `prefix`: put before every table and view name, e.g. "lightsail_inventory."."""
     plain = "CREATE OR REPLACE VIEW"
     run_totals = f"{plain} {prefix}run_totals AS" + RUN_TOTALS_SELECT.format(runs=f"{prefix}runs")
@@ -744,7 +758,7 @@ class Store:
 
     def _runs_rows(self, tail: str, params: list[Any]) -> list[dict[str, Any]]:
         with self.connection() as con:
-            cur = con.execute(f"SELECT {_select_list(con, 'runs')} FROM runs {tail}", params)
+            cur = con.execute(f"SELECT {select_list(con, 'runs')} FROM runs {tail}", params)
             cols = [d[0] for d in cur.description or []]
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
@@ -760,7 +774,7 @@ class Store:
 
         def batches() -> Iterator[pa.RecordBatch]:
             with self.connection() as con:
-                cols = _select_list(con, table)
+                cols = select_list(con, table)
                 reader = con.sql(
                     f"SELECT {cols} FROM {table} WHERE run_id = $id", params={"id": run_id}
                 ).to_arrow_reader(batch_size)
@@ -784,7 +798,7 @@ def _abandon(con: duckdb.DuckDBPyConnection, run_id: str, now: dt.datetime) -> N
     )
 
 
-def _select_list(con: duckdb.DuckDBPyConnection, table: str) -> str:
+def select_list(con: duckdb.DuckDBPyConnection, table: str) -> str:
     """The schema.py columns of `table` in schema order; NULL for one the database lacks
     (a reader of a database no writer of this version has migrated yet)."""
     present = _table_columns(con, table)

@@ -1,22 +1,15 @@
 -- What changed since the previous run: services added, removed, or with a new state, power or scale, per account × region of the current fleet between its two newest good scans.
--- A good scan: the account × region scanned ok in a 'complete' or 'partial' run. The newer one is what the latest_* views show (latest_scans): pairs that left the fleet, and pairs scanned ok only once, show nothing (as `inventory diff`).
+-- The good scans are the view good_scans (scanned ok in a run whose every shard is 'complete' or 'partial'), the newer one is what the latest_* views show (latest_scans): pairs that left the fleet, and pairs scanned ok only once, show nothing (as `inventory diff`).
 WITH good AS (
     SELECT
-        s.account_id,
-        s.region,
-        s.run_id,
+        account_id,
+        region,
+        run_id,
         row_number() OVER (
-            PARTITION BY s.account_id, s.region
-            ORDER BY r.started_at DESC, s.run_id DESC
+            PARTITION BY account_id, region
+            ORDER BY run_started_at DESC, run_id DESC
         ) AS rank
-    FROM scans AS s
-    JOIN (  -- one row per run: a sharded run has one runs row per shard
-        SELECT run_id, min(started_at) AS started_at
-        FROM runs
-        WHERE status IN ('complete', 'partial')
-        GROUP BY run_id
-    ) AS r ON r.run_id = s.run_id
-    WHERE s.status = 'ok'
+    FROM good_scans
 ),
 pairs AS (
     SELECT n.account_id, n.region, n.run_id AS new_run, o.run_id AS old_run
