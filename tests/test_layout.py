@@ -60,8 +60,7 @@ def test_run_ids_and_shards_have_one_home() -> None:
     assert owners == {name: ["inventory/plan/runid.py"] for name in names}
 
 
-# run/deep.py still imports flatten's _Check, _r and _us (its owner moves it to public names).
-PRIVATE_IMPORTS_LEFT = {"inventory/run/deep.py"}
+PRIVATE_IMPORTS_LEFT: set[str] = set()
 
 
 def test_no_module_imports_another_modules_private_names() -> None:

@@ -1,4 +1,4 @@
-"""Credentials: one assumed role per account, over the base identity (collect.base_source:
+"""Credentials: one assumed role per account, over the base identity (session.base_source:
 the standard AWS chain, read fresh for every AssumeRole).
 
 A role is assumed once per account, shared by all that account's regions, and refreshed

@@ -111,7 +111,7 @@ def classify(exc: BaseException) -> Failure:
     account's text, of any length)."""
     if isinstance(exc, HTTPClientError) and isinstance(exc.kwargs.get("error"), AnswerRefused):
         exc = exc.kwargs["error"]  # aiobotocore wraps what its HTTP session raised
-    if isinstance(exc, AnswerRefused):  # too large, or a redirect (answers.py): same again
+    if isinstance(exc, AnswerRefused):  # too large, or a redirect (bounded.py): same again
         return Failure(exc.code, str(exc), Kind.FATAL, exc.status)
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {}) or {}

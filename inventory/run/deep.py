@@ -55,12 +55,12 @@ from inventory.storage import schema
 from inventory.storage.flatten import (
     UNEXPECTED_SHAPE,
     Anomaly,
+    Check,
     Flattener,
     TargetContext,
-    _Check,
-    _r,
-    _us,
+    epoch_micros,
     known_enums,
+    short_repr,
 )
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ class DeepFetcher:
         return Failure(INTERRUPTED, f"collect was stopped ({reason})", Kind.FATAL)
 
     def _error(self, result: TargetResult, f: _Failed, services: int) -> ErrorRecord:
-        message = f"service {_r(f.service_name)}: {f.failure.message}"
+        message = f"service {short_repr(f.service_name)}: {f.failure.message}"
         if f.skipped:
             message += (
                 f" (not called for the other {f.skipped} of its {services} services "
@@ -291,7 +291,9 @@ class DeepFlattener:
         if items is None and isinstance(answer, Mapping):
             got = "nothing"
         anomalies.append(
-            Anomaly(UNEXPECTED_SHAPE, f"service {_r(name)}: {key}: expected a list, got {got}")
+            Anomaly(
+                UNEXPECTED_SHAPE, f"service {short_repr(name)}: {key}: expected a list, got {got}"
+            )
         )
         return []
 
@@ -304,7 +306,7 @@ class DeepFlattener:
                 anomalies.append(
                     Anomaly(
                         UNEXPECTED_SHAPE,
-                        f"service {_r(name)}: deployments[{i}]: expected object, "
+                        f"service {short_repr(name)}: deployments[{i}]: expected object, "
                         f"got {type(dep).__name__}",
                     )
                 )
@@ -321,9 +323,9 @@ class DeepFlattener:
         self, ctx: TargetContext, name: str, arn: str | None, answer: object
     ) -> list[Anomaly]:
         anomalies: list[Anomaly] = []
-        chk = _Check(anomalies, self._enums)
+        chk = Check(anomalies, self._enums)
         chk.svc = {"containerServiceName": name}
-        collected = _us(ctx.collected_at)
+        collected = epoch_micros(ctx.collected_at)
         for i, img in enumerate(self._list(name, answer, "containerImages", anomalies)):
             path = f"containerImages[{i}]"
             if not isinstance(img, dict):

@@ -217,11 +217,6 @@ def epoch_micros(v: dt.datetime) -> int:
     return (v - _EPOCH) // _MICROSECOND
 
 
-# The names run/deep.py imports (its owner moves it to short_repr and epoch_micros).
-_r = short_repr
-_us = epoch_micros
-
-
 class _Path:
     """A container's path, rendered only when a message needs it: `currentDeployment.containers['web']`."""
 
@@ -241,7 +236,7 @@ def _join(prefix: _Prefix, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
-class _Check:
+class Check:
     """Reads fields of one service, checking types; records an Anomaly per problem.
 
     Fast paths first (ASCII str, exact int/bool): the slow checks and every message string are
@@ -657,7 +652,7 @@ class Flattener:
         """Buffer the rows of one account × region answer; return its anomalies (never raises
         on the answer's shape)."""
         anomalies: list[Anomaly] = []
-        chk = _Check(anomalies, self._enums)
+        chk = Check(anomalies, self._enums)
         counts = self._counts()
         if isinstance(services, list | tuple):
             for i, svc in enumerate(services):
@@ -701,7 +696,7 @@ class Flattener:
                 if isinstance(col, list):
                     col.extend([v] * n)
 
-    def _service(self, chk: _Check, svc: dict[str, Any]) -> None:
+    def _service(self, chk: Check, svc: dict[str, Any]) -> None:
         name, arn = svc.get("containerServiceName"), svc.get("arn")
         if not (_is_identity(name) and _is_identity(arn)):
             self._skip(chk, name, arn)
@@ -763,7 +758,7 @@ class Flattener:
             else:
                 chk.bad(key, "object", dep)
 
-    def _skip(self, chk: _Check, name: object, arn: object) -> None:
+    def _skip(self, chk: Check, name: object, arn: object) -> None:
         """A service without a usable identity: not stored; the anomaly names its position."""
         problems = []
         for field, v in (("containerServiceName", name), ("arn", arn)):
@@ -779,7 +774,7 @@ class Flattener:
 
     def _extra(
         self,
-        chk: _Check,
+        chk: Check,
         table: str,
         prefix: str,
         parts: tuple[tuple[str, Mapping[str, Any], frozenset[str]], ...],
@@ -802,7 +797,7 @@ class Flattener:
             return None
         return json.dumps(out, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
-    def _report(self, chk: _Check, member: str, table: str) -> None:
+    def _report(self, chk: Check, member: str, table: str) -> None:
         """One UnknownMember anomaly per member path per run (the first place it was seen)."""
         member = member if len(member) <= 200 else member[:200] + "…"
         if not _utf8_ok(member):  # a name with a lone surrogate: escaped, Arrow cannot store it
@@ -820,7 +815,7 @@ class Flattener:
             )
         chk.anomalies.append(Anomaly(UNKNOWN_MEMBER, text))
 
-    def _tags(self, chk: _Check, tags: object) -> None:
+    def _tags(self, chk: Check, tags: object) -> None:
         col = self._tags_col
         if tags is None:
             col.null()
@@ -849,7 +844,7 @@ class Flattener:
         col.items.extend(out.values())
         col.end()
 
-    def _domains(self, chk: _Check, domains: object) -> None:
+    def _domains(self, chk: Check, domains: object) -> None:
         col = self._domains_col
         if domains is None:
             col.null()
@@ -879,7 +874,7 @@ class Flattener:
 
     def _deployment(
         self,
-        chk: _Check,
+        chk: Check,
         name: str | None,
         arn: str | None,
         slot: str,
@@ -939,7 +934,7 @@ class Flattener:
 
     def _container(
         self,
-        chk: _Check,
+        chk: Check,
         head: tuple[str | None, str | None, str, int | None],
         key: str,
         cname: str,
@@ -967,7 +962,7 @@ class Flattener:
         self._environment(chk, spec.get("environment"), path)
         self._ports(chk, spec.get("ports"), path)
 
-    def _command(self, chk: _Check, command: object, path: _Path) -> None:
+    def _command(self, chk: Check, command: object, path: _Path) -> None:
         col = self._command_col
         if command is None:
             col.null()
@@ -987,7 +982,7 @@ class Flattener:
             chk.bad(f"{path}.command", "list", command)
             col.null()
 
-    def _environment(self, chk: _Check, env: object, path: _Path) -> None:
+    def _environment(self, chk: Check, env: object, path: _Path) -> None:
         # Never put a value (or any part of one) into a message: names only.
         col = self._env_col
         if env is None:
@@ -1016,7 +1011,7 @@ class Flattener:
             items.append(v)
         col.end()
 
-    def _ports(self, chk: _Check, ports: object, path: _Path) -> None:
+    def _ports(self, chk: Check, ports: object, path: _Path) -> None:
         col = self._ports_col
         if ports is None:
             col.null()
