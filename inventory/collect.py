@@ -9,7 +9,8 @@ Clients: one aiobotocore Lightsail client per region, shared by every account; e
 task signs with its own account's credentials through credentials.use(). Botocore's own
 retries are off (one attempt per call) so that every attempt is counted here. With
 `engine='lean'` the hot call goes through lean.py instead, with the same endpoint,
-credentials and errors. Both engines hand the flattener the same thing: the answer's JSON as
+credentials and errors, and so does the CredentialBroker's AssumeRole (lean.LeanSTSClient).
+Both engines hand the flattener the same thing: the answer's JSON as
 `json.loads` reads it (`raw_answer`: botocore's parser would drop the members its model does
 not know and raise on a leaf of the wrong type, costing the whole account × region).
 
@@ -60,7 +61,7 @@ from inventory import credentials as creds_mod
 from inventory.answers import session_class
 from inventory.credentials import AssumeRoleFailed, CallCounter, CredentialBroker
 from inventory.errors import CallError
-from inventory.lean import USER_AGENT, LeanHTTP, LeanLightsailClient
+from inventory.lean import USER_AGENT, LeanHTTP, LeanLightsailClient, LeanSTSClient
 from inventory.model import Account, ErrorRecord, Options, TargetResult, utcnow
 from inventory.pacing import Pacer, default_floor
 from inventory.retry import Backoff, Budget, CallFailed, Calls, Failure, Kind, classify
@@ -265,8 +266,11 @@ class Collector:
                     lean_http, region, client.meta.endpoint_url, USER_AGENT
                 )
             self._clients[region] = client
+        sts = self._sts
+        if lean_http is not None:  # AssumeRole too; botocore still resolves the endpoint
+            sts = LeanSTSClient(lean_http, sts.meta.endpoint_url, sts.meta.region_name, USER_AGENT)
         self.broker = CredentialBroker(
-            self._sts,
+            sts,
             source,
             self.options,
             self.counter,
@@ -398,9 +402,10 @@ class Collector:
         limit = asyncio.Semaphore(PREFETCH_IN_FLIGHT)
         running: set[asyncio.Task[None]] = set()
 
-        async def one(account: Account) -> None:
+        async def one(account: Account, position: int) -> None:
             try:
-                await broker.get(account)
+                if position >= reached[0]:  # else the workers got there while it was queued
+                    await broker.get(account)
             except Exception:  # AssumeRoleFailed (remembered), or anything: its targets see it
                 pass
             finally:
@@ -414,7 +419,7 @@ class Collector:
                 if account.role_arn is None or position < reached[0]:
                     continue  # no role, or the workers got there first (they assume it)
                 await limit.acquire()
-                task = asyncio.create_task(one(account))
+                task = asyncio.create_task(one(account, position))
                 running.add(task)
                 task.add_done_callback(running.discard)
             await asyncio.gather(*running, return_exceptions=True)
@@ -532,9 +537,8 @@ class Collector:
         if budget.attempts > 1:
             self.counter.retries += 1
         with creds_mod.use(creds):
-            return await asyncio.wait_for(
-                call(**params), min(self.options.timeout, max(0.001, remaining))
-            )
+            async with asyncio.timeout(min(self.options.timeout, max(0.001, remaining))):
+                return await call(**params)
 
     def react(self, failure: Failure, account: Account, creds: ReadOnlyCredentials) -> Failure:
         """What a failed attempt changes for everyone: throttling slows the whole collector,

@@ -197,7 +197,8 @@ class CredentialBroker:
         lock = self._locks.setdefault(account.id, asyncio.Lock())
         remaining = None if deadline is None else deadline - time.monotonic()
         try:
-            await asyncio.wait_for(lock.acquire(), remaining)
+            async with asyncio.timeout(remaining):
+                await lock.acquire()
         except TimeoutError:
             raise AssumeRoleFailed(
                 account,
@@ -272,9 +273,8 @@ class CredentialBroker:
             try:
                 base = await self.base()
                 with use(base):
-                    answer = await asyncio.wait_for(
-                        self._sts.assume_role(**params), min(self._options.timeout, remaining)
-                    )
+                    async with asyncio.timeout(min(self._options.timeout, remaining)):
+                        answer = await self._sts.assume_role(**params)
             except Exception as exc:  # classified below; nothing is swallowed silently
                 failure = classify(exc)
                 pause = self._backoff.delay(

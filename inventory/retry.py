@@ -242,9 +242,8 @@ class Calls:
                 self.counter.retries += 1
             remaining = end - time.monotonic()
             try:
-                answer = await asyncio.wait_for(
-                    fn(**params), max(0.001, min(self.options.timeout, remaining))
-                )
+                async with asyncio.timeout(max(0.001, min(self.options.timeout, remaining))):
+                    answer = await fn(**params)
                 return dict(answer)
             except Exception as exc:
                 failure = classify(exc)
