@@ -75,8 +75,17 @@ RAW_ANSWER_EVENT = "before-parse.lightsail.GetContainerServices"
 UNREACHABLE = "EndpointUnreachable"  # error code of a region the breaker found unreachable
 
 
-PREFETCH_IN_FLIGHT = 8  # AssumeRole calls made ahead of the targets at once
+PREFETCH_IN_FLIGHT = 8  # AssumeRole calls made ahead of the targets at once, at least
 PREFETCH_AHEAD = 64  # accounts whose roles may be assumed before a worker reaches them
+
+
+def prefetch_in_flight(concurrency: int, regions: int) -> int:
+    """How many AssumeRole calls the prefetch makes at once: twice the accounts the workers
+    start per round trip (`concurrency` / `regions`), so that it stays ahead of them and no
+    worker waits for a role (each wait costs a lock and a timer as well as time); at least
+    PREFETCH_IN_FLIGHT, at most PREFETCH_AHEAD."""
+    per_round_trip = -(-concurrency // max(1, regions))
+    return max(PREFETCH_IN_FLIGHT, min(PREFETCH_AHEAD, 2 * per_round_trip))
 
 
 def run_time_bound(options: Options, targets: int) -> float:
@@ -388,7 +397,7 @@ class Collector:
     async def _prefetch(
         self, accounts: list[Account], ahead: asyncio.Semaphore, reached: list[int]
     ) -> None:
-        """Assume the accounts' roles ahead of their targets, PREFETCH_IN_FLIGHT at a time
+        """Assume the accounts' roles ahead of their targets, `prefetch_in_flight` at a time
         and at most PREFETCH_AHEAD accounts before the workers (`ahead`: a worker releases
         it when it takes an account's first target), so credentials kept are bounded too;
         an account the workers reached first is theirs (`reached`).
@@ -399,7 +408,7 @@ class Collector:
         per account either way; a failure is remembered and reported by the targets."""
         assert self.broker is not None
         broker = self.broker
-        limit = asyncio.Semaphore(PREFETCH_IN_FLIGHT)
+        limit = asyncio.Semaphore(prefetch_in_flight(self.options.concurrency, len(self.regions)))
         running: set[asyncio.Task[None]] = set()
 
         async def one(account: Account, position: int) -> None:

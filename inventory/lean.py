@@ -46,6 +46,7 @@ import hashlib
 import hmac
 import json
 import ssl
+import time
 import xml.etree.ElementTree as ET
 from functools import cache
 from typing import Any
@@ -181,6 +182,15 @@ class Signer:
         names = "content-type;host;x-amz-date"
         last = ";x-amz-target" if target else ""
         self._signed = (names + last, names + ";x-amz-security-token" + last)  # [token?]
+        self._second, self._amz_date = -1, ""  # X-Amz-Date of the current second
+
+    def amz_date(self) -> str:
+        """X-Amz-Date now (UTC), formatted once per second."""
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
+        return self._amz_date
 
     def headers(
         self,
@@ -189,7 +199,7 @@ class Signer:
         now: dt.datetime | None = None,
         body_sha256: str | None = None,
     ) -> dict[str, str]:
-        amz_date = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
+        amz_date = self.amz_date() if now is None else now.strftime("%Y%m%dT%H%M%SZ")
         day = amz_date[:8]
         token = creds.token
         canonical = (
@@ -278,12 +288,13 @@ class LeanHTTP:
         connector = aiohttp.TCPConnector(limit=self._limit, ssl=ssl_ctx, keepalive_timeout=60)
         # trust_env=True would cost two thread hops per request (netrc, proxy lookup): the
         # proxy is looked up once per region instead (env_proxy), and no cookies are kept.
+        # No skip_auto_headers: every request carries its own User-Agent, and a session
+        # that skips any header costs two header copies per request.
         self.session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
             trust_env=False,
             cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent",),
             auto_decompress=True,
         )
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -484,7 +485,7 @@ class _Recorder(Simulator):
     async def _handle(self, request: Any) -> Any:
         body = await request.read()
         what = request.headers.get("X-Amz-Target") or body.decode().partition("&")[0]
-        self.agents.append((what, request.headers.get("User-Agent", "")))
+        self.agents.append((what, " | ".join(request.headers.getall("User-Agent", []))))
         return await super()._handle(request)
 
 
@@ -593,6 +594,28 @@ def test_collect_assumes_roles_through_its_engine(sim_env: Any, engine: str) -> 
     assert len(sts) == len(accounts)
     if engine == "lean":
         assert set(sts) == {USER_AGENT}
+        lightsail = {agent for what, agent in sim.agents if what.startswith("Lightsail_")}
+        assert lightsail == {USER_AGENT}  # sent once, ours (aiohttp's never added)
     else:
         assert all(agent.startswith(("Botocore/", "aiobotocore/")) for agent in sts), sts
     assert sim.operation_stats("AssumeRole")["bad_signature"] == 0
+
+
+def test_signer_dates_now_without_a_clock_passed() -> None:
+    """Without `now`, X-Amz-Date is the current second (formatted once per second), and the
+    signature is the one for that date."""
+    import time
+
+    from inventory.lean import CONTENT_TYPE, TARGET, Signer
+
+    url = "https://lightsail.eu-west-2.amazonaws.com/"
+    creds = ReadOnlyCredentials("AKIAEXAMPLE", "secret", None)
+    base = {"Content-Type": CONTENT_TYPE, "X-Amz-Target": TARGET}
+    signer = Signer(url, "eu-west-2")
+    for _ in range(2):  # formatted, then from the cache
+        before = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        got = signer.headers(creds, base)
+        after = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        assert before <= got["X-Amz-Date"] <= after
+        when = dt.datetime.strptime(got["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+        assert Signer(url, "eu-west-2").headers(creds, base, now=when) == got
