@@ -208,3 +208,41 @@ def test_doctor_checks_the_engine_collect_uses(
     assert sim.operation_stats("GetContainerServices")["bad_signature"] == bad  # none more
     code, out = doctor("-c", str(config), "--engine", "fast")
     assert code == 2
+
+
+class _AgentRecorder(Simulator):
+    """Records the User-Agent of every STS AssumeRole request."""
+
+    def __init__(self, *args: Any, **kw: Any):
+        super().__init__(*args, **kw)
+        self.assume_role_agents: list[str] = []
+
+    async def _handle(self, request: Any) -> Any:
+        body = await request.read()
+        if body.startswith(b"Action=AssumeRole&"):
+            self.assume_role_agents.append(request.headers.get("User-Agent", ""))
+        return await super()._handle(request)
+
+
+@pytest.mark.parametrize("engine", ["lean", "botocore"])
+def test_doctor_assumes_roles_through_the_engine_collect_uses(
+    tmp_path: Path, sim_env: Any, engine: str
+) -> None:
+    """AssumeRole, like GetContainerServices, goes through the engine collect uses: the lean
+    path by default (its User-Agent), aiobotocore with `--engine botocore`."""
+    from inventory.aws.lean import USER_AGENT
+
+    fleet = Fleet(3, seed=1, regions=R3[:2])
+    sim = sim_env(_AgentRecorder(fleet, Faults(external_id="ext-42")))
+    config = write_accounts(tmp_path / "a.toml", list(fleet.account_ids))
+    code, out = doctor("-c", str(config), "--regions", ",".join(R3[:2]), "--engine", engine)
+    assert code == 0, out
+    for account in fleet.account_ids:
+        assert line_of(out, "assume-role", account).split()[0] == "ok"
+    agents = sim.assume_role_agents
+    assert len(agents) == len(fleet.account_ids)
+    if engine == "lean":
+        assert set(agents) == {USER_AGENT}
+    else:
+        assert all(a.startswith(("Botocore/", "aiobotocore/")) for a in agents), agents
+    assert sim.operation_stats("AssumeRole")["bad_signature"] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -265,3 +266,356 @@ def test_endpoint_with_a_path_and_port_end_to_end(sim_env: Any, monkeypatch: Any
             assert collector.lean_http is not None and len(collector.lean_http.keys) == 0
     assert seen["lean"] == seen["botocore"] == {"/gw/./lightsail//v1"}
     assert sim.operation_stats("GetContainerServices")["bad_signature"] == 0
+
+
+# --------------------------------------------------------------------------- AssumeRole
+
+STS_PARAMS = {
+    "RoleArn": "arn:aws:iam::123456789012:role/LightsailInventoryReader",
+    "RoleSessionName": "lightsail-inventory@20261129T140057Z-1b9f00",
+    "ExternalId": "correct horse&battery/staple=+",
+    "DurationSeconds": 900,
+}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://sts.amazonaws.com/",
+        "https://sts.eu-west-2.amazonaws.com/",
+        "http://127.0.0.1:8123/",
+        "https://proxy.example.com:8443/p%20q/./sts//x?stage=b&a=1",
+    ],
+)
+@pytest.mark.parametrize("token", [None, "FwoGZXIvYXdzEJr//////////token==", "  FwoG  tok\t "])
+def test_sts_signature_is_botocores(url: str, token: str | None) -> None:
+    """The signer, made for STS's query protocol (its content type, no X-Amz-Target, the
+    form body's own hash), produces exactly botocore SigV4Auth's headers."""
+    import datetime as dt
+    import hashlib
+    from urllib.parse import urlencode
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    from inventory.aws.lean import STS_CONTENT_TYPE, Signer
+
+    creds = ReadOnlyCredentials(
+        "AKIAEXAMPLEBASE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", token
+    )
+    body = urlencode({"Action": "AssumeRole", "Version": "2011-06-15", **STS_PARAMS}).encode()
+    base = {"Content-Type": STS_CONTENT_TYPE, "User-Agent": "t"}
+    request = AWSRequest(method="POST", url=url, data=body, headers=dict(base))
+    SigV4Auth(creds, "sts", "us-east-1").add_auth(request)
+    theirs = dict(request.headers.items())
+    when = dt.datetime.strptime(theirs["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    signer = Signer(url, "us-east-1", "sts", content_type=STS_CONTENT_TYPE, target=None)
+    digest = hashlib.sha256(body).hexdigest()
+    assert signer.headers(creds, base, now=when, body_sha256=digest) == theirs
+    assert signer.headers(creds, base, now=when, body_sha256=digest) == theirs  # cached key
+
+
+@pytest.mark.parametrize(
+    ("region", "endpoint", "regional", "signs"),
+    [
+        ("us-east-1", None, None, "us-east-1"),  # sts.us-east-1.amazonaws.com
+        ("eu-west-2", None, None, "eu-west-2"),
+        ("aws-global", None, None, "us-east-1"),  # the global endpoint
+        ("eu-west-2", None, "legacy", "us-east-1"),  # legacy: the global endpoint too
+        ("cn-north-1", None, None, "cn-north-1"),  # another partition
+        ("eu-west-2", "http://127.0.0.1:8123/prefix", None, "eu-west-2"),  # AWS_ENDPOINT_URL_STS
+    ],
+)
+def test_assume_role_request_is_botocores(
+    monkeypatch: pytest.MonkeyPatch,
+    region: str,
+    endpoint: str | None,
+    regional: str | None,
+    signs: str,
+) -> None:
+    """For the endpoint and region botocore's STS client resolves, the lean AssumeRole
+    sends the same form body to the same URL, signed for the same region, with the same
+    signature and session token."""
+    import datetime as dt
+
+    import botocore.session
+
+    from inventory.aws.lean import USER_AGENT, LeanSTSClient
+
+    if regional is not None:
+        monkeypatch.setenv("AWS_STS_REGIONAL_ENDPOINTS", regional)
+    else:
+        monkeypatch.delenv("AWS_STS_REGIONAL_ENDPOINTS", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_STS", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    creds = ReadOnlyCredentials("ASIAEXAMPLEKEY", "wJalrXUtnFEMI/K7MDENG/EXAMPLE", "FwoG//tok==")
+    client = botocore.session.get_session().create_client(
+        "sts",
+        region_name=region,
+        aws_access_key_id=creds.access_key,
+        aws_secret_access_key=creds.secret_key,
+        aws_session_token=creds.token,
+        **({"endpoint_url": endpoint} if endpoint else {}),
+    )
+
+    def capture(request: Any, **_: Any) -> None:
+        raise _Sent(request)
+
+    client.meta.events.register("before-send.sts", capture)
+    with pytest.raises(_Sent) as sent:
+        client.assume_role(**STS_PARAMS)
+    theirs = sent.value.request
+    lean = LeanSTSClient(
+        LeanHTTP(limit=1, timeout=1.0),
+        client.meta.endpoint_url,
+        client.meta.region_name,
+        USER_AGENT,
+    )
+    assert lean.url == theirs.url
+    assert lean.region == signs
+    assert f"/{signs}/sts/aws4_request" in theirs.headers["Authorization"].decode()
+    body, digest = lean.request(dict(STS_PARAMS))
+    theirs_body = theirs.body if isinstance(theirs.body, bytes) else theirs.body.encode()
+    assert body == theirs_body
+    when = dt.datetime.strptime(theirs.headers["X-Amz-Date"].decode(), "%Y%m%dT%H%M%SZ")
+    ours = lean._signer.headers(creds, {}, now=when.replace(tzinfo=dt.UTC), body_sha256=digest)
+    assert ours["Authorization"] == theirs.headers["Authorization"].decode()
+    assert ours["X-Amz-Security-Token"] == theirs.headers["X-Amz-Security-Token"].decode()
+    assert lean._headers["Content-Type"] == theirs.headers["Content-Type"].decode()
+
+
+async def _both_sts(params: dict[str, Any], creds: ReadOnlyCredentials) -> list[Any]:
+    """AssumeRole once through the aiobotocore STS client and once through LeanSTSClient
+    (at that client's endpoint and region); answers or exceptions."""
+    from inventory.aws.lean import USER_AGENT, LeanSTSClient
+
+    opts = Options(timeout=5.0)
+    session = SharedCredentialsSession()
+    out: list[Any] = []
+    async with (
+        session.create_client("sts", region_name="us-east-1", config=client_config(opts, 4)) as sts,
+        LeanHTTP(limit=4, timeout=5.0, max_answer_bytes=1024 * 1024) as http,
+    ):
+        lean = LeanSTSClient(http, sts.meta.endpoint_url, sts.meta.region_name, USER_AGENT)
+        for client in (sts, lean):
+            with creds_mod.use(creds):
+                try:
+                    out.append(await client.assume_role(**params))
+                except Exception as exc:
+                    out.append(exc)
+    return out
+
+
+def _role(account: str) -> str:
+    return f"arn:aws:iam::{account}:role/LightsailInventoryReader"
+
+
+def test_assume_role_answers_as_botocore(make_simulator) -> None:
+    """The lean answer is botocore's (what is read of it): credentials the simulator issued
+    (they sign a Lightsail call it accepts), the same tz-aware expiry, the same role user."""
+    sim = make_simulator(accounts=2, faults=Faults(external_id="ext-42"))
+    account = sim.fleet.account_ids[0]
+    params = {"RoleArn": _role(account), "RoleSessionName": "s@run-1", "ExternalId": "ext-42"}
+    boto, lean = asyncio.run(_both_sts(params, BASE))
+    assert isinstance(boto, dict) and isinstance(lean, dict), (boto, lean)
+    assert set(lean["Credentials"]) == set(boto["Credentials"])
+    issued = {c.access_key_id: c for c in sim.issued_credentials()}
+    got = lean["Credentials"]
+    cred = issued[got["AccessKeyId"]]
+    assert (got["SecretAccessKey"], got["SessionToken"]) == (
+        cred.secret_access_key,
+        cred.session_token,
+    )
+    for answer in (lean, boto):  # the expiry the simulator issued, as a tz-aware datetime
+        expiration = answer["Credentials"]["Expiration"]
+        issued_at = issued[answer["Credentials"]["AccessKeyId"]].expires_at
+        assert expiration.tzinfo is not None and expiration.timestamp() == int(issued_at)
+    assert set(lean["AssumedRoleUser"]) == set(boto["AssumedRoleUser"])
+    assert lean["AssumedRoleUser"]["Arn"] == boto["AssumedRoleUser"]["Arn"]
+    assert lean["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert sim.operation_stats("AssumeRole")["bad_signature"] == 0
+    answer = asyncio.run(_both(sim.fleet.regions[0], creds_mod.from_sts(lean)))[1]
+    assert isinstance(answer, dict) and "containerServices" in answer
+
+
+@pytest.mark.parametrize(
+    ("faults", "params", "creds", "code"),
+    [
+        (Faults(denied_accounts={"*"}), {}, BASE, "AccessDenied"),
+        (Faults(external_id="right"), {"ExternalId": "wrong"}, BASE, "AccessDenied"),
+        (Faults(), {"RoleSessionName": "no spaces allowed"}, BASE, "ValidationError"),
+        (Faults(), {}, ReadOnlyCredentials("ASIAFORGED", "x", "tok"), "InvalidClientTokenId"),
+        (
+            Faults(),
+            {},
+            ReadOnlyCredentials(BASE_ACCESS_KEY, "wrong", None),
+            "SignatureDoesNotMatch",
+        ),
+    ],
+)
+def test_assume_role_errors_are_botocores(
+    make_simulator, faults: Faults, params: dict[str, Any], creds: ReadOnlyCredentials, code: str
+) -> None:
+    """An STS error answer raises the ClientError botocore raises: same code, message, type,
+    HTTP status, text, and the same classification."""
+    sim = make_simulator(accounts=2, faults=faults)
+    account = sim.fleet.account_ids[0]
+    if faults.denied_accounts == {"*"}:
+        faults.denied_accounts = {account}
+    call = {"RoleArn": _role(account), "RoleSessionName": "s@run-1", **params}
+    boto, lean = asyncio.run(_both_sts(call, creds))
+    assert isinstance(boto, ClientError) and isinstance(lean, ClientError), (boto, lean)
+    assert lean.response["Error"] == boto.response["Error"]
+    assert lean.response["Error"]["Code"] == code
+    assert (
+        lean.response["ResponseMetadata"]["HTTPStatusCode"]
+        == boto.response["ResponseMetadata"]["HTTPStatusCode"]
+    )
+    assert str(lean) == str(boto)
+    assert classify(lean) == classify(boto)
+
+
+class _Recorder(Simulator):
+    """Records the User-Agent and Action (STS) or X-Amz-Target of every request."""
+
+    def __init__(self, *args: Any, **kw: Any):
+        super().__init__(*args, **kw)
+        self.agents: list[tuple[str, str]] = []
+
+    async def _handle(self, request: Any) -> Any:
+        body = await request.read()
+        what = request.headers.get("X-Amz-Target") or body.decode().partition("&")[0]
+        self.agents.append((what, " | ".join(request.headers.getall("User-Agent", []))))
+        return await super()._handle(request)
+
+
+def test_assume_role_redirect_and_huge_answer_are_refused(make_simulator) -> None:
+    """A 307 is not followed (UnexpectedRedirect), an answer over the cap is not read past it
+    (AnswerTooLarge): both classified as refusals, not retried."""
+    from inventory.aws.bounded import AnswerTooLarge, UnexpectedRedirect
+
+    sim = make_simulator(accounts=2, faults=Faults(redirect_sts=True, redirect_to="http://x.test"))
+    call = {"RoleArn": _role(sim.fleet.account_ids[0]), "RoleSessionName": "s@run-1"}
+    _, lean = asyncio.run(_both_sts(call, BASE))
+    assert isinstance(lean, UnexpectedRedirect), lean
+    assert "http://x.test/" in str(lean) and not classify(lean).retryable
+
+    account = sim.fleet.account_ids[1]
+    sim.faults = Faults(
+        huge_answers={(account, "us-east-1")},
+        huge_operations=frozenset({"AssumeRole"}),
+        huge_bytes=8 * 1024 * 1024,
+    )
+    call = {"RoleArn": _role(account), "RoleSessionName": "s@run-1"}
+    _, lean = asyncio.run(_both_sts(call, BASE))  # the lean client reads at most 1 MiB
+    assert isinstance(lean, AnswerTooLarge), lean
+    assert classify(lean).code == "AnswerTooLarge" and not classify(lean).retryable
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"{}", "not XML"),
+        (
+            b"<AssumeRoleResponse><AssumeRoleResult/></AssumeRoleResponse>",
+            "no Credentials.AccessKeyId",
+        ),
+        (
+            b"<R><AssumeRoleResult><Credentials><AccessKeyId>A</AccessKeyId><SecretAccessKey>"
+            b"S</SecretAccessKey><SessionToken>T</SessionToken><Expiration>soon</Expiration>"
+            b"</Credentials></AssumeRoleResult></R>",
+            "Expiration is not a timestamp",
+        ),
+    ],
+)
+def test_assume_role_answer_of_unexpected_shape(body: bytes, problem: str) -> None:
+    """A 200 answer without what is read from it is a parse error naming what is missing,
+    never its text (it may hold secrets)."""
+    from botocore.parsers import ResponseParserError
+
+    from inventory.aws.lean import parse_assume_role
+
+    with pytest.raises(ResponseParserError, match=problem) as err:
+        parse_assume_role(200, body)
+    assert "S<" not in str(err.value) and classify(err.value).code == "ResponseParserError"
+
+
+def test_parse_assume_role_reads_aws_answer() -> None:
+    """AWS's answer (its namespace, fractional seconds) and one without an offset (UTC)."""
+    import datetime as dt
+
+    from inventory.aws.lean import parse_assume_role
+
+    body = (
+        b'<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+        b"<AssumeRoleResult><SourceIdentity>me</SourceIdentity><AssumedRoleUser>"
+        b"<Arn>arn:aws:sts::123456789012:assumed-role/R/s</Arn><AssumedRoleId>AROA1:s"
+        b"</AssumedRoleId></AssumedRoleUser><Credentials><AccessKeyId>ASIA1</AccessKeyId>"
+        b"<SecretAccessKey>sec</SecretAccessKey><SessionToken>tok</SessionToken>"
+        b"<Expiration>2011-07-15T23:28:33.359Z</Expiration></Credentials>"
+        b"<PackedPolicySize>6</PackedPolicySize></AssumeRoleResult><ResponseMetadata>"
+        b"<RequestId>c6104cbe</RequestId></ResponseMetadata></AssumeRoleResponse>"
+    )
+    got = parse_assume_role(200, body)
+    assert got == {
+        "Credentials": {
+            "AccessKeyId": "ASIA1",
+            "SecretAccessKey": "sec",
+            "SessionToken": "tok",
+            "Expiration": dt.datetime(2011, 7, 15, 23, 28, 33, 359000, tzinfo=dt.UTC),
+        },
+        "AssumedRoleUser": {
+            "Arn": "arn:aws:sts::123456789012:assumed-role/R/s",
+            "AssumedRoleId": "AROA1:s",
+        },
+        "PackedPolicySize": 6,
+        "SourceIdentity": "me",
+        "ResponseMetadata": {"RequestId": "c6104cbe", "HTTPStatusCode": 200},
+    }
+    naive = body.replace(b"2011-07-15T23:28:33.359Z", b"2011-07-15T23:28:33")
+    when = parse_assume_role(200, naive)["Credentials"]["Expiration"]
+    assert when == dt.datetime(2011, 7, 15, 23, 28, 33, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize("engine", ["lean", "botocore"])
+def test_collect_assumes_roles_through_its_engine(sim_env: Any, engine: str) -> None:
+    """With the lean engine, AssumeRole goes through the lean path too (its User-Agent);
+    `--engine botocore` keeps aiobotocore's. Either way, one per account, every signature
+    verified by the simulator."""
+    from inventory.aws.lean import USER_AGENT
+    from inventory.model import Account
+
+    regions = ("us-east-1", "eu-west-2")
+    sim = sim_env(_Recorder(Fleet(3, seed=2, regions=regions)))
+    accounts = [Account(a, role_arn=_role(a)) for a in sim.fleet.account_ids]
+    _, results = asyncio.run(_collect(engine, regions, accounts))
+    assert [r.error for r in results] == [None] * len(accounts) * len(regions)
+    sts = [agent for what, agent in sim.agents if what == "Action=AssumeRole"]
+    assert len(sts) == len(accounts)
+    if engine == "lean":
+        assert set(sts) == {USER_AGENT}
+        lightsail = {agent for what, agent in sim.agents if what.startswith("Lightsail_")}
+        assert lightsail == {USER_AGENT}  # sent once, ours (aiohttp's never added)
+    else:
+        assert all(agent.startswith(("Botocore/", "aiobotocore/")) for agent in sts), sts
+    assert sim.operation_stats("AssumeRole")["bad_signature"] == 0
+
+
+def test_signer_dates_now_without_a_clock_passed() -> None:
+    """Without `now`, X-Amz-Date is the current second (formatted once per second), and the
+    signature is the one for that date."""
+    import time
+
+    from inventory.aws.lean import CONTENT_TYPE, TARGET, Signer
+
+    url = "https://lightsail.eu-west-2.amazonaws.com/"
+    creds = ReadOnlyCredentials("AKIAEXAMPLE", "secret", None)
+    base = {"Content-Type": CONTENT_TYPE, "X-Amz-Target": TARGET}
+    signer = Signer(url, "eu-west-2")
+    for _ in range(2):  # formatted, then from the cache
+        before = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        got = signer.headers(creds, base)
+        after = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        assert before <= got["X-Amz-Date"] <= after
+        when = dt.datetime.strptime(got["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+        assert Signer(url, "eu-west-2").headers(creds, base, now=when) == got

@@ -117,6 +117,39 @@ def test_a_50_mb_answer_fails_its_own_target_after_the_cap_unread(
     assert "AnswerTooLarge" in result.stdout  # the failures table
 
 
+@pytest.mark.parametrize("engine", ["lean", "botocore"])
+def test_a_huge_assume_role_answer_fails_its_own_account_unread(
+    tmp_path: Path, fleet: Fleet, make_simulator: MakeSimulator, engine: str
+) -> None:
+    """One account's AssumeRole answered with 50 MB: that account fails AnswerTooLarge (once,
+    not retried) after the cap, unread past it; every other account is collected."""
+    account = fleet.account_ids[1]
+    sim = make_simulator(
+        fleet=fleet,
+        faults=Faults(
+            huge_answers={(account, "us-east-1")},  # STS is signed for us-east-1 here
+            huge_operations=frozenset({"AssumeRole"}),
+            huge_bytes=HUGE,
+        ),
+    )
+    result = collect(tmp_path, fleet, "--engine", engine, "--max-answer-bytes", str(MB))
+
+    assert result.exit_code == 3, result.output
+    db = tmp_path / "i.duckdb"
+    (err,) = rows(db, "select account_id, region, operation, error_code, attempts from errors")
+    assert err == {
+        "account_id": account,
+        "region": None,
+        "operation": "AssumeRole",
+        "error_code": "AnswerTooLarge",
+        "attempts": 1,
+    }
+    stats = sim.operation_stats("AssumeRole")
+    assert (stats["huge"], stats["calls"]) == (1, len(fleet.account_ids))  # one per account
+    assert 1 * MB < sim.huge_bytes_sent < HUGE // 2, sim.huge_bytes_sent
+    others_collected(db, fleet, {(account, R1), (account, R2)})
+
+
 def test_an_answer_whose_length_is_over_the_default_cap_is_not_read(
     tmp_path: Path, fleet: Fleet, make_simulator: MakeSimulator
 ) -> None:
@@ -287,16 +320,18 @@ def test_a_lightsail_redirect_is_not_followed(
     others_collected(db, fleet, {moved})
 
 
+@pytest.mark.parametrize("engine", ["lean", "botocore"])
 def test_an_sts_redirect_is_not_followed(
     tmp_path: Path,
     fleet: Fleet,
     make_simulator: MakeSimulator,
     recorder: tuple[str, list[dict[str, Any]]],
+    engine: str,
 ) -> None:
     """AssumeRole answered 307: every account fails, not a byte goes to the other origin."""
     url, seen = recorder
     make_simulator(fleet=fleet, faults=Faults(redirect_sts=True, redirect_to=url))
-    result = collect(tmp_path, fleet)
+    result = collect(tmp_path, fleet, "--engine", engine)
 
     assert result.exit_code == 1, result.output
     assert seen == []

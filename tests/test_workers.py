@@ -128,3 +128,15 @@ async def test_credentials_kept_follow_the_accounts_in_flight(make_simulator) ->
     assert len(kept) == 300
     assert max(kept) <= collect.PREFETCH_AHEAD + 8  # ahead of the workers + in flight
     assert sim.operation_stats("AssumeRole")["calls"] == 150  # still once per account
+
+
+def test_prefetch_keeps_ahead_of_the_workers() -> None:
+    """The prefetch makes twice as many AssumeRole calls at once as the workers start
+    accounts per round trip (concurrency / regions), within [8, PREFETCH_AHEAD]."""
+    from inventory.run.collect import PREFETCH_AHEAD, prefetch_in_flight
+
+    assert prefetch_in_flight(256, 15) == 36  # 18 accounts per round trip
+    assert prefetch_in_flight(64, 15) == 10
+    assert prefetch_in_flight(8, 2) == 8  # at least 8
+    assert prefetch_in_flight(256, 1) == PREFETCH_AHEAD  # at most that many ahead
+    assert prefetch_in_flight(16, 0) == 32  # no regions: no division by zero

@@ -9,7 +9,8 @@ Checks, in order (a failed step that later ones depend on stops them):
 2. with `--regions discover`: Lightsail GetRegions; with `org = true`: Organizations lists
    the accounts (plan/discovery.py);
 3. AssumeRole in a sample of the accounts (the first `sample` in the file's order, then
-   discovered ones; 0 = every account); without an accounts file, the caller's own account;
+   discovered ones; 0 = every account), through the engine collect uses (as in 4); without
+   an accounts file, the caller's own account;
 4. GetContainerServices in every region, with each sampled account whose role was assumed,
    through the engine collect uses (`options.engine`: the lean request path by default,
    the aiobotocore client with `--engine botocore`), so that a setup doctor passes is one
@@ -292,7 +293,8 @@ async def diagnose(plan: Plan, sample: int = DEFAULT_SAMPLE) -> Report:
             picked = accounts if sample <= 0 else accounts[:sample]
             if not picked:
                 report.skipped.append("assume-role: no account to try")
-            chosen = await _check_roles(report, plan, picked, sts, calls, hub_arn)
+            verify = session.get_config_variable("ca_bundle")
+            chosen = await _check_roles(report, plan, picked, sts, calls, hub_arn, base, verify)
 
     if not chosen:
         report.skipped.append("regions: no account's role could be assumed")
@@ -331,22 +333,42 @@ async def _check_roles(
     sts: Any,
     calls: Calls,
     hub_arn: str,
+    base: ReadOnlyCredentials,
+    verify: bool | str | None = None,
 ) -> list[tuple[Account, ReadOnlyCredentials]]:
-    limit = asyncio.Semaphore(CONCURRENCY)
+    """AssumeRole in each of `accounts` with the base credentials, through the engine collect
+    uses (the lean engine's LeanSTSClient at `sts`'s endpoint, or `sts` itself)."""
+    from inventory.aws.lean import USER_AGENT, LeanHTTP, LeanSTSClient
 
-    async def one(account: Account) -> ReadOnlyCredentials | CallFailed:
+    limit = asyncio.Semaphore(CONCURRENCY)
+    options = plan.options
+
+    async def one(client: Any, account: Account) -> ReadOnlyCredentials | CallFailed:
         assert account.role_arn is not None
         params = creds_mod.assume_role_params(
-            account.role_arn, plan.options.session_name, account.external_id
+            account.role_arn, options.session_name, account.external_id
         )
         async with limit:
             try:
-                answer = await calls("AssumeRole", sts.assume_role, **params)
+                answer = await calls("AssumeRole", client.assume_role, **params)
             except CallFailed as exc:
                 return exc
         return creds_mod.from_sts(answer)
 
-    answers = await asyncio.gather(*(one(a) for a in accounts))
+    async with contextlib.AsyncExitStack() as stack:
+        client = sts
+        if options.engine == "lean":  # as collect: botocore resolves the endpoint
+            http = await stack.enter_async_context(
+                LeanHTTP(
+                    limit=CONCURRENCY,
+                    timeout=options.timeout,
+                    verify=verify,
+                    max_answer_bytes=options.max_answer_bytes,
+                )
+            )
+            client = LeanSTSClient(http, sts.meta.endpoint_url, sts.meta.region_name, USER_AGENT)
+        with creds_mod.use(base):
+            answers = await asyncio.gather(*(one(client, a) for a in accounts))
     ok: list[tuple[Account, ReadOnlyCredentials]] = []
     denied: list[Account] = []
     for account, answer in zip(accounts, answers, strict=True):

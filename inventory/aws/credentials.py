@@ -208,7 +208,8 @@ class CredentialBroker:
         lock = self._locks.setdefault(account.id, asyncio.Lock())
         remaining = None if deadline is None else deadline - time.monotonic()
         try:
-            await asyncio.wait_for(lock.acquire(), remaining)
+            async with asyncio.timeout(remaining):
+                await lock.acquire()
         except TimeoutError:
             raise AssumeRoleFailed(
                 account,

@@ -10,7 +10,8 @@ Clients: one aiobotocore Lightsail client per region, shared by every account; e
 task signs with its own account's credentials through credentials.use(). Botocore's own
 retries are off (one attempt per call) so that every attempt is counted here. With
 `engine='lean'` the hot call goes through lean.py instead, with the same endpoint,
-credentials and errors. Both engines hand the flattener the same thing: the answer's JSON as
+credentials and errors, and so does the CredentialBroker's AssumeRole (lean.LeanSTSClient).
+Both engines hand the flattener the same thing: the answer's JSON as
 `json.loads` reads it (`raw_answer`: botocore's parser would drop the members its model does
 not know and raise on a leaf of the wrong type, costing the whole account × region).
 
@@ -57,7 +58,7 @@ from botocore.parsers import ResponseParserError
 
 from inventory.aws import credentials as creds_mod
 from inventory.aws.credentials import AssumeRoleFailed, CallCounter, CredentialBroker
-from inventory.aws.lean import USER_AGENT, LeanHTTP, LeanLightsailClient
+from inventory.aws.lean import USER_AGENT, LeanHTTP, LeanLightsailClient, LeanSTSClient
 from inventory.aws.pacing import Pacer, default_floor
 from inventory.aws.retry import (
     NO_PARAMS,
@@ -90,8 +91,17 @@ RAW_ANSWER_EVENT = "before-parse.lightsail.GetContainerServices"
 UNREACHABLE = "EndpointUnreachable"  # error code of a region the breaker found unreachable
 
 
-PREFETCH_IN_FLIGHT = 8  # AssumeRole calls made ahead of the targets at once
+PREFETCH_IN_FLIGHT = 8  # AssumeRole calls made ahead of the targets at once, at least
 PREFETCH_AHEAD = 64  # accounts whose roles may be assumed before a worker reaches them
+
+
+def prefetch_in_flight(concurrency: int, regions: int) -> int:
+    """How many AssumeRole calls the prefetch makes at once: twice the accounts the workers
+    start per round trip (`concurrency` / `regions`), so that it stays ahead of them and no
+    worker waits for a role (each wait costs a lock and a timer as well as time); at least
+    PREFETCH_IN_FLIGHT, at most PREFETCH_AHEAD."""
+    per_round_trip = -(-concurrency // max(1, regions))
+    return max(PREFETCH_IN_FLIGHT, min(PREFETCH_AHEAD, 2 * per_round_trip))
 
 
 def run_time_bound(options: Options, targets: int) -> float:
@@ -232,8 +242,11 @@ class Collector:
                     lean_http, region, client.meta.endpoint_url, USER_AGENT
                 )
             self._clients[region] = client
+        sts = self._sts
+        if lean_http is not None:  # AssumeRole too; botocore still resolves the endpoint
+            sts = LeanSTSClient(lean_http, sts.meta.endpoint_url, sts.meta.region_name, USER_AGENT)
         self.broker = CredentialBroker(
-            self._sts,
+            sts,
             source,
             self.options,
             self.counter,
@@ -354,7 +367,7 @@ class Collector:
     async def _prefetch(
         self, accounts: list[Account], ahead: asyncio.Semaphore, reached: list[int]
     ) -> None:
-        """Assume the accounts' roles ahead of their targets, PREFETCH_IN_FLIGHT at a time
+        """Assume the accounts' roles ahead of their targets, `prefetch_in_flight` at a time
         and at most PREFETCH_AHEAD accounts before the workers (`ahead`: a worker releases
         it when it takes an account's first target), so credentials kept are bounded too;
         an account the workers reached first is theirs (`reached`).
@@ -365,12 +378,13 @@ class Collector:
         remembered and reported by the targets."""
         assert self.broker is not None
         broker = self.broker
-        limit = asyncio.Semaphore(PREFETCH_IN_FLIGHT)
+        limit = asyncio.Semaphore(prefetch_in_flight(self.options.concurrency, len(self.regions)))
         running: set[asyncio.Task[None]] = set()
 
-        async def one(account: Account) -> None:
+        async def one(account: Account, position: int) -> None:
             try:
-                await broker.get(account)
+                if position >= reached[0]:  # else the workers got there while it was queued
+                    await broker.get(account)
             except Exception:  # AssumeRoleFailed (remembered), or anything: its targets see it
                 pass
             finally:
@@ -384,7 +398,7 @@ class Collector:
                 if account.role_arn is None or position < reached[0]:
                     continue  # no role, or the workers got there first (they assume it)
                 await limit.acquire()
-                task = asyncio.create_task(one(account))
+                task = asyncio.create_task(one(account, position))
                 running.add(task)
                 task.add_done_callback(running.discard)
             await asyncio.gather(*running, return_exceptions=True)

@@ -28,8 +28,10 @@ class Faults:
     # be reached), whoever calls: the region is read from the signature's credential scope
     unreachable_regions: set[str] = field(default_factory=set)
     malformed: set[Pair] = field(default_factory=set)  # answered with an unexpected shape
-    # Lightsail: an answer of `huge_bytes` (valid JSON), streamed chunked, or with its
-    # Content-Length when `huge_with_length`; for the operations in `huge_operations`
+    # An answer of `huge_bytes` (valid JSON), streamed chunked, or with its Content-Length
+    # when `huge_with_length`, for the operations in `huge_operations`: Lightsail's (the pair
+    # is the caller's account and region) or AssumeRole (the role's account, and the region
+    # STS is signed for)
     huge_answers: set[Pair] = field(default_factory=set)
     huge_operations: frozenset[str] = frozenset({"GetContainerServices"})
     huge_bytes: int = 50 * 1024 * 1024

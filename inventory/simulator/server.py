@@ -524,6 +524,10 @@ class Simulator:
         if op == "GetCallerIdentity":
             return self._caller_identity(op, caller)
         if op == "AssumeRole":
+            if self.faults.huge_answers:  # keyed by the role's account, STS's signed region
+                m = _ROLE_RE.fullmatch(form.get("RoleArn", ""))
+                if m is not None and self.faults.is_huge(m.group(1), caller.region, op):
+                    return await self._huge(request, op)
             return self._assume_role(op, caller, form)
         return self._xml_error(
             op, "other_errors", 400, "InvalidAction", f"Could not find operation {op}"
