@@ -380,7 +380,7 @@ async def test_each_fault_gives_the_botocore_error(make_simulator: Any, fleet: F
     assert sim.hanging == 0
 
     odd = await services("us-west-2", creds)
-    assert odd[0]["scale"] == "3" or isinstance(odd[0]["scale"], str)
+    assert isinstance(odd[0]["scale"], str) and odd[0]["scale"].isdigit()  # "3", not 3
     assert odd[0]["state"] == "EXPLODING"
     assert "image" not in next(iter(odd[0]["currentDeployment"]["containers"].values()))
 
@@ -527,7 +527,7 @@ def test_process_mode(fleet: Fleet) -> None:
         assert wire(got) == copy.deepcopy(fleet.services(fleet.hub_account_id, "us-east-1"))
     finally:
         proc.terminate()
-        assert proc.wait(10) == 0 or proc.returncode == -15
+        assert proc.wait(60) in (0, -15)  # it handles SIGTERM, or dies of it
 
 
 # --------------------------------------------------------------------------- signatures
