@@ -231,10 +231,15 @@ def hang_after_two_accounts(collects: Collects) -> None:
 
 
 def wait_for_hanging(collects: Collects, proc: subprocess.Popen[str], n: int) -> None:
-    """Until `n` calls are held open and every role was assumed: the collect can go no
-    further (or the process ended: a failure)."""
+    """Until `n` calls of `proc` are held open and every role was assumed: the collect can
+    go no further (or the process ended: a failure). Counted since `reset_stats`, so calls
+    an earlier process left hanging do not count."""
     deadline = time.monotonic() + 60
-    while collects.sim.hanging < n or collects.sim.operation_stats("AssumeRole")["calls"] < 6:
+    sim = collects.sim
+    while (
+        sim.operation_stats("GetContainerServices")["hung"] < n
+        or sim.operation_stats("AssumeRole")["calls"] < 6
+    ):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the collect never reached the held calls"
         time.sleep(0.01)
