@@ -7,7 +7,9 @@ would); the test sees it stopped (state 'T' in /proc/<pid>/stat), then kills it,
 it and sends SIGCONT to let it go on from that point. Unset (always, outside the tests),
 `pause_at` is one comparison with None and returns. An unknown point name stops nothing.
 
-The points (each reached once per run, or once per batch written):
+The points (`append-uncommitted` and `batch-appended` are reached at each batch written,
+`lock-wait` at each look at a held lock, `worker-start` once in each worker, the others
+once a run):
   - `store-opened`: the collect holds the writer lock and the store is open, nothing begun;
   - `run-begun`: `begin_run` committed the run's row ('running'), no target written yet;
   - `append-uncommitted`: inside `Store.append`, its rows inserted but not committed;
