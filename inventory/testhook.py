@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 
 ENV = "INVENTORY_TEST_PAUSE_AT"
 POINTS = frozenset(
@@ -47,4 +48,6 @@ def pause_at(point: str) -> None:
         return
     sys.stderr.write(f"inventory: test hook {ENV}={point}: stopping (SIGSTOP)\n")
     sys.stderr.flush()
-    os.kill(os.getpid(), signal.SIGSTOP)
+    # To this thread: it stops before its next instruction (sent to the process, another
+    # thread could take the stop while this one runs on, e.g. into a COMMIT).
+    signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
