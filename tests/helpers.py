@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from inventory import testhook
 from inventory.storage.store import Store
 
 
@@ -16,3 +19,29 @@ def rows(db: Path, sql: str) -> list[dict[str, Any]]:
     finally:
         store.close()
     return [dict(zip(cols, r, strict=True)) for r in data]
+
+
+def stopped_at(pid: int, poll: Callable[[], int | None], timeout: float = 60) -> None:
+    """Until process `pid` has stopped itself at its INVENTORY_TEST_PAUSE_AT point (state
+    'T': inventory/testhook.py). Fails when it ended first (`poll`: its Popen.poll) or never
+    got there: the event, not a guessed moment, decides when the test goes on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            # "pid (comm) S ...": the state follows the last ')'
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except FileNotFoundError:
+            state = "gone"
+        if state in ("T", "t"):
+            return
+        if state in ("Z", "X", "gone") or poll() is not None:
+            raise AssertionError(f"process {pid} ended ({state}) before its test-hook point")
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"process {pid} never reached its test-hook point")
+        time.sleep(0.01)
+
+
+def pause_env(env: dict[str, str], point: str) -> dict[str, str]:
+    """`env` with INVENTORY_TEST_PAUSE_AT=`point` (one of testhook.POINTS)."""
+    assert point in testhook.POINTS, point
+    return {**env, testhook.ENV: point}

@@ -1,20 +1,21 @@
 """Crash safety.
 
-A collect stopped at any point (SIGKILL at random moments, SIGINT / SIGTERM, an exception
-while writing) leaves every earlier run intact and readable; the latest_* views never show
+A collect stopped at any point (SIGKILL at each step of a run, SIGINT / SIGTERM, an
+exception while writing) leaves every earlier run intact and readable; the latest_* views never show
 an unfinished run; the next collect succeeds and marks the interrupted one 'failed'.
 Ctrl-C and SIGTERM end cleanly: what was collected is kept as a 'partial' run, the rest is
 recorded as 'Interrupted', and the process exits 130 / 143.
 
 The collects here are real `python -m inventory collect` processes against the simulator
-(served from this test process, with latency so that a run lasts a while).
+(served from this test process). Nothing waits for a guessed moment: a collect is killed
+where it stopped itself (the test hook INVENTORY_TEST_PAUSE_AT, inventory/testhook.py), or
+interrupted while the simulator holds its calls open (the hang fault).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -26,8 +27,9 @@ from typing import Any
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-from helpers import rows
+from helpers import rows, stopped_at
 
+from inventory import testhook
 from inventory.model import Account, Options, Plan
 from inventory.plan.config import load_plan
 from inventory.run import builder
@@ -60,14 +62,22 @@ class Collects:
         self.env = {k: v for k, v in os.environ.items() if k not in UNSET_ENV}
         self.env.update(sim.env())
         self.env["INVENTORY_FINGERPRINT_KEY"] = "crash-test-fingerprint-key-0123456789abcd"
+        self.procs: list[subprocess.Popen[str]] = []
 
-    def start(self, *extra: str) -> subprocess.Popen[str]:
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """A collect process (`env`: more variables, e.g. the test hook's)."""
         cmd = [sys.executable, "-m", "inventory", "collect", "--config", str(self.config)]
         cmd += ["--db", str(self.db), "--parquet-dir", str(self.lake), "--concurrency", "2"]
         cmd += ["--workers", "1", *extra]
-        return subprocess.Popen(
-            cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        proc = subprocess.Popen(
+            cmd,
+            env={**self.env, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        self.procs.append(proc)
+        return proc
 
     def run_here(self) -> str:
         """A whole collect in this process (same plan, same store); returns its status."""
@@ -75,20 +85,11 @@ class Collects:
         summary = asyncio.run(run_collect(plan, self.db, str(self.lake)))
         return summary.status
 
-    def wait_for_requests(self, n: int, proc: subprocess.Popen[str]) -> None:
-        """Until the simulator has seen `n` requests in all (or the process ended)."""
-        deadline = time.monotonic() + 30
-        while self.sim.total_requests < n and proc.poll() is None:
-            assert time.monotonic() < deadline, "the collect never called the simulator"
-            time.sleep(0.01)
-
 
 @pytest.fixture
 def collects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Collects]:
     fleet = Fleet(6, seed=31, regions=REGIONS)
-    # 200 ms a request, 2 at a time: the 12 targets take over a second (roles are assumed
-    # ahead of them, so a target holds one round trip)
-    sim = Simulator(fleet, Faults(latency_ms=200, seed=31)).start()
+    sim = Simulator(fleet, Faults(seed=31)).start()
     try:
         c = Collects(sim, tmp_path, fleet)
         for name in UNSET_ENV:
@@ -98,6 +99,10 @@ def collects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Collec
                 monkeypatch.setenv(name, value)
         yield c
     finally:
+        for p in c.procs:  # one a failed test left stopped or running
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
         sim.stop()
 
 
@@ -110,9 +115,12 @@ def snapshot(db: Path) -> dict[str, Any]:
             return con.execute(sql).fetchall()
 
         return {
-            "runs": q("select * from runs where status <> 'running' order by run_id"),
-            "counts": {
-                t: q(f"select run_id, count(*) from {t} group by 1 order by 1")
+            "runs": q("select * from runs where status <> 'running'"),
+            "counts": {  # of the finished runs (the next collect empties a killed one)
+                t: q(
+                    f"select run_id, count(*) from {t} where run_id in "
+                    "(select run_id from runs where status <> 'running') group by 1 order by 1"
+                )
                 for t in (*INVENTORY, "scans", "errors")
             },
             "latest": {
@@ -137,77 +145,128 @@ def check_lake_files_are_whole(lake: Path) -> None:
 
 # --------------------------------------------------------------------------- SIGKILL
 
+# Where each SIGKILL lands (the collect stops itself there: inventory/testhook.py), and what
+# the store then shows of the killed run: its status (None: no runs row at all) and how many
+# of its 12 targets have scans rows (the first batch holds all 12, or fewer when the
+# machine is so slow that the 5-second flush comes first).
+KILL_POINTS = (
+    ("store-opened", None, range(0, 1)),  # the lock held, the store migrated, nothing begun
+    ("run-begun", "running", range(0, 1)),
+    ("append-uncommitted", "running", range(0, 1)),  # its batch inserted, never committed
+    ("batch-appended", "running", range(1, 13)),  # its first batch written, not finished
+    ("run-finished", "complete", range(12, 13)),  # stored, visible; not exported yet
+)
 
-def test_sigkill_at_random_moments_never_damages_the_store(collects: Collects) -> None:
+
+def test_sigkill_at_each_step_never_damages_the_store(collects: Collects) -> None:
     assert collects.run_here() == "complete"
-    before = snapshot(collects.db)
-    assert len(before["runs"]) == 1
-
-    rng = random.Random(5)
-    killed, moments = 0, []
-    for i in range(4):
-        requests = collects.sim.total_requests
-        proc = collects.start()
-        if i == 0:  # anywhere from start-up on (imports, opening the store, ...)
-            time.sleep(rng.uniform(0.0, 1.5))
-        elif i == 3:  # after its last request: its last writes, finish_run, the export
-            collects.wait_for_requests(requests + 18, proc)
-            time.sleep(rng.uniform(0.0, 0.3))
-        else:  # somewhere in the collect and its writes
-            collects.wait_for_requests(requests + 1, proc)
-            time.sleep(rng.uniform(0.0, 1.2))
-        moments.append(collects.sim.total_requests - requests)
+    baseline = snapshot(collects.db)
+    (baseline_run,) = baseline["runs"]
+    before = baseline
+    killed: dict[str, str] = {}  # point -> the run it killed
+    for point, status, scans in KILL_POINTS:
+        proc = collects.start(env={testhook.ENV: point})
+        stopped_at(proc.pid, proc.poll)
         proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=30)
-        killed += proc.returncode == -signal.SIGKILL
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+        assert f"test hook {testhook.ENV}={point}:" in err
 
         # every earlier run intact and readable; the views show finished runs only
         after = snapshot(collects.db)
-        assert after["runs"][: len(before["runs"])] == before["runs"]
+        assert set(before["runs"]) <= set(after["runs"])
         for t, counts in before["counts"].items():
             assert set(counts) <= set(after["counts"][t]), t
         assert after["leaks"] == 0, "a latest_* view shows an unfinished run"
         check_lake_files_are_whole(collects.lake)
         before = after
-    assert killed >= 3, "the collects ended before they could be killed"
-    # (the last may have finished before its kill: then it is simply complete)
 
-    # the next collect succeeds and marks every killed run that had begun as failed
-    assert collects.run_here() == "complete"
-    runs = rows(collects.db, "select run_id, status from runs order by run_id")
-    assert runs[0]["status"] == "complete" and runs[-1]["status"] == "complete"
-    assert [r["status"] for r in runs].count("failed") >= 2  # a kill in start-up leaves no run
-    assert not [r for r in runs if r["status"] == "running"]
-    failed = [r["run_id"] for r in runs if r["status"] == "failed"]
-    for t in INVENTORY:  # a failed run keeps no inventory rows
-        n = rows(
-            collects.db, f"select count(*) as n from {t} where run_id in {tuple(failed) or ('',)!r}"
+        # the killed run is exactly as far as the point it was killed at
+        new = rows(
+            collects.db,
+            f"select run_id, status from runs where run_id not in {(*killed.values(), '')!r}"
+            f" and run_id <> '{baseline_run[0]}'",
         )
+        if status is None:
+            assert new == [], point
+            continue
+        assert [n["status"] for n in new] == [status], point
+        run_id = killed[point] = new[0]["run_id"]
+        scanned = rows(collects.db, f"select * from scans where run_id = '{run_id}'")
+        assert len(scanned) in scans and all(s["status"] == "ok" for s in scanned), point
+        # the inventory rows of exactly the targets scanned: whole batches only
+        services = rows(
+            collects.db, f"select count(*) as n from container_services where run_id = '{run_id}'"
+        )
+        fleet = collects.fleet
+        assert services[0]["n"] == sum(
+            len(fleet.services(s["account_id"], s["region"])) for s in scanned
+        ), point
+        assert not list(collects.lake.rglob(f"{run_id}*")), point  # not exported
+
+    # the next collect succeeds and marks every killed run that was still running failed
+    assert collects.run_here() == "complete"
+    runs = {r["run_id"]: r["status"] for r in rows(collects.db, "select * from runs")}
+    assert {killed[p]: runs[killed[p]] for p in killed} == {
+        killed["run-begun"]: "failed",
+        killed["append-uncommitted"]: "failed",
+        killed["batch-appended"]: "failed",
+        killed["run-finished"]: "complete",  # it had finished: the kill cost only its export
+    }
+    (last,) = set(runs) - set(killed.values()) - {baseline_run[0]}
+    assert runs[baseline_run[0]] == runs[last] == "complete"
+    failed = tuple(r for r, status in runs.items() if status == "failed")
+    for t in INVENTORY:  # a failed run keeps no inventory rows
+        n = rows(collects.db, f"select count(*) as n from {t} where run_id in {failed!r}")
         assert n[0]["n"] == 0
         latest = rows(collects.db, f"select distinct run_id from latest_{t}")
-        assert latest == [{"run_id": runs[-1]["run_id"]}]
-    print(f"\nSIGKILL after {moments} simulator requests; runs: {[r['status'] for r in runs]}")
+        assert latest == [{"run_id": last}]
 
 
 # --------------------------------------------------------------------------- SIGINT / SIGTERM
 
+# The first two accounts answer; every call of the others is held open (the simulator's
+# hang fault), so a collect with two calls at a time stops with 4 targets done, 8 not.
+DONE = 4
+
+
+def hang_after_two_accounts(collects: Collects) -> None:
+    collects.sim.faults.hang_regions = {
+        (a, r) for a in collects.fleet.account_ids[2:] for r in REGIONS
+    }
+
+
+def wait_for_hanging(collects: Collects, proc: subprocess.Popen[str], n: int) -> None:
+    """Until `n` calls of `proc` are held open and every role was assumed: the collect can
+    go no further (or the process ended: a failure). Counted since `reset_stats`, so calls
+    an earlier process left hanging do not count."""
+    deadline = time.monotonic() + 60
+    sim = collects.sim
+    while (
+        sim.operation_stats("GetContainerServices")["hung"] < n
+        or sim.operation_stats("AssumeRole")["calls"] < 6
+    ):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the collect never reached the held calls"
+        time.sleep(0.01)
+
 
 def interrupt(collects: Collects, signum: int) -> dict[str, Any]:
-    """Start a collect, send `signum` mid-collect, check the process; the run's row."""
-    requests = collects.sim.total_requests
+    """Start a collect, send `signum` once it is stuck on held calls; the run's row."""
+    collects.sim.reset_stats()
+    hang_after_two_accounts(collects)
     proc = collects.start()
-    # 6 AssumeRole, then a few GetContainerServices answered: mid-collect
-    collects.wait_for_requests(requests + 6 + 4, proc)
-    assert proc.poll() is None, "the collect ended before the signal"
+    wait_for_hanging(collects, proc, 2)
     proc.send_signal(signum)
     at_signal = collects.sim.total_requests
     _out, err = proc.communicate(timeout=30)
+    collects.sim.faults.hang_regions = set()
     assert proc.returncode == 128 + signum, err  # 130 for SIGINT, 143 for SIGTERM
     assert "Traceback" not in err
-    # no new call started after the signal (the two in flight were already counted)
-    assert collects.sim.total_requests <= at_signal + 2
-    run = rows(collects.db, "select * from runs order by run_id desc limit 1")[0]
-    assert run["api_calls"] == collects.sim.total_requests - requests  # every call counted
+    # 6 AssumeRole, 4 answers, 2 held: no call started after the signal
+    assert collects.sim.total_requests == at_signal == 6 + DONE + 2
+    run = rows(collects.db, "select * from runs order by started_at desc limit 1")[0]
+    assert run["api_calls"] == at_signal  # every call counted, the cancelled ones too
     return run
 
 
@@ -216,58 +275,60 @@ def test_ctrl_c_and_sigterm_keep_what_was_collected_as_a_partial_run(
 ) -> None:
     assert collects.run_here() == "complete"
     baseline = rows(collects.db, "select run_id from runs")[0]["run_id"]
+    answered = {(a, r) for a in collects.fleet.account_ids[:2] for r in REGIONS}
 
+    interrupted = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         run = interrupt(collects, signum)
+        interrupted.append(run["run_id"])
         assert run["status"] == "partial"
-        assert run["targets"] == 12 and run["targets_ok"] + run["targets_failed"] == 12
-        assert run["targets_ok"] >= 1 and run["targets_failed"] >= 1
+        assert (run["targets"], run["targets_ok"], run["targets_failed"]) == (12, DONE, 8)
         scans = rows(collects.db, f"select * from scans where run_id = '{run['run_id']}'")
-        assert len(scans) == 12
-        assert {s["error_code"] for s in scans if s["status"] == "failed"} == {"Interrupted"}
+        assert {(s["account_id"], s["region"]) for s in scans if s["status"] == "ok"} == answered
+        assert [s["error_code"] for s in scans if s["status"] == "failed"] == ["Interrupted"] * 8
         errors = rows(collects.db, f"select * from errors where run_id = '{run['run_id']}'")
-        assert len(errors) == run["targets_failed"]
+        assert len(errors) == 8
         name = signal.Signals(signum).name
         assert all(f"collect was stopped ({name})" in e["message"] for e in errors)
 
-        # the views: this run's collected targets, the earlier ones' for the interrupted
-        ok = {(s["account_id"], s["region"]) for s in scans if s["status"] == "ok"}
+        # the views: this run's collected targets, the baseline's for the interrupted ones
         latest = rows(collects.db, "select account_id, region, run_id from latest_scans")
         assert len(latest) == 12
         for r in latest:
-            if (r["account_id"], r["region"]) in ok:
-                assert r["run_id"] == run["run_id"]
-            else:
-                assert r["run_id"] < run["run_id"]  # an earlier run's, still there
+            expected = run["run_id"] if (r["account_id"], r["region"]) in answered else baseline
+            assert r["run_id"] == expected, r
         assert snapshot(collects.db)["leaks"] == 0
         assert list(collects.lake.rglob(f"{run['run_id']}*.parquet"))  # exported like any run
-        assert baseline in {r["run_id"] for r in latest} or signum == signal.SIGTERM
 
     assert collects.run_here() == "complete"
-    statuses = [r["status"] for r in rows(collects.db, "select status from runs order by run_id")]
-    assert statuses == ["complete", "partial", "partial", "complete"]
+    statuses = {r["run_id"]: r["status"] for r in rows(collects.db, "select * from runs")}
+    assert [statuses.pop(r) for r in interrupted] == ["partial", "partial"]
+    assert sorted(statuses.values()) == ["complete", "complete"]
 
 
 def test_ctrl_c_with_workers_keeps_a_partial_run(collects: Collects) -> None:
     """The parent forwards the interrupt to its worker processes; they stop like one."""
     assert collects.run_here() == "complete"
-    requests = collects.sim.total_requests
+    collects.sim.reset_stats()
+    hang_after_two_accounts(collects)
+    # the accounts are dealt round-robin: each worker answers one account, then is held
+    # on its next (one call at a time each: --concurrency 2 shared by 2)
     proc = collects.start("--workers", "2")  # the last --workers wins
-    collects.wait_for_requests(requests + 6 + 4, proc)
-    assert proc.poll() is None, "the collect ended before the signal"
+    wait_for_hanging(collects, proc, 2)
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=60)
+    collects.sim.faults.hang_regions = set()
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     run = rows(collects.db, "select * from runs order by started_at desc limit 1")[0]
     assert run["status"] == "partial"
-    assert run["targets_ok"] >= 1 and run["targets_failed"] >= 1
+    assert (run["targets_ok"], run["targets_failed"]) == (DONE, 8)
     scans = rows(collects.db, f"select * from scans where run_id = '{run['run_id']}'")
     assert len(scans) == 12  # every target accounted for, from both workers
-    assert {s["error_code"] for s in scans if s["status"] == "failed"} == {"Interrupted"}
+    assert [s["error_code"] for s in scans if s["status"] == "failed"] == ["Interrupted"] * 8
     assert collects.run_here() == "complete"  # and nothing was left 'running'
     statuses = [r["status"] for r in rows(collects.db, "select status from runs")]
-    assert "running" not in statuses and "failed" not in statuses
+    assert sorted(statuses) == ["complete", "complete", "partial"]
 
 
 def _children(pid: int) -> list[int]:
@@ -281,21 +342,49 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def _pending(pid: int, signum: int) -> bool:
+    """`signum` sent to process `pid` and not delivered yet (blocked, or it is stopped)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("ShdPnd:"):
+            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    raise AssertionError(f"/proc/{pid}/status has no ShdPnd")
+
+
 def test_ctrl_c_while_workers_start_is_still_clean(collects: Collects) -> None:
-    """Signals sent while the workers are still importing do not kill them outright."""
-    proc = collects.start("--workers", "2")
-    deadline = time.monotonic() + 30
-    while len(_children(proc.pid)) < 2 and proc.poll() is None:
-        assert time.monotonic() < deadline, "no worker processes appeared"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)  # the workers exist, and have not called anyone yet
+    """A signal that reaches the workers before they install their handlers (their
+    signals blocked, as while they import) does not kill them outright: each worker stops
+    itself at its start (the test hook), Ctrl-C reaches the parent, which forwards SIGTERM;
+    only once both workers hold it pending do they go on. They call no one."""
+    proc = collects.start("--workers", "2", env={testhook.ENV: "worker-start"})
+    deadline = time.monotonic() + 60
+    while len(workers := [c for c in _children(proc.pid) if _state(c) == "T"]) < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the workers never reached their start"
+        time.sleep(0.01)
+    requests = collects.sim.total_requests
+    proc.send_signal(signal.SIGINT)
+    while not all(_pending(w, signal.SIGTERM) for w in workers):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the parent never forwarded the interrupt"
+        time.sleep(0.01)
+    for w in workers:
+        os.kill(w, signal.SIGCONT)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "WorkerFailed" not in err
+    assert err.count(f"test hook {testhook.ENV}=worker-start:") == 2
+    assert collects.sim.total_requests == requests  # stopped before their first call
     run = rows(collects.db, "select * from runs order by started_at desc limit 1")[0]
-    assert run["status"] in ("failed", "partial")  # 'failed' when no target had finished
+    assert (run["status"], run["targets_ok"], run["targets_failed"]) == ("failed", 0, 12)
     scans = rows(collects.db, f"select * from scans where run_id = '{run['run_id']}'")
-    assert len(scans) == 12  # every target accounted for
+    assert [s["error_code"] for s in scans] == ["Interrupted"] * 12  # every target accounted for
     assert collects.run_here() == "complete"
 
 

@@ -1,22 +1,24 @@
 """One writer at a time.
 
-While a real `inventory collect` process writes a database (a slow simulator keeps it busy
-for a few seconds): a second collect on the same database fails at once with a message
-naming the other process; `runs` and `query` open the database read-only and work; a
-collect with `--wait` queues behind the first and then succeeds.
+While a real `inventory collect` process has a run going (it stopped itself just after
+beginning its run: the test hook INVENTORY_TEST_PAUSE_AT, inventory/testhook.py): a second
+collect on the same database fails at once with a message naming the other process; `runs`
+and `query` open the database read-only and work; a collect with `--wait` queues behind the
+first (it stops itself where it starts to wait) and then succeeds.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import pause_env, stopped_at
 from typer.testing import CliRunner
 
 from inventory.cli import app
@@ -29,8 +31,7 @@ REGIONS = ("us-east-1", "eu-west-2")
 @pytest.fixture
 def busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     fleet = Fleet(6, seed=41, regions=REGIONS)
-    # 150 ms a request, one at a time: the first collect writes for 2-3 seconds
-    sim = Simulator(fleet, Faults(latency_ms=150, seed=41)).start()
+    sim = Simulator(fleet, Faults(seed=41)).start()
     config = tmp_path / "accounts.toml"
     config.write_text(
         'role_name = "InventoryReader"\nregions = ["us-east-1", "eu-west-2"]\n'
@@ -48,10 +49,10 @@ def busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, 
     args = ["--config", str(config), "--db", str(db), "--no-parquet", "--workers", "1"]
     procs: list[subprocess.Popen[str]] = []
 
-    def start(*extra: str) -> subprocess.Popen[str]:
+    def start(*extra: str, pause_at: str) -> subprocess.Popen[str]:
         p = subprocess.Popen(
             [sys.executable, "-m", "inventory", "collect", *args, *extra],
-            env=env,
+            env=pause_env(env, pause_at),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -69,23 +70,12 @@ def busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, 
         sim.stop()
 
 
-def wait_until_collecting(db: Path, sim: Simulator, proc: subprocess.Popen[str]) -> None:
-    """Until `proc` holds the writer lock, has begun its run and is calling Lightsail."""
-    deadline = time.monotonic() + 30
-    lock = db.with_name(db.name + ".lock")
-    while True:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the collect never got going"
-        holder = LockHolder.read(lock)
-        if holder is not None and holder.pid == proc.pid and sim.lightsail_calls():
-            return
-        time.sleep(0.02)
-
-
 def test_one_writer_at_a_time_while_readers_keep_working(busy: dict[str, Any]) -> None:
     db: Path = busy["db"]
-    first = busy["start"]("--concurrency", "1")
-    wait_until_collecting(db, busy["sim"], first)
+    first = busy["start"]("--concurrency", "1", pause_at="run-begun")
+    stopped_at(first.pid, first.poll)  # its run begun, the writer lock held
+    holder = LockHolder.read(db.with_name(db.name + ".lock"))
+    assert holder is not None and holder.pid == first.pid
     runner = CliRunner()
 
     # a second collect on the same database: refused at once, naming the other process
@@ -94,7 +84,7 @@ def test_one_writer_at_a_time_while_readers_keep_working(busy: dict[str, Any]) -
     text = " ".join(second.output.split())
     assert f"PID {first.pid}" in text
     assert "being written by another collect" in text and "--wait" in text
-    assert first.poll() is None  # it answered while the first was still collecting
+    assert first.poll() is None  # it answered while the first still held its run
 
     # readers open the database read-only and work while it is being written
     runs = runner.invoke(app, ["runs", "--db", str(db), "--format", "csv"])
@@ -106,10 +96,14 @@ def test_one_writer_at_a_time_while_readers_keep_working(busy: dict[str, Any]) -
     assert query.exit_code == 0, query.output
     assert '"status": "running"' in query.output and '"targets": 12' in query.output
 
-    # a collect with --wait queues behind the first, then runs
-    waiting = busy["start"]("--concurrency", "4", "--wait")
+    # a collect with --wait queues behind the first (it stops where it would wait), then runs
+    waiting = busy["start"]("--concurrency", "4", "--wait", pause_at="lock-wait")
+    stopped_at(waiting.pid, waiting.poll)
+    assert busy["sim"].lightsail_calls() == {}  # neither has called Lightsail yet
+    first.send_signal(signal.SIGCONT)
     _out, err = first.communicate(timeout=60)
     assert first.returncode == 0, err
+    waiting.send_signal(signal.SIGCONT)
     _out, err = waiting.communicate(timeout=60)
     assert waiting.returncode == 0, err
 

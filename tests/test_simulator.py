@@ -372,14 +372,15 @@ async def test_each_fault_gives_the_botocore_error(make_simulator: Any, fleet: F
     short = Config(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=0.3)
     with pytest.raises(ReadTimeoutError):  # the hung request ends at the client's read timeout
         await services("eu-north-1", creds, config=short)
-    for _ in range(50):  # the server lets go of the hung request once the client left
-        if sim.hanging == 0:
-            break
+    # the server lets go of the hung request once the client left (however long it takes
+    # the loaded machine to notice: waited for, up to a minute)
+    deadline = time.monotonic() + 60
+    while sim.hanging and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     assert sim.hanging == 0
 
     odd = await services("us-west-2", creds)
-    assert odd[0]["scale"] == "3" or isinstance(odd[0]["scale"], str)
+    assert isinstance(odd[0]["scale"], str) and odd[0]["scale"].isdigit()  # "3", not 3
     assert odd[0]["state"] == "EXPLODING"
     assert "image" not in next(iter(odd[0]["currentDeployment"]["containers"].values()))
 
@@ -526,7 +527,7 @@ def test_process_mode(fleet: Fleet) -> None:
         assert wire(got) == copy.deepcopy(fleet.services(fleet.hub_account_id, "us-east-1"))
     finally:
         proc.terminate()
-        assert proc.wait(10) == 0 or proc.returncode == -15
+        assert proc.wait(60) in (0, -15)  # it handles SIGTERM, or dies of it
 
 
 # --------------------------------------------------------------------------- signatures

@@ -5,18 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import random
 import re
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 import pytest
+from helpers import stopped_at
 
 from inventory.errors import StoreError, StoreLocked
 from inventory.storage import schema
@@ -152,9 +153,10 @@ def digest(path: Path) -> str:
 
 
 def child(code: str) -> subprocess.Popen[str]:
-    """A Python child process running `code`, its stdout a pipe of lines."""
+    """A Python child process running `code`, its stdin and stdout pipes of lines."""
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -415,7 +417,8 @@ def test_reader_cannot_write(db: Path) -> None:
 
 def test_corrupt_file_is_refused_and_left_untouched(tmp_path: Path) -> None:
     path = tmp_path / "inventory.duckdb"
-    path.write_bytes(os.urandom(64 * 1024))
+    garbage = random.Random(3).randbytes  # the same bytes every run: one test, not many
+    path.write_bytes(garbage(64 * 1024))
     before = digest(path)
     for ro in (False, True):
         with pytest.raises(StoreError, match=r"not a DuckDB database") as info:
@@ -425,7 +428,7 @@ def test_corrupt_file_is_refused_and_left_untouched(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inventory.duckdb"]
     # a "DUCK" magic with garbage after it gets past the header check: DuckDB refuses it
     fake = tmp_path / "fake.duckdb"
-    fake.write_bytes(os.urandom(8) + b"DUCK" + os.urandom(8192))
+    fake.write_bytes(garbage(8) + b"DUCK" + garbage(8192))
     before = digest(fake)
     with pytest.raises(StoreError, match=re.escape(str(fake))):
         Store.open(fake)
@@ -607,44 +610,49 @@ def test_lock_file_names_the_holder(db: Path) -> None:
 
 
 def test_reader_works_between_writer_flushes(db: Path) -> None:
+    """In lockstep: after each of the writer's appends, a reader gets in and sees exactly
+    the rows committed so far, and none of them in the views until the run is finished."""
     Store.open(db).close()
     proc = child(
         f"""
-        import datetime as dt, sys, time
+        import sys
         sys.path.insert(0, {str(REPO / "tests")!r})
         from test_store import services, scan, T0
         from inventory.storage.store import Store
         s = Store.open({str(db)!r})
-        s.begin_run("r1", T0, 1, 25, "test")
-        print("begun", flush=True)
-        for i in range(25):
+        s.begin_run("r1", T0, 1, 5, "test")
+        for i in range(5):
             region = f"region-{{i}}"
             s.append("r1", {{"scans": scan("r1", "000000000001", region, True),
                              "container_services": services("r1", "000000000001", region, "a")}})
-            time.sleep(0.02)
+            print(f"appended {{i + 1}}", flush=True)
+            sys.stdin.readline()
         s.finish_run("r1", "complete")
         print("done", flush=True)
         s.close()
         """
     )
-    wait_line(proc, "begun")
-    seen: list[int] = []
+    try:
+        with Store.open(db, read_only=True) as r:
+            for i in range(1, 6):
+                wait_line(proc, f"appended {i}")
+                _, got = r.query_rows(
+                    "SELECT (SELECT count(*) FROM container_services), "
+                    "(SELECT status FROM runs WHERE run_id = 'r1'), "
+                    "(SELECT count(*) FROM latest_container_services)"
+                )
+                assert got == [(i, "running", 0)]  # the run is not finished: nothing visible
+                assert proc.stdin is not None
+                proc.stdin.write("\n")
+                proc.stdin.flush()
+        wait_line(proc, "done")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     with Store.open(db, read_only=True) as r:
-        while proc.poll() is None and len(seen) < 200:
-            _, rows = r.query_rows(
-                "SELECT (SELECT count(*) FROM container_services), "
-                "(SELECT status FROM runs WHERE run_id = 'r1'), "
-                "(SELECT count(*) FROM latest_container_services)"
-            )
-            count, status, visible = rows[0]
-            seen.append(count)
-            if status == "running":
-                assert visible == 0  # the run is not finished: nothing visible
-    wait_line(proc, "done")
-    assert proc.wait(timeout=30) == 0
-    assert seen == sorted(seen) and len(seen) > 1
-    with Store.open(db, read_only=True) as r:
-        assert len(latest(r)) == 25
+        assert len(latest(r)) == 5
 
 
 def test_same_process_reader_and_writer(store: Store, db: Path) -> None:
@@ -655,18 +663,23 @@ def test_same_process_reader_and_writer(store: Store, db: Path) -> None:
         assert r.query_rows("SELECT count(*) FROM scans")[1] == [(1,)]
 
 
-def test_reader_waits_then_fails_clearly_while_the_file_is_held(db: Path) -> None:
+def test_reader_waits_then_fails_clearly_while_the_file_is_held(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer holds the file until told to let go: a reader with a short wait fails
+    with a clear message; one with the default wait is refused at first, retries, and gets
+    in once the writer lets go (the test lets it go on the reader's first refusal)."""
     Store.open(db).close()
     proc = child(
         f"""
-        import sys, time
+        import sys
         from inventory.storage.store import Store
         s = Store.open({str(db)!r})
         with s.connection():
             print("holding", flush=True)
-            time.sleep(3)
+            sys.stdin.readline()
         print("released", flush=True)
-        time.sleep(30)
+        sys.stdin.readline()
         """
     )
     try:
@@ -676,9 +689,27 @@ def test_reader_waits_then_fails_clearly_while_the_file_is_held(db: Path) -> Non
         msg = str(info.value)
         assert f"being written by collect PID {proc.pid}" in msg and "retry shortly" in msg
         assert "Traceback" not in msg and "IO Error" not in msg
+
         # with the default retry it gets in once the writer lets go
-        with Store.open(db, read_only=True, busy_timeout=15) as r:
+        refused: list[str] = []
+        real_connect = duckdb.connect
+
+        def connect(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return real_connect(*args, **kwargs)
+            except duckdb.Error as e:
+                if not refused:  # the first refusal: now let the writer go
+                    assert proc.stdin is not None
+                    proc.stdin.write("\n")
+                    proc.stdin.flush()
+                    wait_line(proc, "released")
+                refused.append(str(e))
+                raise
+
+        monkeypatch.setattr(duckdb, "connect", connect)
+        with Store.open(db, read_only=True, busy_timeout=60) as r:
             assert r.runs() == []
+        assert len(refused) == 1, refused  # refused while held, in at the next try
     finally:
         proc.kill()
         proc.wait()
@@ -692,29 +723,31 @@ def test_sigkill_mid_append_leaves_earlier_runs_intact(db: Path) -> None:
     with Store.open(db) as s:
         write_run(s, "r1", at(0), {(a, "us-east-1"): ["one", "two"], (a, "eu-west-2"): None})
         before = s.query("SELECT * FROM container_services ORDER BY ALL")
+    # five whole appends, then the sixth stops itself after its INSERTs, before its COMMIT
+    # (the test hook), and is killed there
     proc = child(
         f"""
         import sys
         sys.path.insert(0, {str(REPO / "tests")!r})
         from test_store import services, scan, at
+        from inventory import testhook
         from inventory.storage.store import Store
         s = Store.open({str(db)!r})
-        s.begin_run("r2", at(60), 1, 10**6, "test")
-        i = 0
-        while True:
+        s.begin_run("r2", at(60), 1, 6, "test")
+        for i in range(6):
+            if i == 5:
+                testhook.PAUSE_AT = "append-uncommitted"
             region = f"region-{{i}}"
             names = [f"svc-{{i}}-{{k}}" for k in range(200)]
             s.append("r2", {{"scans": scan("r2", "{a}", region, True),
                              "container_services": services("r2", "{a}", region, *names)}})
-            i += 1
-            if i == 5:
-                print("appending", flush=True)
+        print("not stopped", flush=True)
         """
     )
-    wait_line(proc, "appending")
-    time.sleep(0.3)  # somewhere in the middle of an append, most likely
+    stopped_at(proc.pid, proc.poll)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    assert "test hook INVENTORY_TEST_PAUSE_AT=append-uncommitted" in proc.communicate()[1]
 
     with Store.open(db, read_only=True) as r:
         assert r.query("SELECT * FROM container_services WHERE run_id = 'r1' ORDER BY ALL").equals(
@@ -723,7 +756,7 @@ def test_sigkill_mid_append_leaves_earlier_runs_intact(db: Path) -> None:
         assert {x["run_id"]: x["status"] for x in r.runs()} == {"r1": "partial", "r2": "running"}
         assert latest(r) == [(a, "us-east-1", "one", "r1"), (a, "us-east-1", "two", "r1")]
         _, rows = r.query_rows("SELECT count(*) FROM container_services WHERE run_id = 'r2'")
-        assert rows[0][0] % 200 == 0 and rows[0][0] >= 5 * 200  # whole appends only
+        assert rows[0][0] == 5 * 200  # the five committed appends; the sixth's rows are gone
     with Store.open(db) as s:  # the lock died with the child
         assert s.begin_run("r3", at(120), 1, 1, "test") == ["r2"]
         r1 = s.run("r1")

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from inventory import __version__, logs
+from inventory import __version__, logs, testhook
 from inventory.aws.credentials import run_session_name
 from inventory.errors import InventoryError, UsageError
 from inventory.model import Account, ErrorRecord, Plan, utcnow
@@ -378,6 +378,7 @@ async def run_collect(
     except BaseException:
         store.close()
         raise
+    testhook.pause_at("store-opened")
     interrupts = Interrupts(summary)
     failure_log = logs.FailureLog(run_id)
     begun = finished = False
@@ -391,6 +392,7 @@ async def run_collect(
             if tables:
                 failure_log.batch(tables)
                 await asyncio.to_thread(store.append, run_id, tables)
+                testhook.pause_at("batch-appended")
 
         def begin(accounts: list[Account], workers: int) -> None:
             nonlocal begun
@@ -405,6 +407,7 @@ async def run_collect(
                 fleet_defining=plan.fleet_defining,
             )
             begun = True
+            testhook.pause_at("run-begun")
             logs.run_start(
                 run_id,
                 accounts=summary.accounts,
@@ -470,6 +473,7 @@ async def run_collect(
             containers=tally.containers,
         )
         finished = True
+        testhook.pause_at("run-finished")
         if parquet_dest:
             summary.parquet_dest = parquet_dest
             try:

@@ -24,6 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from inventory import testhook
 from inventory.errors import InventoryError
 from inventory.model import Account, Plan
 from inventory.storage.flatten import UNKNOWN_MEMBER, Flattener
@@ -60,6 +61,7 @@ def _early_stop(signum: int, frame: object) -> None:
 def _worker_main(
     q: Any, plan: Plan, accounts: list[Account], run_id: str, key: bytes | None, index: int
 ) -> None:
+    testhook.pause_at("worker-start")  # its signals still blocked, as while importing
     # Ctrl-C reaches the whole process group: the parent decides, and forwards SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _early_stop)

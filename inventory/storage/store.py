@@ -55,6 +55,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from inventory import testhook
 from inventory.errors import BadStore, StoreError, StoreLocked
 from inventory.storage import schema
 from inventory.storage.files import make_dirs, open_private, private_umask
@@ -154,6 +155,7 @@ class WriterLock:
                     raise StoreLocked(
                         db_name, holder.describe() if holder else "another process"
                     ) from None
+                testhook.pause_at("lock-wait")
                 time.sleep(_POLL * 2)
                 continue
             except BaseException:
@@ -595,6 +597,7 @@ class Store:
                         con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM {view}")
                     finally:
                         con.unregister(view)
+                testhook.pause_at("append-uncommitted")
                 con.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(duckdb.Error):
