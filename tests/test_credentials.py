@@ -8,6 +8,7 @@ credential lifetime, never one per region. All over real HTTP against the simula
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -130,14 +131,25 @@ async def test_concurrent_regions_share_one_assume_role(make_simulator: Any) -> 
 
 
 class ExpireAtFirstCall(Simulator):
-    """Every session issued so far expires when the first Lightsail call arrives."""
+    """Every account's session expires when the first Lightsail call arrives: the calls
+    wait until each account of the fleet has been issued one (the collector may still be
+    assuming the last roles when its first calls come), then they all expire at once and
+    every waiting call goes on, with credentials that have now expired."""
 
-    expired = False
+    expiring: asyncio.Event | None = None
+    expired: asyncio.Event | None = None
 
     async def _lightsail(self, request: web.Request, op: str, body: bytes) -> Any:
-        if not self.expired:
-            self.expired = True
+        if self.expiring is None:  # the first call: expire every session, once all exist
+            self.expiring, self.expired = asyncio.Event(), asyncio.Event()
+            deadline = asyncio.get_running_loop().time() + 30
+            while {c.account_id for c in self.issued_credentials()} != set(self.fleet.account_ids):
+                assert asyncio.get_running_loop().time() < deadline, "roles never assumed"
+                await asyncio.sleep(0.005)
             self.expire_all_credentials()
+            self.expired.set()
+        assert self.expired is not None
+        await self.expired.wait()
         return await super()._lightsail(request, op, body)
 
 
