@@ -122,3 +122,17 @@ def _write_accounts(
 @pytest.fixture
 def write_accounts() -> WriteAccounts:
     return _write_accounts
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """moto's server (the S3 stand-in) on 127.0.0.1, a free port, for the module's tests."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +26,6 @@ REGIONS = ("us-east-1", "eu-west-2")
 DAY1 = dt.datetime(2026, 4, 1, 5, 0, tzinfo=dt.UTC)
 DAY2 = dt.datetime(2026, 4, 2, 5, 0, tzinfo=dt.UTC)
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture

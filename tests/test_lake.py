@@ -254,23 +254,15 @@ def test_export_from_a_reader(store: Store, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+def s3_endpoint(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    endpoint = moto_endpoint
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
-    try:
-        yield endpoint
-    finally:
-        server.stop()
+    return endpoint
 
 
 def test_export_to_s3(store: Store, s3_endpoint: str) -> None:

@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -207,19 +207,6 @@ def test_rebuild_from_the_lake_answers_as_the_original(
     assert not (night.tmp / "x").exists()
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def bucket(night: Night, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh bucket on moto (AWS_ENDPOINT_URL_S3), beside the simulator's endpoints."""
@@ -360,7 +347,7 @@ def test_a_lost_fingerprint_key_is_not_replaced_silently(night: Night) -> None:
 def test_switching_include_env_values_is_not_a_change_of_every_value(night: Night) -> None:
     assert night.collect().exit_code == 0
     assert night.collect("--include-env-values").exit_code == 0
-    runs = rows(night.db, "select fingerprint_key_id, env_values from runs order by run_id")
+    runs = rows(night.db, "select fingerprint_key_id, env_values from runs order by started_at")
     assert [r["env_values"] for r in runs] == [False, True]
     assert runs[1]["fingerprint_key_id"] is None
     changes, data = env_value_changes(night.db)
