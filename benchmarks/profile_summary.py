@@ -18,7 +18,12 @@ from collections import Counter
 from pathlib import Path
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
-_MARKERS = ("site-packages/", "/lib/python3.11/", "/lib/python3", "/work/main/")
+_MARKERS = (
+    "site-packages/",
+    "/lib/python3.11/",
+    "/lib/python3",
+    f"{Path(__file__).resolve().parents[1]}/",
+)
 
 
 def _short(path: str) -> str:
