@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,3 +46,19 @@ def pause_env(env: dict[str, str], point: str) -> dict[str, str]:
     """`env` with INVENTORY_TEST_PAUSE_AT=`point` (one of testhook.POINTS)."""
     assert point in testhook.POINTS, point
     return {**env, testhook.ENV: point}
+
+
+def policies(text: str) -> list[dict[str, Any]]:
+    """The JSON policy documents printed in the output (indented blocks from '{' to '}')."""
+    found: list[dict[str, Any]] = []
+    block: list[str] | None = None
+    indent = 0
+    for line in text.splitlines():
+        if line.strip() == "{" and block is None:
+            block, indent = [], line.index("{")
+        if block is not None:
+            block.append(line)
+            if line.strip() == "}" and line.index("}") == indent:
+                found.append(json.loads("\n".join(block)))
+                block = None
+    return found

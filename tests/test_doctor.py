@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import policies
 from typer.testing import CliRunner
 
 from inventory.answers.doctor import trust_principal
@@ -32,22 +32,6 @@ def write_accounts(path: Path, ids: list[str], extra: str = "") -> Path:
 def doctor(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(app, ["doctor", *args])
     return result.exit_code, result.stdout
-
-
-def policies(text: str) -> list[dict[str, Any]]:
-    """The JSON policy documents printed in the output (indented blocks from '{' to '}')."""
-    found: list[dict[str, Any]] = []
-    block: list[str] | None = None
-    indent = 0
-    for line in text.splitlines():
-        if line.strip() == "{" and block is None:
-            block, indent = [], line.index("{")
-        if block is not None:
-            block.append(line)
-            if line.strip() == "}" and line.index("}") == indent:
-                found.append(json.loads("\n".join(block)))
-                block = None
-    return found
 
 
 def line_of(text: str, *words: str) -> str:

@@ -6,7 +6,6 @@ does)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from helpers import policies
 from typer.testing import CliRunner
 
 from inventory.cli import app
@@ -22,22 +22,6 @@ from inventory.simulator import HUB_ACCOUNT_ID, Faults, Fleet, Simulator
 MakeSimulator = Callable[..., Simulator]
 ROLE = "LightsailInventoryReader"
 RUN_ID = "20261127T053650Z-3f9a1c"
-
-
-def policies(text: str) -> list[dict[str, Any]]:
-    """The JSON policy documents printed by doctor (indented blocks from '{' to '}')."""
-    found: list[dict[str, Any]] = []
-    block: list[str] | None = None
-    indent = 0
-    for line in text.splitlines():
-        if line.strip() == "{" and block is None:
-            block, indent = [], line.index("{")
-        if block is not None:
-            block.append(line)
-            if line.strip() == "}" and line.index("}") == indent:
-                found.append(json.loads("\n".join(block)))
-                block = None
-    return found
 
 
 def accounts_file(path: Path, head: str, accounts: dict[str, str | None]) -> Path:
