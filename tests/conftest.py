@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -9,6 +11,20 @@ from pathlib import Path
 import pytest
 
 from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
+
+
+# --------------------------------------------------------------------------- system binaries
+def require_binary(name: str) -> str:
+    """The path of a system program a test needs (Debian's prometheus-pushgateway, chromium).
+    Under CI (.ci/run installs them) a missing one fails the test; elsewhere it skips, saying
+    how to install it."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is missing: .ci/run installs it (apt-get install {name})")
+        pytest.skip(f"{name} is not installed (apt-get install {name})")
+    return path
+
 
 # --------------------------------------------------------------------------- simulator
 # `fleet`: 6 member accounts + the hub, seed 1 (member 0 is the showcase account).
