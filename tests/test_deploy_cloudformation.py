@@ -116,13 +116,16 @@ def test_template_passes_cfn_lint(path: Path) -> None:
     assert not matches, "\n".join(str(m) for m in matches)
 
 
-def test_cfn_lint_catches_a_wrong_property(tmp_path: Path) -> None:
-    """The lint test can fail: a misspelt property of the same template is an error."""
+def test_cfn_lint_catches_a_wrong_property_and_a_warning(tmp_path: Path) -> None:
+    """The lint test can fail: a misspelt property of the same template is an error, an
+    unused parameter a warning."""
     text = (TEMPLATES / "fargate-schedule.yaml").read_text(encoding="utf-8")
-    assert "FlexibleTimeWindow:" in text
+    assert "FlexibleTimeWindow:" in text and "\nParameters:\n" in text
     bad = tmp_path / "bad.yaml"
-    bad.write_text(text.replace("FlexibleTimeWindow:", "FlexibleWindow:"), encoding="utf-8")
-    assert any("FlexibleWindow" in str(m) for m in lint_file(bad))
+    text = text.replace("FlexibleTimeWindow:", "FlexibleWindow:")
+    bad.write_text(text.replace("\nParameters:\n", "\nParameters:\n  Unused:\n    Type: String\n"))
+    found = {m.rule.id: str(m) for m in lint_file(bad)}
+    assert "FlexibleWindow" in found.get("E3002", "") and "Unused" in found.get("W2001", "")
 
 
 def test_the_expected_templates_exist() -> None:

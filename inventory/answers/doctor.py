@@ -16,7 +16,8 @@ Checks, in order (a failed step that later ones depend on stops them):
    the aiobotocore client with `--engine botocore`), so that a setup doctor passes is one
    collect can use: same endpoint, same signer, same HTTP client.
 
-Each problem comes with what fixes it: the IAM policy snippet (docs/iam.md) filled in with
+Each problem comes with what fixes it: the IAM policy snippet (docs/iam.md; its statements
+from inventory/iam.py, the one list of actions per feature) filled in with
 this setup's role name, hub principal and ExternalId. No credential is ever printed.
 """
 
