@@ -259,6 +259,16 @@ def collect(
             "shared by every shard. Default: a new one.",
         ),
     ] = None,
+    run_id_from_job: Annotated[
+        str | None,
+        typer.Option(
+            "--run-id-from-job",
+            envvar="INVENTORY_JOB_NAME",
+            help="Derive --run-id from a Kubernetes Job's name <cronjob>-<minutes since the "
+            "epoch>: the scheduled time, then 6 hex digits of its SHA-256 (the same in every "
+            "pod of the Job). Example: --run-id-from-job lightsail-inventory-29930520",
+        ),
+    ] = None,
 ) -> None:
     """Collect every container service of every account and region into DuckDB and Parquet.
 
@@ -289,6 +299,7 @@ def collect(
             deep=deep,
             max_answer_bytes=max_answer_bytes,
         )
+        run_id = runid.resolve_run_id(run_id, run_id_from_job)
         part = runid.resolve_shard(shard, shards, run_id, os.environ)
         plan = config_mod.load_plan(config, regions=regions, org=org, options=options)
         if no_parquet and parquet_dir != DEFAULT_PARQUET:
