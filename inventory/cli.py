@@ -247,7 +247,7 @@ def collect(
         typer.Option(
             "--shards",
             help="Like --shard K/N with K from AWS_BATCH_JOB_ARRAY_INDEX or "
-            "JOB_COMPLETION_INDEX (array jobs); needs --run-id.",
+            "JOB_COMPLETION_INDEX (array jobs); needs --run-id or --run-id-from-job.",
         ),
     ] = None,
     run_id: Annotated[

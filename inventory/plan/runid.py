@@ -191,7 +191,8 @@ def resolve_shard(
         raise UsageError(
             f"{flag} needs --run-id: the id every shard of the run shares, chosen once by "
             f"whoever starts them ({RUN_ID_FORMAT}, e.g. "
-            "$(date -u +%Y%m%dT%H%M%SZ)-$(openssl rand -hex 3))"
+            "$(date -u +%Y%m%dT%H%M%SZ)-$(openssl rand -hex 3)), or --run-id-from-job in a "
+            "Kubernetes Job"
         )
     return found
 
