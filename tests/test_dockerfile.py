@@ -2,7 +2,9 @@
 tag, the install steps are scripts/install-wheel.sh (the script tests/test_install.py runs) run
 in a build stage, and the final stage is that virtual environment only, run by a fixed
 non-root user with ENTRYPOINT exactly ["inventory"]. The build context (.dockerignore) holds
-what the script reads and nothing else of the checkout.
+what the script reads and nothing else of the checkout. And the build stage, done by hand
+here (its COPYs from the filtered context into an empty folder, then its RUN), works, and so
+does the final stage's ENTRYPOINT + CMD.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -94,6 +99,32 @@ def included(path: str, patterns: list[str]) -> bool:
     return keep
 
 
+def dockerignore() -> list[str]:
+    return [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+
+def copy_instruction(rest: str, workdir: Path, patterns: list[str]) -> None:
+    """`COPY SRC... DEST` into `workdir` as Docker does it from the build context: a folder's
+    contents go into DEST, a file into DEST/ (DEST ends in '/'), files .dockerignore leaves
+    out of the context are not there to copy."""
+    *sources, dest = shlex.split(rest)
+    target = workdir / dest
+    for source in sources:
+        top = ROOT / source.rstrip("/")
+        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
+        for file in files:
+            relative = file.relative_to(ROOT).as_posix()
+            if not included(relative, patterns):
+                continue
+            inside = file.name if file == top else file.relative_to(top).as_posix()
+            (target / inside).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, target / inside)
+
+
 @pytest.fixture(scope="module")
 def stages() -> list[Stage]:
     return parse((ROOT / "Dockerfile").read_text(encoding="utf-8"))
@@ -153,11 +184,7 @@ def test_the_final_stage_is_the_venv_run_by_a_fixed_non_root_user(stages: list[S
 
 
 def test_the_build_context_is_what_the_script_reads() -> None:
-    patterns = [
-        line.strip()
-        for line in (ROOT / ".dockerignore").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
+    patterns = dockerignore()
     for needed in ("pyproject.toml", "README.md", "requirements/runtime.txt",
                    "inventory/cli.py", "sql/queries/monthly_cost.sql", SCRIPT):  # fmt: skip
         assert (ROOT / needed).exists() and included(needed, patterns), needed
@@ -165,3 +192,39 @@ def test_the_build_context_is_what_the_script_reads() -> None:
                      ".git/config", "tests/conftest.py", "benchmarks/run.py",
                      "inventory/__pycache__/cli.cpython-311.pyc", "data/.inventory-key"):  # fmt: skip
         assert not included(kept_out, patterns), kept_out
+
+
+@pytest.mark.slow
+def test_the_build_stage_done_by_hand_makes_a_working_inventory(
+    tmp_path: Path, stages: list[Stage]
+) -> None:
+    build, final = stages
+    (workdir,) = build.all("WORKDIR")
+    src = tmp_path / workdir.lstrip("/")
+    src.mkdir()
+    for rest in build.all("COPY"):
+        copy_instruction(rest, src, dockerignore())
+    assert not (src / "tests").exists() and (src / "inventory" / "cli.py").is_file()
+    (run,) = build.all("RUN")
+    script, venv = shlex.split(run)
+    opt = tmp_path / venv.lstrip("/")
+    done = subprocess.run(
+        [str(src / script), str(opt)],
+        cwd=src,
+        env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "== ok:" in done.stdout and ": complete" in done.stdout  # the demo ran in the build
+    # `docker run IMAGE`: ENTRYPOINT + CMD, found on the final stage's PATH
+    (entrypoint,), (cmd,) = final.all("ENTRYPOINT"), final.all("CMD")
+    program, *args = exec_form(entrypoint) + exec_form(cmd)
+    path = re.search(r"PATH=(\S+?):", " ".join(final.all("ENV")))
+    assert path is not None and path[1] == venv + "/bin"
+    shown = subprocess.run(
+        [str(opt / "bin" / program), *args], capture_output=True, text=True, timeout=120
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "collect" in shown.stdout and "Example" in shown.stdout
