@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
-import os
 import re
 import shlex
 import shutil
@@ -20,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import install_wheel
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = "scripts/install-wheel.sh"
@@ -208,14 +208,7 @@ def test_the_build_stage_done_by_hand_makes_a_working_inventory(
     (run,) = build.all("RUN")
     script, venv = shlex.split(run)
     opt = tmp_path / venv.lstrip("/")
-    done = subprocess.run(
-        [str(src / script), str(opt)],
-        cwd=src,
-        env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    done = install_wheel(src / script, opt, cwd=src)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "== ok:" in done.stdout and ": complete" in done.stdout  # the demo ran in the build
     # `docker run IMAGE`: ENTRYPOINT + CMD, found on the final stage's PATH
