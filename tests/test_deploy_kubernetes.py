@@ -217,10 +217,11 @@ def test_the_configmaps_accounts_file_loads(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- one night, sharded
 
 
-def inventory(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def inventory(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """`inventory ARGS` as a pod runs it: a process of its own, with the pod's environment."""
     return subprocess.run(
         [sys.executable, "-m", "inventory", *args],
+        cwd=cwd,
         env={**os.environ, "COLUMNS": "200", **env},
         capture_output=True,
         text=True,
@@ -246,12 +247,15 @@ def test_two_indexed_pods_write_one_run(
         for a in container(cronjob("indexed-job.yaml"))["args"]
     ]
     job_name = "lightsail-inventory-sharded-29930520"  # 2026-11-28T02:00Z, as the CronJob names it
-    pod_env = {"INVENTORY_JOB_NAME": job_name, KEY_ENV: "k" * 40}
+    # the pod's root file system is read-only: nothing may be written to HOME
+    home, data = tmp_path / "home-never-written", tmp_path / "data"
+    data.mkdir()
+    pod_env = {"INVENTORY_JOB_NAME": job_name, KEY_ENV: "k" * 40, "HOME": str(home)}
     expected = "20261128T020000Z-" + hashlib.sha256(job_name.encode()).hexdigest()[:6]
 
     def pod(index: int, db: str) -> dict[str, Any]:
         env = {**pod_env, "JOB_COMPLETION_INDEX": str(index)}
-        done = inventory(*args, f"--db={tmp_path / db}", env=env)
+        done = inventory(*args, f"--db={data / db}", env=env, cwd=data)
         assert done.returncode == 0, done.stderr[-3000:]
         end: dict[str, Any] = json.loads(done.stdout)  # --log-format json: the run_end event
         return end
@@ -265,7 +269,7 @@ def test_two_indexed_pods_write_one_run(
     query = inventory(
         "query", "--lake", str(lake), "--format", "json",
         "select run_id, shard, shards, status, started_at from runs order by shard",
-        env={},
+        env={}, cwd=tmp_path,
     )  # fmt: skip
     assert query.returncode == 0, query.stderr
     runs = json.loads(query.stdout)
@@ -276,6 +280,9 @@ def test_two_indexed_pods_write_one_run(
     assert {r["started_at"][:19] for r in runs} == {"2026-11-28T02:00:00"}
     parts = sorted(p.name for p in (lake / "runs" / "run_date=2026-11-28").iterdir())
     assert parts == [f"{expected}.shard-0.parquet", f"{expected}.shard-1.parquet"]
+    # each pod wrote its --db (and its WAL, lock) on its emptyDir, nothing in HOME
+    assert not home.exists()
+    assert {p.name.split(".")[0] for p in data.iterdir()} == {"pod-0", "pod-1", "pod-1-retry"}
 
 
 # --------------------------------------------------------------------------- the run id rules
