@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,4 +77,17 @@ def install_wheel(script: Path, dest: Path, cwd: Path) -> subprocess.CompletedPr
         capture_output=True,
         text=True,
         timeout=900,
+    )
+
+
+def inventory(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`inventory ARGS` as a user (or a pod) runs it: a process of its own, in `cwd`, with
+    `env` over this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "inventory", *args],
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "200", **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )

@@ -15,10 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ import kubernetes_validate
 import pytest
 import typer
 import yaml
+from helpers import inventory
 from typer.testing import CliRunner
 
 from inventory.cli import app
@@ -215,18 +213,6 @@ def test_the_configmaps_accounts_file_loads(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- one night, sharded
-
-
-def inventory(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`inventory ARGS` as a pod runs it: a process of its own, with the pod's environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "inventory", *args],
-        cwd=cwd,
-        env={**os.environ, "COLUMNS": "200", **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_two_indexed_pods_write_one_run(

@@ -9,28 +9,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import install_wheel
+from helpers import install_wheel, inventory
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "install-wheel.sh"
 DEV_TOOLS = {"pytest", "pytest-asyncio", "moto", "flask", "docker", "mypy", "ruff", "pyinstrument"}
-
-
-def inventory(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`inventory ARGS` as a user runs it: a process of its own."""
-    return subprocess.run(
-        [sys.executable, "-m", "inventory", *args],
-        cwd=cwd,
-        env={**os.environ, "COLUMNS": "200", **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.mark.slow
