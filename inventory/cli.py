@@ -247,7 +247,7 @@ def collect(
         typer.Option(
             "--shards",
             help="Like --shard K/N with K from AWS_BATCH_JOB_ARRAY_INDEX or "
-            "JOB_COMPLETION_INDEX (array jobs); needs --run-id.",
+            "JOB_COMPLETION_INDEX (array jobs); needs --run-id or --run-id-from-job.",
         ),
     ] = None,
     run_id: Annotated[
@@ -257,6 +257,16 @@ def collect(
             envvar="INVENTORY_RUN_ID",
             help="The run's id (YYYYMMDDTHHMMSSZ-suffix; its time is the run's started_at), "
             "shared by every shard. Default: a new one.",
+        ),
+    ] = None,
+    run_id_from_job: Annotated[
+        str | None,
+        typer.Option(
+            "--run-id-from-job",
+            envvar="INVENTORY_JOB_NAME",
+            help="Derive --run-id from a Kubernetes Job's name <cronjob>-<minutes since the "
+            "epoch>: the scheduled time, then 6 hex digits of its SHA-256 (the same in every "
+            "pod of the Job). Example: --run-id-from-job lightsail-inventory-29930520",
         ),
     ] = None,
 ) -> None:
@@ -289,6 +299,7 @@ def collect(
             deep=deep,
             max_answer_bytes=max_answer_bytes,
         )
+        run_id = runid.resolve_run_id(run_id, run_id_from_job)
         part = runid.resolve_shard(shard, shards, run_id, os.environ)
         plan = config_mod.load_plan(config, regions=regions, org=org, options=options)
         if no_parquet and parquet_dir != DEFAULT_PARQUET:
