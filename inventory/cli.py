@@ -282,9 +282,11 @@ def collect(
         list[str] | None,
         typer.Option(
             "--notify",
+            envvar="INVENTORY_NOTIFY",
             help="When the run ends, POST a JSON message to this http(s) URL (a Slack "
-            "incoming webhook shows its text), or publish it to sns:TOPIC_ARN; repeatable "
-            "(docs/alerts.md).",
+            "incoming webhook shows its text), or publish it to sns:TOPIC_ARN; repeatable, "
+            "or space-separated in INVENTORY_NOTIFY (keeps a webhook's token out of process "
+            "lists). docs/alerts.md",
             show_default=False,
         ),
     ] = None,

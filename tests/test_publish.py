@@ -27,6 +27,7 @@ from helpers import rows
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
+from inventory.aws.pacing import default_floor
 from inventory.cli import app
 from inventory.model import ErrorRecord, utcnow
 from inventory.publish import message, metrics, send
@@ -228,6 +229,25 @@ def test_a_failed_run_keeps_the_last_success_time(
     assert codes == set(R3)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_throttled_answers_and_the_lowest_rate(
+    night: Callable[..., Any], tmp_path: Path, workers: int
+) -> None:
+    """Every throttled answer the simulator gave is counted (across worker processes), and
+    the lowest rate is the whole run's (each of N workers paces 1/N of --rate)."""
+    night.sim.faults.throttle_rate = 0.3  # type: ignore[attr-defined]
+    prom = tmp_path / "m.prom"
+    result = night("--metrics-file", str(prom), "--rate", "40", "--workers", str(workers))
+    assert result.exit_code == 3, result.output
+    stats = night.sim.stats()  # type: ignore[attr-defined]
+    throttled = sum(op.get("throttled", 0) for op in stats["operations"].values())
+    assert throttled > 0
+    got = samples(prom.read_text())
+    assert value(got, "throttled_answers", shard="all") == throttled
+    lowest = value(got, "lowest_rate_calls_per_second", shard="all")
+    assert default_floor(40 / workers) * workers <= lowest <= 20  # halved at least once
+
+
 def test_a_pushgateway_that_is_down_changes_nothing(
     night: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -315,6 +335,17 @@ def test_webhook_gets_one_json_message(
     assert f"{DENIED_REGION} AccessDeniedException: 1 target" in msg["text"]
     assert msg["changes"]["compared"] == 0  # the first run: nothing before it
     assert "s3cr3tt0k3n" not in result.output  # the webhook's token is never shown
+
+
+def test_notify_targets_from_the_environment(
+    night: Callable[..., Any], hook: Callable[..., Hook], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """INVENTORY_NOTIFY (space-separated) keeps a webhook's token out of the process list."""
+    a, b = hook(), hook()
+    monkeypatch.setenv("INVENTORY_NOTIFY", f"{a.url} {b.url}")
+    assert night().exit_code == 3
+    [got_a], [got_b] = a.delivered(), b.delivered()
+    assert got_a == got_b and got_a["status"] == "partial"
 
 
 def test_changes_since_the_previous_run_from_the_store_then_the_lake(
