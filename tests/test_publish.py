@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import logging
 import os
 import re
 import socket
@@ -112,12 +113,13 @@ def free_port() -> int:
 # --------------------------------------------------------------------------- Pushgateway
 @pytest.fixture
 def pushgateway(tmp_path: Path) -> Iterator[str]:
-    """Debian's prometheus-pushgateway on a free 127.0.0.1 port, no persistence file."""
+    """Debian's prometheus-pushgateway on a free 127.0.0.1 port, in memory only (Debian's
+    default persists to /var/lib/prometheus: every test would see the others' groups)."""
     binary = require_binary("prometheus-pushgateway")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}"],
+        [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=tmp_path,
@@ -227,6 +229,24 @@ def test_a_failed_run_keeps_the_last_success_time(
     # the main group was replaced: no failure series of the first run is left over
     codes = {dict(k[1])["region"] for k in on_gateway if k[0].endswith("failed_targets")}
     assert codes == set(R3)
+
+
+def test_a_shard_pushes_to_its_own_group(
+    night: Callable[..., Any], tmp_path: Path, pushgateway: str
+) -> None:
+    """A shard's label has a '/' (pushed base64-encoded in the group's URL path)."""
+    for k in (0, 1):
+        run_id = "20261129T010000Z-night"
+        flags = ["--pushgateway", pushgateway, "--shard", f"{k}/2", "--run-id", run_id]
+        result = night(*flags, db=tmp_path / f"shard{k}.duckdb")
+        assert result.exit_code in (0, 3), result.output
+    got = gateway_samples(pushgateway)
+    for k in (0, 1):
+        [run] = rows(tmp_path / f"shard{k}.duckdb", "select * from runs")
+        labels = {**GATEWAY, "shard": f"{k}/2"}
+        assert value(got, "accounts", **labels) == run["accounts"]
+        assert value(got, "targets", outcome="ok", **labels) == run["targets_ok"]
+    assert {dict(k[1])["shard"] for k in got} == {"0/2", "1/2"}
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -575,3 +595,21 @@ def test_textfile_mode_ignores_the_umask(tmp_path: Path) -> None:
     got = samples(path.read_text())
     assert value(got, "last_run_status", status="failed", shard="0/4") == 1
     assert not [k for k in got if k[0] == metrics.LAST_SUCCESS]  # never succeeded
+
+
+def test_a_file_that_cannot_be_written_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from inventory.publish.ends import publish
+    from inventory.run.pipeline import RunSummary
+
+    now = utcnow()
+    gone = tmp_path / "gone"  # checked when the run started, removed since
+    where = Publishing(metrics_file=gone / "m.prom", summary_json=gone / "s.json")
+    with caplog.at_level(logging.WARNING, logger="inventory.publish"):
+        publish(RunSummary("20261129T000000Z-abc", "complete", now, now), None, where)
+    events = [(r.event, r.fields["reason"]) for r in caplog.records]  # type: ignore[attr-defined]
+    assert events == [
+        ("summary_failed", "FileNotFoundError"),
+        ("metrics_failed", "FileNotFoundError"),
+    ]

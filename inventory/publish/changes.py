@@ -59,6 +59,6 @@ def since_previous(summary: Any) -> dict[str, Any] | None:
             f"run {summary.run_id}: the changes since the previous run could not be read "
             f"({type(exc).__name__}); the notification goes without them",
             run_id=summary.run_id,
-            error=type(exc).__name__,
+            reason=type(exc).__name__,
         )
         return None

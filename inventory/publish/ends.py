@@ -6,7 +6,6 @@ own: one that fails is logged and the others still go; none changes the exit sta
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from inventory.plan.runid import Shard
 from inventory.publish import changes, metrics, send
 from inventory.publish import message as message_mod
 from inventory.publish.targets import Publishing, shown_url
-from inventory.storage.files import keep_mode, temp_beside
+from inventory.storage.files import write_replacing
 
 log = logging.getLogger("inventory.publish")
 
@@ -28,16 +27,7 @@ def shard_label(shard: Shard | None) -> str:
 def write_summary(path: Path, summary: Any) -> None:
     """The run_end event's object (logs.summary_json) as the file's one line, written
     atomically; a new file is private like every file the tool makes (files.py)."""
-    data = (logs.summary_json(summary) + "\n").encode("utf-8")
-    fd, tmp = temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        keep_mode(path, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_replacing(path, (logs.summary_json(summary) + "\n").encode("utf-8"))
 
 
 def _local(kind: str, path: Path, write: Any, run_id: str) -> None:

@@ -14,7 +14,6 @@ run stored a snapshot, status complete or partial) must survive a failed run, or
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to_gateway
 from prometheus_client.parser import text_string_to_metric_families
 
-from inventory.storage.files import temp_beside
+from inventory.storage.files import write_replacing
 
 JOB = "lightsail_inventory"
 PREFIX = "lightsail_inventory_"
@@ -121,15 +120,7 @@ def write_textfile(path: Path, summary: Any, shard: str) -> None:
     """Write the metrics to `path` atomically (a temporary file in the same folder, renamed
     over it: node_exporter never reads half a file), mode 0644 whatever the umask."""
     data = textfile(summary, shard, previous_success(path, shard))
-    fd, tmp = temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, TEXTFILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_replacing(path, data, TEXTFILE_MODE)
 
 
 def push(url: str, summary: Any, shard: str) -> None:
