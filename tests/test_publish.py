@@ -554,11 +554,69 @@ def test_failure_groups_count_every_target_and_take_the_stored_message() -> None
     ]
 
 
-def test_alert_rules_use_metrics_the_run_writes() -> None:
-    """docs/metrics.md's rule file names only metrics a run writes (checked by name)."""
+def rules_block() -> str:
+    """The Prometheus rule file of docs/metrics.md (its one yaml block)."""
     doc = (Path(__file__).parents[1] / "docs" / "metrics.md").read_text()
     [block] = re.findall(r"```yaml\n(.*?)```", doc, re.S)
-    rules = yaml.safe_load(block)["groups"][0]["rules"]
+    return str(block)
+
+
+# promtool's unit test of the two rules: the last success 25 h ago (quiet), 27 h (fires);
+# 3 failed targets (quiet), then 11 (fires, N = 10).
+RULE_TESTS = """
+rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1h
+    input_series:
+      - series: 'lightsail_inventory_last_success_timestamp_seconds{shard="all",job="lightsail_inventory",instance="",result="success"}'
+        values: '0x30'
+      - series: 'lightsail_inventory_targets{shard="0/2",outcome="failed"}'
+        values: '3 11'
+    alert_rule_test:
+      - eval_time: 25h
+        alertname: LightsailInventoryNoSuccess
+        exp_alerts: []
+      - eval_time: 27h
+        alertname: LightsailInventoryNoSuccess
+        exp_alerts:
+          - exp_labels: {severity: warning, shard: all}
+            exp_annotations:
+              summary: "No successful lightsail-inventory run for more than 26 hours (shard all)"
+              description: "The nightly collect has not stored a snapshot for 1d 3h 0m 0s: see its log and the runs table (inventory runs)."
+      - eval_time: 0h
+        alertname: LightsailInventoryFailedTargets
+        exp_alerts: []
+      - eval_time: 1h
+        alertname: LightsailInventoryFailedTargets
+        exp_alerts:
+          - exp_labels: {severity: warning, shard: 0/2}
+            exp_annotations:
+              summary: "11 account × region targets failed in the last lightsail-inventory run (shard 0/2)"
+              description: "lightsail_inventory_failed_targets says which regions and error codes; the errors table names the accounts."
+"""
+
+
+def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
+    """docs/metrics.md's rules are valid (promtool check rules) and fire when they should
+    (promtool test rules)."""
+    promtool = require_binary("promtool", package="prometheus")
+    (tmp_path / "rules.yml").write_text(rules_block())
+    (tmp_path / "tests.yml").write_text(RULE_TESTS)
+    check = subprocess.run(
+        [promtool, "check", "rules", "rules.yml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS: 2 rules found" in check.stdout
+    test = subprocess.run(
+        [promtool, "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert test.returncode == 0, test.stdout + test.stderr
+
+
+def test_alert_rules_use_metrics_the_run_writes() -> None:
+    """docs/metrics.md's rule file names only metrics a run writes (checked by name)."""
+    rules = yaml.safe_load(rules_block())["groups"][0]["rules"]
     assert {r["alert"] for r in rules} == {
         "LightsailInventoryNoSuccess",
         "LightsailInventoryFailedTargets",
