@@ -266,6 +266,8 @@ def test_throttled_answers_and_the_lowest_rate(
     assert value(got, "throttled_answers", shard="all") == throttled
     lowest = value(got, "lowest_rate_calls_per_second", shard="all")
     assert default_floor(40 / workers) * workers <= lowest <= 20  # halved at least once
+    denied = {"region": DENIED_REGION, "error_code": "AccessDeniedException", "shard": "all"}
+    assert value(got, "failed_targets", **denied) == 1  # counted in whichever process
 
 
 def test_a_pushgateway_that_is_down_changes_nothing(

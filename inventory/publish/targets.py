@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 from inventory.errors import UsageError
 
 SNS_PREFIX = "sns:"
-# arn:PARTITION:sns:REGION:ACCOUNT:NAME (a topic name: 1-256 letters, digits, '_', '-';
+# arn:PARTITION:sns:REGION:ACCOUNT:NAME (aws, aws-cn, aws-us-gov, …; a topic name: 1-256 letters, digits, '_', '-';
 # a FIFO topic's ends in '.fifo': SNS CreateTopic's constraints)
 _TOPIC_ARN = re.compile(
-    r"arn:(?P<partition>aws|aws-cn|aws-us-gov):sns:(?P<region>[a-z]{2}(?:-[a-z]+)+-[0-9]+):"
+    r"arn:(?P<partition>aws(?:-[a-z]+)*):sns:(?P<region>[a-z]{2}(?:-[a-z]+)+-[0-9]+):"
     r"(?P<account>[0-9]{12}):(?P<name>[A-Za-z0-9_-]{1,256}?(?:\.fifo)?)"
 )
 
