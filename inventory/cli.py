@@ -269,6 +269,45 @@ def collect(
             "pod of the Job). Example: --run-id-from-job lightsail-inventory-29930520",
         ),
     ] = None,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-file",
+            help="Write the run's Prometheus metrics there (mode 0644, for node_exporter's "
+            "textfile collector: docs/metrics.md). Example: --metrics-file "
+            "/var/lib/node_exporter/textfile/lightsail_inventory.prom",
+            show_default=False,
+        ),
+    ] = None,
+    pushgateway: Annotated[
+        str | None,
+        typer.Option(
+            "--pushgateway",
+            help="Push the same metrics to this Prometheus Pushgateway (job "
+            "lightsail_inventory, grouped by shard). Example: --pushgateway http://pgw:9091",
+            show_default=False,
+        ),
+    ] = None,
+    notify: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--notify",
+            envvar="INVENTORY_NOTIFY",
+            help="When the run ends, POST a JSON message to this http(s) URL (a Slack "
+            "incoming webhook shows its text), or publish it to sns:TOPIC_ARN; repeatable, "
+            "or space-separated in INVENTORY_NOTIFY (keeps a webhook's token out of process "
+            "lists). docs/alerts.md",
+            show_default=False,
+        ),
+    ] = None,
+    summary_json: Annotated[
+        Path | None,
+        typer.Option(
+            "--summary-json",
+            help="Write the run's summary (the run_end event) to this file as one JSON object.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Collect every container service of every account and region into DuckDB and Parquet.
 
@@ -277,6 +316,8 @@ def collect(
     from inventory import logs
     from inventory.plan import config as config_mod
     from inventory.plan import runid
+    from inventory.publish.ends import publish
+    from inventory.publish.targets import Publishing
     from inventory.run.builder import tune_gc_for_collect
     from inventory.run.pipeline import run_collect
 
@@ -307,6 +348,7 @@ def collect(
                 f"--parquet-dir {parquet_dir!r} and --no-parquet: give one or the other"
             )
         dest = None if no_parquet else parquet_dir
+        where = Publishing.parse(metrics_file, pushgateway, notify, summary_json)
         # None: on a terminal only
         bar = False if log_format is LogFormat.json or quiet else None
         with render.ProgressView(bar) as progress:
@@ -323,6 +365,7 @@ def collect(
                     new_fingerprint_key=new_fingerprint_key,
                 )
             )
+        publish(summary, part, where)  # after the run is stored; never changes the exit
     if quiet and summary.exit_code == 0:
         raise typer.Exit(0)  # --quiet: nothing to say about a complete run
     if log_format is LogFormat.json:  # stdout is JSON too: the run_end event, one line

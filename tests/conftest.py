@@ -14,15 +14,16 @@ from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
 
 
 # --------------------------------------------------------------------------- system binaries
-def require_binary(name: str) -> str:
-    """The path of a system program a test needs (Debian's prometheus-pushgateway, chromium).
-    Under CI (.ci/run installs them) a missing one fails the test; elsewhere it skips, saying
-    how to install it."""
+def require_binary(name: str, package: str | None = None) -> str:
+    """The path of a system program a test needs (Debian's prometheus-pushgateway, chromium,
+    promtool from the package `prometheus`). Under CI (.ci/run installs them) a missing one
+    fails the test; elsewhere it skips, saying how to install it."""
     path = shutil.which(name)
     if path is None:
+        install = f"apt-get install {package or name}"
         if os.environ.get("CI"):
-            pytest.fail(f"{name} is missing: .ci/run installs it (apt-get install {name})")
-        pytest.skip(f"{name} is not installed (apt-get install {name})")
+            pytest.fail(f"{name} is missing: .ci/run installs it ({install})")
+        pytest.skip(f"{name} is not installed ({install})")
     return path
 
 
