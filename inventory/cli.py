@@ -13,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.markup import escape
 
@@ -108,7 +109,10 @@ LakeOpt = Annotated[
 @_errors_to_exit
 def collect(
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="Accounts file (TOML).")
+        str | None,
+        typer.Option(
+            "--config", "-c", help="Accounts file (TOML): a path, or s3://bucket/key.toml."
+        ),
     ] = None,
     regions: Annotated[
         str | None,
@@ -573,23 +577,44 @@ def prune(
         int | None, typer.Option(help="Keep the N newest runs.", show_default=False)
     ] = None,
     db: DbOpt = DEFAULT_DB,
+    lake: Annotated[
+        str | None,
+        typer.Option(
+            "--lake",
+            help="Prune the Parquet lake (a folder or s3://bucket/...) instead of --db: "
+            "whole runs' files, by the same rules.",
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="Only show what would be removed.")] = False,
     wait: Annotated[bool, typer.Option(help="Wait for a collect on the same --db.")] = False,
 ) -> None:
-    """Remove old runs from the DuckDB file and give the space back. The newest good snapshot
-    of every account × region of the current fleet is always kept, and the run that defines
-    the fleet; pairs that left the fleet go by age.
+    """Remove old runs from the DuckDB file and give the space back (or, with --lake, their
+    files from the lake). The newest good snapshot of every account × region of the current
+    fleet is always kept, and the run that defines the fleet; pairs that left the fleet go by
+    age.
 
     Example: inventory prune --keep-days 90
+
+    Example: inventory prune --lake s3://lake/lightsail --keep-days 400 --dry-run
     """
     from inventory.storage import retention
     from inventory.storage.store import Store
 
     if (keep_days is None) == (keep_runs is None):
         raise UsageError("give one of --keep-days N or --keep-runs N")
-    with Store.open(db, wait=wait) as store:
-        result = retention.prune(store, keep_days=keep_days, keep_runs=keep_runs, dry_run=dry_run)
-    render.console().print(result.describe())
+    _one_source(db, lake)
+    if lake is not None:
+        result = retention.prune_lake(
+            lake, keep_days=keep_days, keep_runs=keep_runs, dry_run=dry_run
+        )
+    else:
+        with Store.open(db, wait=wait) as store:
+            result = retention.prune(
+                store, keep_days=keep_days, keep_runs=keep_runs, dry_run=dry_run
+            )
+    render.console().print(result.describe(), soft_wrap=True)
+    if result.failed:
+        raise typer.Exit(1)  # reported above; prune again to finish
 
 
 @app.command()
@@ -602,22 +627,26 @@ def report(
     run: Annotated[
         str | None, typer.Option("--run", help="The run id (default: the newest finished run).")
     ] = None,
+    lake: LakeOpt = None,
 ) -> None:
     """Write one self-contained HTML page about a run: totals, services by region and state,
     failures, and the findings of every named query that needs no parameter.
 
     Example: inventory report --html report.html --db data/inventory.duckdb
+
+    Example: inventory report --html report.html --lake s3://lake/lightsail
     """
     from inventory.answers import report as report_mod
 
     if not html.strip():
         raise UsageError(f"--html {html!r}: give a file name, or - for standard output")
+    _one_source(db, lake)
     if html == "-":
-        result = report_mod.load(db, run_id=run, sql_dir=SQL_DIR)
+        result = report_mod.load(db, run_id=run, sql_dir=SQL_DIR, lake=lake)
         sys.stdout.write(result.html)
         sys.stdout.flush()
     else:
-        result = report_mod.write(db, Path(html), run_id=run, sql_dir=SQL_DIR)
+        result = report_mod.write(db, Path(html), run_id=run, sql_dir=SQL_DIR, lake=lake)
     ran = sum(1 for f in result.findings if f.ran)
     # with the page on stdout, the note goes to stderr
     render.console(stderr=html == "-").print(
@@ -626,6 +655,21 @@ def report(
         f"{render.plural(result.errors_total, 'failure')}",
         soft_wrap=True,
     )
+
+
+def _one_source(db: Path, lake: str | None) -> None:
+    """--lake reads the lake instead of --db: both given explicitly is a usage error."""
+    if lake is not None and _given("--db"):
+        raise UsageError(f"--db {db} and --lake {lake}: give one or the other")
+
+
+def _given(flag: str) -> bool:
+    """Whether `flag` was on the command line (typer gives a default no different from it)."""
+    ctx = click.get_current_context(silent=True)
+    name = flag.lstrip("-").replace("-", "_")
+    if ctx is None:
+        return False
+    return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
 
 
 @contextlib.contextmanager
@@ -646,8 +690,12 @@ def _fatal_logged(log_format: LogFormat) -> Iterator[None]:
 @_errors_to_exit
 def doctor(
     config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="Accounts file (TOML); none: your own account."),
+        str | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Accounts file (TOML): a path, or s3://bucket/key.toml; none: your own account.",
+        ),
     ] = None,
     sample: Annotated[
         int,
