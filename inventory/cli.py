@@ -13,7 +13,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 from rich.markup import escape
 
@@ -570,6 +569,7 @@ def diff_cmd(
 @app.command()
 @_errors_to_exit
 def prune(
+    ctx: typer.Context,
     keep_days: Annotated[
         int | None, typer.Option(help="Keep the runs of the last N days.", show_default=False)
     ] = None,
@@ -602,7 +602,7 @@ def prune(
 
     if (keep_days is None) == (keep_runs is None):
         raise UsageError("give one of --keep-days N or --keep-runs N")
-    _one_source(db, lake)
+    _one_source(ctx, db, lake)
     if lake is not None:
         result = retention.prune_lake(
             lake, keep_days=keep_days, keep_runs=keep_runs, dry_run=dry_run
@@ -620,6 +620,7 @@ def prune(
 @app.command()
 @_errors_to_exit
 def report(
+    ctx: typer.Context,
     html: Annotated[
         str, typer.Option("--html", help="The HTML file to write ('-': standard output).")
     ],
@@ -640,7 +641,7 @@ def report(
 
     if not html.strip():
         raise UsageError(f"--html {html!r}: give a file name, or - for standard output")
-    _one_source(db, lake)
+    _one_source(ctx, db, lake)
     if html == "-":
         result = report_mod.load(db, run_id=run, sql_dir=SQL_DIR, lake=lake)
         sys.stdout.write(result.html)
@@ -657,19 +658,11 @@ def report(
     )
 
 
-def _one_source(db: Path, lake: str | None) -> None:
-    """--lake reads the lake instead of --db: both given explicitly is a usage error."""
-    if lake is not None and _given("--db"):
+def _one_source(ctx: typer.Context, db: Path, lake: str | None) -> None:
+    """--lake reads the lake instead of --db: both on the command line is a usage error."""
+    source = ctx.get_parameter_source("db")
+    if lake is not None and source is not None and source.name == "COMMANDLINE":
         raise UsageError(f"--db {db} and --lake {lake}: give one or the other")
-
-
-def _given(flag: str) -> bool:
-    """Whether `flag` was on the command line (typer gives a default no different from it)."""
-    ctx = click.get_current_context(silent=True)
-    name = flag.lstrip("-").replace("-", "_")
-    if ctx is None:
-        return False
-    return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
 
 
 @contextlib.contextmanager

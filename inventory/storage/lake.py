@@ -340,9 +340,9 @@ def files_of_run(
 
 
 def _local_files(directory: Path) -> list[tuple[str, int]]:
-    """(name, bytes) of the files in a local partition folder (none when it is not there)."""
+    """(name, bytes) of what a local partition folder holds (none when it is not there)."""
     try:
-        return [(e.name, e.stat().st_size) for e in os.scandir(directory) if e.is_file()]
+        return [(e.name, e.stat().st_size) for e in os.scandir(directory)]
     except FileNotFoundError:
         return []
 

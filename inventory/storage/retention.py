@@ -75,7 +75,7 @@ class PruneResult:
             lines.append("  rows deleted: " + ", ".join(f"{t} {n:,}" for t, n in self.rows.items()))
         if self.files:
             lines.append(
-                f"  {plural(sum(self.files.values()), 'file')} ({_mb(self.file_bytes)}) "
+                f"  {plural(sum(self.files.values()), 'file')} ({self.file_bytes:,} bytes) "
                 f"{'would be ' if self.dry_run else ''}deleted from {self.lake}: "
                 + ", ".join(f"{t} {n:,}" for t, n in self.files.items())
             )
