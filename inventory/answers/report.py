@@ -44,7 +44,7 @@ from inventory.answers import queries
 from inventory.errors import StoreError, UsageError
 from inventory.storage import lakequery, schema
 from inventory.storage.files import keep_mode, make_dirs
-from inventory.storage.store import Store, select_list, view_statements
+from inventory.storage.store import Store, is_damage, select_list, view_statements
 
 FINDING_ROWS = 20  # rows shown per named query
 FAILURE_ROWS = 200  # errors rows shown
@@ -256,6 +256,8 @@ def gather(
         ).fetchone()
         assert fleet is not None
     except duckdb.Error as e:
+        if is_damage(e):
+            raise  # the store's connection says so, naming the file (exit 2)
         raise StoreError(f"{source}: cannot read run {run_id or 'newest'}: {e}") from e
     findings = [_run_finding(con, q, sql_dir) for q in named]
     errors_total = int(errors_total_row[0]) if errors_total_row else 0
