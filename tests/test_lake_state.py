@@ -8,6 +8,7 @@ fingerprint key in INVENTORY_FINGERPRINT_KEY (the scheduler's secret); then `dif
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from test_diff import REGIONS, expected_changes
 from typer.testing import CliRunner
 
 from inventory.cli import app
+from inventory.plan.runid import new_run_id
 from inventory.simulator import Fleet, Simulator
 from inventory.storage import lakequery, schema
 from inventory.storage.fingerprint import KEY_ENV, Fingerprinter, key_id, key_path
@@ -206,3 +208,25 @@ def test_the_accounts_file_from_s3_for_collect_and_doctor(
                 one_line(out.output)
                 == f"error: {url}: --config = '{url}': cannot be read from S3: {problem}"
             )
+
+
+def test_a_sharded_night_is_one_run_in_report_lake(
+    nights: tuple[Nights, Simulator], tmp_path: Path
+) -> None:
+    n, sim = nights
+    run_id = new_run_id(dt.datetime.now(dt.UTC))
+    for k in (0, 1):  # two array-job tasks, each with its own throw-away store
+        out = n.night(f"shard-{k}.duckdb", "--shard", f"{k}/2", "--run-id", run_id)
+        assert out.exit_code == 0, out.output
+    shards = n.lake_rows("SELECT shard, accounts, services FROM runs ORDER BY shard")
+    assert [s for s, _, _ in shards] == [0, 1] and all(a > 0 for _, a, _ in shards)
+
+    out = runner.invoke(app, ["report", "--lake", n.lake, "--html", "-"])
+    assert out.exit_code == 0, out.output
+    accounts = sum(a for _, a, _ in shards)
+    services = sum(s for _, _, s in shards)
+    assert accounts == len(sim.fleet.all_account_ids)
+    for key, value in (("accounts", accounts), ("services", services)):
+        card = f'data-total="{key}"><div class="k">{key}</div><div class="v">{value:,}<'
+        assert card in out.stdout, key
+    assert f"run {run_id} (complete)" in one_line(out.stderr)
