@@ -108,7 +108,10 @@ LakeOpt = Annotated[
 @_errors_to_exit
 def collect(
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="Accounts file (TOML).")
+        str | None,
+        typer.Option(
+            "--config", "-c", help="Accounts file (TOML): a path, or s3://bucket/key.toml."
+        ),
     ] = None,
     regions: Annotated[
         str | None,
@@ -620,6 +623,7 @@ def diff_cmd(
 @app.command()
 @_errors_to_exit
 def prune(
+    ctx: typer.Context,
     keep_days: Annotated[
         int | None, typer.Option(help="Keep the runs of the last N days.", show_default=False)
     ] = None,
@@ -627,28 +631,50 @@ def prune(
         int | None, typer.Option(help="Keep the N newest runs.", show_default=False)
     ] = None,
     db: DbOpt = DEFAULT_DB,
+    lake: Annotated[
+        str | None,
+        typer.Option(
+            "--lake",
+            help="Prune the Parquet lake (a folder or s3://bucket/...) instead of --db: "
+            "whole runs' files, by the same rules.",
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="Only show what would be removed.")] = False,
     wait: Annotated[bool, typer.Option(help="Wait for a collect on the same --db.")] = False,
 ) -> None:
-    """Remove old runs from the DuckDB file and give the space back. The newest good snapshot
-    of every account × region of the current fleet is always kept, and the run that defines
-    the fleet; pairs that left the fleet go by age.
+    """Remove old runs from the DuckDB file and give the space back (or, with --lake, their
+    files from the lake). The newest good snapshot of every account × region of the current
+    fleet is always kept, and the run that defines the fleet; pairs that left the fleet go by
+    age.
 
     Example: inventory prune --keep-days 90
+
+    Example: inventory prune --lake s3://lake/lightsail --keep-days 400 --dry-run
     """
     from inventory.storage import retention
     from inventory.storage.store import Store
 
     if (keep_days is None) == (keep_runs is None):
         raise UsageError("give one of --keep-days N or --keep-runs N")
-    with Store.open(db, wait=wait) as store:
-        result = retention.prune(store, keep_days=keep_days, keep_runs=keep_runs, dry_run=dry_run)
-    render.console().print(result.describe())
+    _one_source(ctx, db, lake)
+    if lake is not None:
+        result = retention.prune_lake(
+            lake, keep_days=keep_days, keep_runs=keep_runs, dry_run=dry_run
+        )
+    else:
+        with Store.open(db, wait=wait) as store:
+            result = retention.prune(
+                store, keep_days=keep_days, keep_runs=keep_runs, dry_run=dry_run
+            )
+    render.console().print(result.describe(), soft_wrap=True)
+    if result.failed:
+        raise typer.Exit(1)  # reported above; prune again to finish
 
 
 @app.command()
 @_errors_to_exit
 def report(
+    ctx: typer.Context,
     html: Annotated[
         str, typer.Option("--html", help="The HTML file to write ('-': standard output).")
     ],
@@ -656,22 +682,26 @@ def report(
     run: Annotated[
         str | None, typer.Option("--run", help="The run id (default: the newest finished run).")
     ] = None,
+    lake: LakeOpt = None,
 ) -> None:
     """Write one self-contained HTML page about a run: totals, services by region and state,
     failures, and the findings of every named query that needs no parameter.
 
     Example: inventory report --html report.html --db data/inventory.duckdb
+
+    Example: inventory report --html report.html --lake s3://lake/lightsail
     """
     from inventory.answers import report as report_mod
 
     if not html.strip():
         raise UsageError(f"--html {html!r}: give a file name, or - for standard output")
+    _one_source(ctx, db, lake)
     if html == "-":
-        result = report_mod.load(db, run_id=run, sql_dir=SQL_DIR)
+        result = report_mod.load(db, run_id=run, sql_dir=SQL_DIR, lake=lake)
         sys.stdout.write(result.html)
         sys.stdout.flush()
     else:
-        result = report_mod.write(db, Path(html), run_id=run, sql_dir=SQL_DIR)
+        result = report_mod.write(db, Path(html), run_id=run, sql_dir=SQL_DIR, lake=lake)
     ran = sum(1 for f in result.findings if f.ran)
     # with the page on stdout, the note goes to stderr
     render.console(stderr=html == "-").print(
@@ -680,6 +710,13 @@ def report(
         f"{render.plural(result.errors_total, 'failure')}",
         soft_wrap=True,
     )
+
+
+def _one_source(ctx: typer.Context, db: Path, lake: str | None) -> None:
+    """--lake reads the lake instead of --db: both on the command line is a usage error."""
+    source = ctx.get_parameter_source("db")
+    if lake is not None and source is not None and source.name == "COMMANDLINE":
+        raise UsageError(f"--db {db} and --lake {lake}: give one or the other")
 
 
 @contextlib.contextmanager
@@ -700,8 +737,12 @@ def _fatal_logged(log_format: LogFormat) -> Iterator[None]:
 @_errors_to_exit
 def doctor(
     config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="Accounts file (TOML); none: your own account."),
+        str | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Accounts file (TOML): a path, or s3://bucket/key.toml; none: your own account.",
+        ),
     ] = None,
     sample: Annotated[
         int,

@@ -91,3 +91,9 @@ def inventory(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Complete
         text=True,
         timeout=300,
     )
+
+
+def s3_keys(s3: Any, prefix: str = "") -> list[str]:
+    """Every key in the `s3` fixture's bucket under `prefix`, sorted."""
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix=prefix)
+    return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
