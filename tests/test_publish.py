@@ -58,10 +58,16 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def night(
-    tmp_path: Path, make_simulator: MakeSimulator, write_accounts: WriteAccounts
+    tmp_path: Path,
+    make_simulator: MakeSimulator,
+    write_accounts: WriteAccounts,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Callable[..., Any]:
     """`night(*flags)`: one collect of a 4-account fleet (one region denied in one account:
-    a partial run) into tmp_path's store and lake, with `flags` added."""
+    a partial run) into tmp_path's store and lake, with `flags` added. The fingerprint key
+    comes from the environment, as in a scheduled container: a night with a fresh store
+    (`db=`) writes to the same lake with the same key."""
+    monkeypatch.setenv("INVENTORY_FINGERPRINT_KEY", "publish-tests-" + "k" * 32)
     fleet = Fleet(4, seed=2, regions=R3)
     denied = fleet.account_ids[1]
     sim = make_simulator(fleet=fleet, faults=Faults(denied_regions={(denied, DENIED_REGION)}))
