@@ -379,7 +379,11 @@ def test_notify_targets_from_the_environment(
 def test_changes_since_the_previous_run_from_the_store_then_the_lake(
     night: Callable[..., Any], tmp_path: Path, hook: Callable[..., Hook]
 ) -> None:
-    assert night().exit_code == 3
+    first = hook()
+    assert night("--notify", first.url).exit_code == 3
+    [msg0] = first.delivered()  # the first night: nothing to compare with, and it says so
+    assert msg0["changes"]["compared"] == 0 < msg0["changes"]["not_compared"]
+    assert "nothing to compare with (no earlier good scan of " in msg0["text"]
     night.sim.set_fleet(night.fleet.evolve(seed=1))  # type: ignore[attr-defined]
     h = hook()
     assert night("--notify", h.url).exit_code == 3
@@ -391,7 +395,9 @@ def test_changes_since_the_previous_run_from_the_store_then_the_lake(
     assert changes["source"] == "store"
     assert changes["changes"] == len(want["changes"]) and changes["counts"] == want["counts"]
     assert changes["compared"] == want["compared"] > 0
-    assert f"changes since the previous run: {changes['changes']} in" in msg["text"]
+    line = f"changes since the previous run: {changes['changes']} changes ("
+    assert line in msg["text"]
+    assert f"across the {changes['compared']} account × region pairs compared" in msg["text"]
     # a throw-away store (as in a container): the lake holds the previous runs
     h2 = hook()
     assert night("--notify", h2.url, db=tmp_path / "fresh.duckdb").exit_code == 3

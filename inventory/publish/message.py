@@ -73,10 +73,18 @@ def _text(fields: dict[str, Any], groups: list[dict[str, Any]]) -> str:
 def _changes_line(changes: dict[str, Any] | None) -> str:
     if changes is None:
         return "changes since the previous run: not compared"
+    fresh = changes["not_compared"]
+    if not changes["compared"]:  # the first night (or only new pairs): nothing to compare
+        return (
+            "changes since the previous run: nothing to compare with (no earlier good scan "
+            f"of {plural(fresh, 'account × region pair')})"
+        )
     counts = ", ".join(f"{n} {kind}" for kind, n in changes["counts"].items())
     return (
-        f"changes since the previous run: {changes['changes']} in "
-        f"{changes['compared']} account × region pairs" + (f" ({counts})" if counts else "")
+        f"changes since the previous run: {plural(changes['changes'], 'change')}"
+        + (f" ({counts})" if counts else "")
+        + f" across the {plural(changes['compared'], 'account × region pair')} compared"
+        + (f"; {fresh} without an earlier good scan" if fresh else "")
     )
 
 
