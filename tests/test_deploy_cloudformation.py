@@ -37,7 +37,7 @@ IDENTITY_OF = {
 }
 # Statements of the deployment's own plumbing (the task's execution role, the scheduler's
 # role): not the collector's, so not in inventory/iam.py.
-PLUMBING = {"ReadFingerprintKey", "RunTheTask", "PassTheTaskRoles"}
+PLUMBING = {"ReadFingerprintKey", "ReadNotifyTargets", "RunTheTask", "PassTheTaskRoles"}
 # `service:Name` tokens in prose that are no permission to grant: a condition key, and the
 # call IAM cannot deny
 NOT_GRANTED = {"sts:ExternalId", "sts:GetCallerIdentity"}
