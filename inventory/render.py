@@ -150,9 +150,11 @@ def print_failures(out: Console, s: RunSummary) -> None:
         )
     if targets(groups) < s.tally.targets_failed:
         notes.append(f"grouped from the first {plural(len(failures), 'failure')} of the run")
+    # a run that wrote its lake to S3 (a container's, say) may have a throw-away --db
+    lake = f" (or --lake {s.parquet_dest})" if (s.parquet_dest or "").startswith("s3://") else ""
     notes.append(
         "every error is in the errors table: inventory query "
-        f"\"select * from errors where run_id = '{s.run_id}'\" --db {s.db_path}"
+        f"\"select * from errors where run_id = '{s.run_id}'\" --db {s.db_path}{lake}"
     )
     if out.is_terminal:  # short values whole, long ones (accounts, message) folded
         columns = ("region", "operation", "error", "failed", "example accounts", "message")

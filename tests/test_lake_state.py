@@ -9,6 +9,7 @@ fingerprint key in INVENTORY_FINGERPRINT_KEY (the scheduler's secret); then `dif
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +17,15 @@ from typing import Any
 
 import pytest
 from helpers import s3_keys
+from rich.console import Console
 from test_diff import REGIONS, expected_changes
 from typer.testing import CliRunner
 
+from inventory import render
 from inventory.cli import app
+from inventory.model import ErrorRecord, utcnow
 from inventory.plan.runid import new_run_id
+from inventory.run.pipeline import RunSummary
 from inventory.simulator import Fleet, Simulator
 from inventory.storage import lakequery, schema
 from inventory.storage.fingerprint import KEY_ENV, Fingerprinter, key_id, key_path
@@ -230,3 +235,24 @@ def test_a_sharded_night_is_one_run_in_report_lake(
         card = f'data-total="{key}"><div class="k">{key}</div><div class="v">{value:,}<'
         assert card in out.stdout, key
     assert f"run {run_id} (complete)" in one_line(out.stderr)
+
+
+@pytest.mark.parametrize(
+    ("dest", "hint"),
+    [
+        ("s3://lake/lightsail", "--db night.duckdb (or --lake s3://lake/lightsail)"),
+        ("data/parquet", "--db night.duckdb\n"),  # a local lake: the store is kept
+    ],
+)
+def test_the_failures_hint_names_an_s3_lake_beside_a_throw_away_store(dest: str, hint: str) -> None:
+    """A container's --db is gone when the task ends: the hint names the lake too."""
+    now = utcnow()
+    summary = RunSummary("20261129T020000Z-abc123", "partial", now, now, db_path="night.duckdb")
+    summary.parquet_dest = dest
+    summary.tally.targets_failed = 1
+    summary.tally.failures.append(
+        ErrorRecord(now, "111111111111", "us-east-1", "GetContainerServices", "Denied", "no", 1)
+    )
+    out = Console(file=io.StringIO(), width=400)
+    render.print_failures(out, summary)
+    assert hint in out.file.getvalue()  # type: ignore[attr-defined]
