@@ -108,7 +108,10 @@ LakeOpt = Annotated[
 @_errors_to_exit
 def collect(
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="Accounts file (TOML).")
+        str | None,
+        typer.Option(
+            "--config", "-c", help="Accounts file (TOML): a path, or s3://bucket/key.toml."
+        ),
     ] = None,
     regions: Annotated[
         str | None,
@@ -262,7 +265,7 @@ def collect(
         typer.Option(
             "--shards",
             help="Like --shard K/N with K from AWS_BATCH_JOB_ARRAY_INDEX or "
-            "JOB_COMPLETION_INDEX (array jobs); needs --run-id.",
+            "JOB_COMPLETION_INDEX (array jobs); needs --run-id or --run-id-from-job.",
         ),
     ] = None,
     run_id: Annotated[
@@ -274,6 +277,55 @@ def collect(
             "shared by every shard. Default: a new one.",
         ),
     ] = None,
+    run_id_from_job: Annotated[
+        str | None,
+        typer.Option(
+            "--run-id-from-job",
+            envvar="INVENTORY_JOB_NAME",
+            help="Derive --run-id from a Kubernetes Job's name <cronjob>-<minutes since the "
+            "epoch>: the scheduled time, then 6 hex digits of its SHA-256 (the same in every "
+            "pod of the Job). Example: --run-id-from-job lightsail-inventory-29930520",
+        ),
+    ] = None,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-file",
+            help="Write the run's Prometheus metrics there (mode 0644, for node_exporter's "
+            "textfile collector: docs/metrics.md). Example: --metrics-file "
+            "/var/lib/node_exporter/textfile/lightsail_inventory.prom",
+            show_default=False,
+        ),
+    ] = None,
+    pushgateway: Annotated[
+        str | None,
+        typer.Option(
+            "--pushgateway",
+            help="Push the same metrics to this Prometheus Pushgateway (job "
+            "lightsail_inventory, grouped by shard). Example: --pushgateway http://pgw:9091",
+            show_default=False,
+        ),
+    ] = None,
+    notify: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--notify",
+            envvar="INVENTORY_NOTIFY",
+            help="When the run ends, POST a JSON message to this http(s) URL (a Slack "
+            "incoming webhook shows its text), or publish it to sns:TOPIC_ARN; repeatable, "
+            "or space-separated in INVENTORY_NOTIFY (keeps a webhook's token out of process "
+            "lists). docs/alerts.md",
+            show_default=False,
+        ),
+    ] = None,
+    summary_json: Annotated[
+        Path | None,
+        typer.Option(
+            "--summary-json",
+            help="Write the run's summary (the run_end event) to this file as one JSON object.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Collect every container service of every account and region into DuckDB and Parquet.
 
@@ -282,6 +334,8 @@ def collect(
     from inventory import logs
     from inventory.plan import config as config_mod
     from inventory.plan import runid
+    from inventory.publish.ends import publish
+    from inventory.publish.targets import Publishing
     from inventory.run.builder import tune_gc_for_collect
     from inventory.run.pipeline import run_collect
 
@@ -306,6 +360,7 @@ def collect(
             usage_days=usage_days,
             max_answer_bytes=max_answer_bytes,
         )
+        run_id = runid.resolve_run_id(run_id, run_id_from_job)
         part = runid.resolve_shard(shard, shards, run_id, os.environ)
         plan = config_mod.load_plan(config, regions=regions, org=org, options=options)
         if no_parquet and parquet_dir != DEFAULT_PARQUET:
@@ -313,6 +368,7 @@ def collect(
                 f"--parquet-dir {parquet_dir!r} and --no-parquet: give one or the other"
             )
         dest = None if no_parquet else parquet_dir
+        where = Publishing.parse(metrics_file, pushgateway, notify, summary_json)
         # None: on a terminal only
         bar = False if log_format is LogFormat.json or quiet else None
         with render.ProgressView(bar) as progress:
@@ -329,6 +385,7 @@ def collect(
                     new_fingerprint_key=new_fingerprint_key,
                 )
             )
+        publish(summary, part, where)  # after the run is stored; never changes the exit
     if quiet and summary.exit_code == 0:
         raise typer.Exit(0)  # --quiet: nothing to say about a complete run
     if log_format is LogFormat.json:  # stdout is JSON too: the run_end event, one line
@@ -583,6 +640,7 @@ def diff_cmd(
 @app.command()
 @_errors_to_exit
 def prune(
+    ctx: typer.Context,
     keep_days: Annotated[
         int | None, typer.Option(help="Keep the runs of the last N days.", show_default=False)
     ] = None,
@@ -590,28 +648,50 @@ def prune(
         int | None, typer.Option(help="Keep the N newest runs.", show_default=False)
     ] = None,
     db: DbOpt = DEFAULT_DB,
+    lake: Annotated[
+        str | None,
+        typer.Option(
+            "--lake",
+            help="Prune the Parquet lake (a folder or s3://bucket/...) instead of --db: "
+            "whole runs' files, by the same rules.",
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="Only show what would be removed.")] = False,
     wait: Annotated[bool, typer.Option(help="Wait for a collect on the same --db.")] = False,
 ) -> None:
-    """Remove old runs from the DuckDB file and give the space back. The newest good snapshot
-    of every account × region of the current fleet is always kept, and the run that defines
-    the fleet; pairs that left the fleet go by age.
+    """Remove old runs from the DuckDB file and give the space back (or, with --lake, their
+    files from the lake). The newest good snapshot of every account × region of the current
+    fleet is always kept, and the run that defines the fleet; pairs that left the fleet go by
+    age.
 
     Example: inventory prune --keep-days 90
+
+    Example: inventory prune --lake s3://lake/lightsail --keep-days 400 --dry-run
     """
     from inventory.storage import retention
     from inventory.storage.store import Store
 
     if (keep_days is None) == (keep_runs is None):
         raise UsageError("give one of --keep-days N or --keep-runs N")
-    with Store.open(db, wait=wait) as store:
-        result = retention.prune(store, keep_days=keep_days, keep_runs=keep_runs, dry_run=dry_run)
-    render.console().print(result.describe())
+    _one_source(ctx, db, lake)
+    if lake is not None:
+        result = retention.prune_lake(
+            lake, keep_days=keep_days, keep_runs=keep_runs, dry_run=dry_run
+        )
+    else:
+        with Store.open(db, wait=wait) as store:
+            result = retention.prune(
+                store, keep_days=keep_days, keep_runs=keep_runs, dry_run=dry_run
+            )
+    render.console().print(result.describe(), soft_wrap=True)
+    if result.failed:
+        raise typer.Exit(1)  # reported above; prune again to finish
 
 
 @app.command()
 @_errors_to_exit
 def report(
+    ctx: typer.Context,
     html: Annotated[
         str, typer.Option("--html", help="The HTML file to write ('-': standard output).")
     ],
@@ -619,22 +699,26 @@ def report(
     run: Annotated[
         str | None, typer.Option("--run", help="The run id (default: the newest finished run).")
     ] = None,
+    lake: LakeOpt = None,
 ) -> None:
     """Write one self-contained HTML page about a run: totals, services by region and state,
     failures, and the findings of every named query that needs no parameter.
 
     Example: inventory report --html report.html --db data/inventory.duckdb
+
+    Example: inventory report --html report.html --lake s3://lake/lightsail
     """
     from inventory.answers import report as report_mod
 
     if not html.strip():
         raise UsageError(f"--html {html!r}: give a file name, or - for standard output")
+    _one_source(ctx, db, lake)
     if html == "-":
-        result = report_mod.load(db, run_id=run, sql_dir=SQL_DIR)
+        result = report_mod.load(db, run_id=run, sql_dir=SQL_DIR, lake=lake)
         sys.stdout.write(result.html)
         sys.stdout.flush()
     else:
-        result = report_mod.write(db, Path(html), run_id=run, sql_dir=SQL_DIR)
+        result = report_mod.write(db, Path(html), run_id=run, sql_dir=SQL_DIR, lake=lake)
     ran = sum(1 for f in result.findings if f.ran)
     # with the page on stdout, the note goes to stderr
     render.console(stderr=html == "-").print(
@@ -643,6 +727,13 @@ def report(
         f"{render.plural(result.errors_total, 'failure')}",
         soft_wrap=True,
     )
+
+
+def _one_source(ctx: typer.Context, db: Path, lake: str | None) -> None:
+    """--lake reads the lake instead of --db: both on the command line is a usage error."""
+    source = ctx.get_parameter_source("db")
+    if lake is not None and source is not None and source.name == "COMMANDLINE":
+        raise UsageError(f"--db {db} and --lake {lake}: give one or the other")
 
 
 @contextlib.contextmanager
@@ -663,8 +754,12 @@ def _fatal_logged(log_format: LogFormat) -> Iterator[None]:
 @_errors_to_exit
 def doctor(
     config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="Accounts file (TOML); none: your own account."),
+        str | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Accounts file (TOML): a path, or s3://bucket/key.toml; none: your own account.",
+        ),
     ] = None,
     sample: Annotated[
         int,

@@ -20,6 +20,9 @@ Events (the `event` field of a JSON line; text lines carry the same message):
 - `run_end`      run_id, status, exit_code, the run's counters, and `failures`: the failures
   grouped by (region, operation, error_code) with count, example accounts and a message
 - `regions_discovered`, `org_discovered`, `discovery_failed` (plan/discovery.py), `fatal` (cli.py)
+- `metrics_failed`, `notify_failed`, `summary_failed`, `changes_failed` (inventory/publish:
+  what a run publishes when it ends could not be written or sent): run_id, target (a URL
+  only as scheme and host), reason, and for network sends attempt, tries, final
 
 A JSON line holds `ts` (UTC, ISO 8601), `level`, `logger`, `event`, `message` and the
 event's fields. What is logged is chosen field by field: ids, names, counts, AWS error

@@ -7,6 +7,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,15 +15,16 @@ from inventory.simulator import UNSET_ENV, Faults, Fleet, Simulator
 
 
 # --------------------------------------------------------------------------- system binaries
-def require_binary(name: str) -> str:
-    """The path of a system program a test needs (Debian's prometheus-pushgateway, chromium).
-    Under CI (.ci/run installs them) a missing one fails the test; elsewhere it skips, saying
-    how to install it."""
+def require_binary(name: str, package: str | None = None) -> str:
+    """The path of a system program a test needs (Debian's prometheus-pushgateway, chromium,
+    promtool from the package `prometheus`). Under CI (.ci/run installs them) a missing one
+    fails the test; elsewhere it skips, saying how to install it."""
     path = shutil.which(name)
     if path is None:
+        install = f"apt-get install {package or name}"
         if os.environ.get("CI"):
-            pytest.fail(f"{name} is missing: .ci/run installs it (apt-get install {name})")
-        pytest.skip(f"{name} is not installed (apt-get install {name})")
+            pytest.fail(f"{name} is missing: .ci/run installs it ({install})")
+        pytest.skip(f"{name} is not installed ({install})")
     return path
 
 
@@ -152,3 +154,25 @@ def moto_endpoint() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- S3 (moto)
+# `s3`: a fresh bucket on moto's server (named after the test) and a boto3 client for it
+# (`s3.bucket`), with AWS_ENDPOINT_URL_S3 and test credentials set for the code under test.
+
+
+@pytest.fixture
+def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Any:
+    import boto3
+
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    bucket = request.node.name.replace("_", "-")[:60].strip("-")
+    client.create_bucket(Bucket=bucket)
+    client.bucket = bucket
+    return client

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,3 +65,35 @@ def policies(text: str) -> list[dict[str, Any]]:
                 found.append(json.loads("\n".join(block)))
                 block = None
     return found
+
+
+def install_wheel(script: Path, dest: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`scripts/install-wheel.sh DEST` run from `cwd` (the checkout's script, or a Docker
+    build stage's copy of it), outside any activated virtual environment."""
+    return subprocess.run(
+        [str(script), str(dest)],
+        cwd=cwd,
+        env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def inventory(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`inventory ARGS` as a user (or a pod) runs it: a process of its own, in `cwd`, with
+    `env` over this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "inventory", *args],
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "200", **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def s3_keys(s3: Any, prefix: str = "") -> list[str]:
+    """Every key in the `s3` fixture's bucket under `prefix`, sorted."""
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix=prefix)
+    return sorted(o["Key"] for p in pages for o in p.get("Contents", []))

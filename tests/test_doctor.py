@@ -138,6 +138,23 @@ def test_org_denied(tmp_path: Path, make_simulator: MakeSimulator) -> None:
     assert "SKIP" in out  # no account to try the role in
 
 
+def test_management_role_not_assumable(tmp_path: Path, make_simulator: MakeSimulator) -> None:
+    """AssumeRole of management_role_arn refused: the fix is the hub's right to assume it
+    (on the hub), not the Organizations listing."""
+    fleet = Fleet(3, seed=1, regions=R3[:1])
+    make_simulator(fleet=fleet, faults=Faults(denied_accounts={fleet.account_ids[0]}))
+    arn = f"arn:aws:iam::{fleet.account_ids[0]}:role/O"
+    config = write_accounts(tmp_path / "o.toml", [], f'org = true\nmanagement_role_arn = "{arn}"')
+    code, out = doctor("-c", str(config))
+    assert code == 1
+    assert line_of(out, "organizations", "AssumeRole").split()[0] == "FAIL"
+    assert f"Attach to {HUB_ARN}:" in out
+    (policy,) = policies(out)
+    (statement,) = policy["Statement"]
+    assert statement["Sid"] == "AssumeManagementRole" and statement["Resource"] == arn
+    assert statement["Action"] == ["sts:AssumeRole"]
+
+
 def test_no_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in (
         "AWS_ACCESS_KEY_ID",

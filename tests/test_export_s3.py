@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fixtures.snapshots import write_snapshot
+from helpers import s3_keys as keys
 from typer.testing import CliRunner
 
 from inventory.cli import app
@@ -26,29 +27,6 @@ REGIONS = ("us-east-1", "eu-west-2")
 DAY1 = dt.datetime(2026, 4, 1, 5, 0, tzinfo=dt.UTC)
 DAY2 = dt.datetime(2026, 4, 2, 5, 0, tzinfo=dt.UTC)
 runner = CliRunner()
-
-
-@pytest.fixture
-def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Any:
-    """A fresh bucket (named after the test) and a boto3 client; the S3 env set for the CLI."""
-    import boto3
-
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
-    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
-    bucket = request.node.name.replace("_", "-")[:60].strip("-")
-    client.create_bucket(Bucket=bucket)
-    client.bucket = bucket
-    return client
-
-
-def keys(s3: Any, prefix: str = "") -> list[str]:
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix=prefix)
-    return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
 
 
 def two_runs(db: Path) -> list[str]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import install_wheel, inventory
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,30 +20,11 @@ SCRIPT = ROOT / "scripts" / "install-wheel.sh"
 DEV_TOOLS = {"pytest", "pytest-asyncio", "moto", "flask", "docker", "mypy", "ruff", "pyinstrument"}
 
 
-def inventory(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`inventory ARGS` as a user runs it: a process of its own."""
-    return subprocess.run(
-        [sys.executable, "-m", "inventory", *args],
-        cwd=cwd,
-        env={**os.environ, "COLUMNS": "200", **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_the_wheel_installs_and_runs_from_an_empty_folder(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     checkout = sorted(os.listdir(ROOT))
-    proc = subprocess.run(
-        [str(SCRIPT), str(venv)],
-        cwd=tmp_path,
-        env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = install_wheel(SCRIPT, venv, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(os.listdir(ROOT)) == checkout  # the build left nothing in the checkout
     out = proc.stdout

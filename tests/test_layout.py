@@ -22,6 +22,7 @@ VAGUE = {"_plain", "_r", "_us", "_n"}
 
 def texts() -> list[Path]:
     paths = [ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("sql/**/*.sql")]
+    paths += [*ROOT.glob("deploy/**/*.md"), *ROOT.glob("deploy/**/*.yaml")]
     for folder in ("inventory", "tests", "benchmarks", "scripts"):
         paths += (ROOT / folder).rglob("*.py")
     paths += (ROOT / "benchmarks").glob("*.md")

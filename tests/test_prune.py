@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from inventory.cli import app
 from inventory.errors import StoreLocked, UsageError
 from inventory.simulator import Fleet
-from inventory.storage import retention, schema
+from inventory.storage import lake, lakequery, retention, schema
 from inventory.storage.fingerprint import key_path, load_key
 from inventory.storage.store import LATEST_VIEWS, Store
 
@@ -172,3 +172,89 @@ def test_cli(tmp_path: Path) -> None:
             Store.open(db)
     with pytest.raises(UsageError, match="--keep-days -2"), Store.open(db) as store:
         retention.prune(store, keep_days=-2)
+
+
+# --------------------------------------------------------------------------- prune --lake
+
+
+def lake_of(db: Path, dest: Path) -> None:
+    """Every run of the store at `db` exported to the local lake `dest`."""
+    with Store.open(db, read_only=True) as store:
+        for run in store.runs():
+            lake.export_run(store, run["run_id"], dest)
+
+
+def lake_latest(dest: Path) -> dict[str, list[str]]:
+    with lakequery.open_lake(dest) as con:
+        return {
+            view: sorted(
+                json.dumps(r, default=str, sort_keys=True)
+                for r in con.sql(f"SELECT * FROM {view}").to_arrow_table().to_pylist()
+            )
+            for view in LATEST_VIEWS
+        }
+
+
+def test_prune_lake_selects_as_the_store_and_removes_whole_runs(tmp_path: Path) -> None:
+    db, dest = tmp_path / "inv.duckdb", tmp_path / "lake"
+    fleet = Fleet(3, seed=6, regions=REGIONS)
+    stuck = (fleet.account_ids[0], "us-east-1")  # fails every night after the first
+    days = [dt.datetime(2026, 2, d, 5, 0, tzinfo=dt.UTC) for d in range(1, 6)]
+    runs = history(db, days, fleet, failing=stuck)
+    lake_of(db, dest)
+    views = lake_latest(dest)
+    now = days[-1] + dt.timedelta(hours=1)
+
+    dry = retention.prune_lake(str(dest), keep_days=1, now=now, dry_run=True)
+    with Store.open(db) as store:
+        by_store = retention.prune(store, keep_days=1, now=now, dry_run=True)
+    assert (dry.removed, dry.protected, dry.kept) == (
+        by_store.removed,
+        by_store.protected,
+        by_store.kept,
+    )
+    assert dry.removed == runs[1:-1] and dry.protected == [runs[0]]
+    files = sorted(dest.rglob("*.parquet"))
+    assert dry.files == dict.fromkeys(schema.TABLES, 3) and len(files) == 5 * len(schema.TABLES)
+
+    doomed = [f for f in files if f.name.split(".")[0] in dry.removed]
+    size = sum(f.stat().st_size for f in doomed)
+    result = retention.prune_lake(str(dest), keep_days=1, now=now)
+    assert result.removed == dry.removed and result.failed == []
+    assert result.file_bytes == dry.file_bytes == size
+    assert sorted(dest.rglob("*.parquet")) == sorted(set(files) - set(doomed))
+    assert sorted(p.name for p in (dest / "runs").iterdir()) == [
+        "run_date=2026-02-01",
+        "run_date=2026-02-05",
+    ]  # the emptied partitions are gone
+    assert lake_latest(dest) == views  # the newest good snapshots all stay
+    assert retention.prune_lake(str(dest), keep_days=1, now=now).removed == []
+
+
+def test_prune_lake_cut_short_is_reported_and_finished_by_the_next(tmp_path: Path) -> None:
+    db, dest = tmp_path / "inv.duckdb", tmp_path / "lake"
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    old, new = history(db, [now - dt.timedelta(days=40), now - dt.timedelta(days=1)], Fleet(2))
+    lake_of(db, dest)
+    (part,) = (dest / "containers").glob(f"*/{old}.parquet")
+    stuck = part.with_name(f"{old}.shard-9.parquet")  # not a file: cannot be unlinked
+    (stuck / "inside").mkdir(parents=True)
+    cmd = ["prune", "--lake", str(dest), "--keep-days", "30"]
+
+    out = runner.invoke(app, cmd)
+    assert out.exit_code == 1, out.output
+    text = " ".join(out.output.split())
+    assert "removed 1 run; 1 run kept" in text
+    assert f"1 file could not be deleted (e.g. {stuck}: Is a directory)" in text
+    assert "run prune again to finish" in text
+    assert not part.exists() and list((dest / "runs").glob(f"*/{old}.parquet"))
+    with lakequery.open_lake(dest) as con:  # still listed: the next prune finds it
+        assert con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [old]).fetchone() == (1,)
+
+    shutil.rmtree(stuck)
+    out = runner.invoke(app, cmd)
+    assert out.exit_code == 0, out.output
+    assert "removed 1 run; 1 run kept" in out.output and "1 file (" in out.output
+    assert {p.name.split(".")[0] for p in dest.rglob("*.parquet")} == {new}
+    both = runner.invoke(app, [*cmd, "--db", str(db)])
+    assert both.exit_code == 2 and "give one or the other" in both.output

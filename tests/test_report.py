@@ -404,11 +404,7 @@ def test_no_environment_values_or_fingerprints(inv: Inventory, tmp_path: Path) -
     )
     assert {v for (v,) in stored} & secrets, "run 2 must hold raw values for this test"
     for run_id in (inv.run1, inv.run2):
-        store = Store.open(inv.db, read_only=True)
-        try:
-            text = report.build(store, run_id, sql).html
-        finally:
-            store.close()
+        text = report.load(inv.db, run_id, sql).html
         leaked = sorted(s for s in secrets if s in text)
         assert not leaked, f"environment values on the page: {leaked[:3]}"
         assert "hmac-sha256:" not in text
@@ -577,11 +573,7 @@ def test_long_results_show_the_first_rows(inv: Inventory, tmp_path: Path) -> Non
     (sql / "queries" / "many.sql").write_text(
         "-- Many rows\n-- params: n=57\nSELECT i FROM range(CAST($n AS BIGINT)) t(i)\n"
     )
-    store = Store.open(inv.db, read_only=True)
-    try:
-        r = report.build(store, None, sql)
-    finally:
-        store.close()
+    r = report.load(inv.db, None, sql)
     (finding,) = r.findings
     assert (finding.total, len(finding.rows), finding.params) == (57, 20, {"n": "57"})
     section = parse(r.html).root.find("section", data_query="many")

@@ -16,7 +16,8 @@ Checks, in order (a failed step that later ones depend on stops them):
    the aiobotocore client with `--engine botocore`), so that a setup doctor passes is one
    collect can use: same endpoint, same signer, same HTTP client.
 
-Each problem comes with what fixes it: the IAM policy snippet (docs/iam.md) filled in with
+Each problem comes with what fixes it: the IAM policy snippet (docs/iam.md; its statements
+from inventory/iam.py, the one list of actions per feature) filled in with
 this setup's role name, hub principal and ExternalId. No credential is ever printed.
 """
 
@@ -31,6 +32,7 @@ from typing import Any
 
 from botocore.credentials import ReadOnlyCredentials
 
+from inventory import iam
 from inventory.aws import credentials as creds_mod
 from inventory.aws.session import (
     SharedCredentialsSession,
@@ -42,7 +44,6 @@ from inventory.model import Account, Plan
 from inventory.plan.config import DISCOVER_REGIONS
 from inventory.plan.discovery import (
     DOCS,
-    ORG_PERMISSIONS,
     CallFailed,
     Calls,
     DiscoveryFailed,
@@ -140,49 +141,28 @@ def hub_assume_policy(role_arns: list[str], org_id: str | None = None) -> str:
         resource: Any = f"arn:aws:iam::*:role/{names.pop()}"
     else:
         resource = sorted(set(role_arns)) if len(set(role_arns)) > 1 else role_arns[0]
-    statement: dict[str, Any] = {
-        "Sid": "AssumeReaderRoles",
-        "Effect": "Allow",
-        "Action": "sts:AssumeRole",
-        "Resource": resource,
-    }
-    if org_id:
-        statement["Condition"] = {"StringEquals": {"aws:ResourceOrgID": org_id}}
-    return _policy(statement)
+    condition = {"StringEquals": {"aws:ResourceOrgID": org_id}} if org_id else None
+    return _policy(iam.policy_statement(iam.HUB, "collect", resource, condition))
 
 
 def reader_policy() -> str:
-    return _policy(
-        {
-            "Sid": "ReadContainerServices",
-            "Effect": "Allow",
-            "Action": ["lightsail:GetContainerServices"],
-            "Resource": "*",
-        }
-    )
+    """What `collect` needs in a member account (doctor checks GetContainerServices only)."""
+    return _policy(iam.policy_statement(iam.READER, "collect"))
 
 
-def org_policy() -> str:
-    statements: list[dict[str, Any]] = [
-        {
-            "Sid": "ListOrganizationAccounts",
-            "Effect": "Allow",
-            "Action": list(ORG_PERMISSIONS),
-            "Resource": "*",
-        }
-    ]
-    return _policy(*statements)
+def org_policy(management_role: bool) -> str:
+    """The Organizations listing, for the management role when one is configured, else
+    for the hub."""
+    return _policy(iam.policy_statement(iam.MANAGEMENT if management_role else iam.HUB, "org"))
+
+
+def management_assume_policy(management_role_arn: str) -> str:
+    """The hub's permission to assume `management_role_arn` (for `--org`)."""
+    return _policy(iam.policy_statement(iam.HUB, "org-management-role", management_role_arn))
 
 
 def get_regions_policy() -> str:
-    return _policy(
-        {
-            "Sid": "ListLightsailRegions",
-            "Effect": "Allow",
-            "Action": ["lightsail:GetRegions"],
-            "Resource": "*",
-        }
-    )
+    return _policy(iam.policy_statement(iam.HUB, "regions-discover"))
 
 
 # ---------------------------------------------------------------------------- checks
@@ -261,8 +241,7 @@ async def diagnose(plan: Plan, sample: int = DEFAULT_SAMPLE) -> Report:
                         report.fix(
                             "organizations",
                             f"Organizations cannot list the accounts: {exc.fix}.",
-                            f"Attach to {plan.org.management_role_arn or hub_arn}:\n"
-                            + org_policy(),
+                            _org_policy_fix(exc.operation, plan.org.management_role_arn, hub_arn),
                         ),
                     )
                 )
@@ -301,6 +280,19 @@ async def diagnose(plan: Plan, sample: int = DEFAULT_SAMPLE) -> Report:
         return report
     await _check_lightsail(report, chosen, regions, calls, plan.own_account)
     return report
+
+
+def _org_policy_fix(operation: str, management_role_arn: str | None, hub_arn: str) -> str:
+    """Which policy to attach where when Organizations discovery failed: the hub's right to
+    assume the management role when that failed, else the listing, on the identity that
+    lists (the management role, or the hub)."""
+    if management_role_arn and operation == "AssumeRole":
+        return f"Attach to {trust_principal(hub_arn)}:\n" + management_assume_policy(
+            management_role_arn
+        )
+    return f"Attach to {management_role_arn or hub_arn}:\n" + org_policy(
+        management_role_arn is not None
+    )
 
 
 async def _check_regions(report: Report, plan: Plan, calls: Calls) -> tuple[str, ...]:

@@ -31,7 +31,7 @@ import datetime as dt
 import html
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -42,9 +42,9 @@ import duckdb
 from inventory import __version__
 from inventory.answers import queries
 from inventory.errors import StoreError, UsageError
-from inventory.storage import schema
+from inventory.storage import lakequery, schema
 from inventory.storage.files import keep_mode, make_dirs
-from inventory.storage.store import Store, select_list, view_statements
+from inventory.storage.store import Store, is_damage, select_list, view_statements
 
 FINDING_ROWS = 20  # rows shown per named query
 FAILURE_ROWS = 200  # errors rows shown
@@ -147,16 +147,27 @@ def _run_finding(
 # --------------------------------------------------------------------------- gathering
 
 
-def _pick_run(store: Store, run_id: str | None) -> dict[str, Any]:
-    if run_id is not None:
-        run = store.run(run_id)
-        if run is None:
-            raise UsageError(f"--run {run_id!r}: no such run in {store.path} (see: inventory runs)")
-        return run
-    for run in store.runs():
-        if run["status"] != "running":
-            return run
-    raise StoreError(f"{store.path}: no finished run yet; run `inventory collect` first")
+def _pick_run(con: duckdb.DuckDBPyConnection, source: str, run_id: str | None) -> dict[str, Any]:
+    """The reported run's row: `run_id`, else the newest finished run. A run with one runs
+    row (a store's, an unsharded run's in the lake) is that row; the shards of a sharded run
+    in the lake are one run, their totals (run_totals)."""
+    if run_id is None:
+        newest = con.execute(
+            "SELECT run_id FROM run_totals WHERE status <> 'running' "
+            "ORDER BY started_at DESC, run_id DESC LIMIT 1"
+        ).fetchone()
+        if newest is None:
+            raise StoreError(f"{source}: no finished run yet; run `inventory collect` first")
+        run_id = str(newest[0])
+    cur = con.execute(f"SELECT {select_list(con, 'runs')} FROM runs WHERE run_id = ?", [run_id])
+    rows = cur.fetchall()
+    if len(rows) > 1:
+        cur = con.execute("SELECT * FROM run_totals WHERE run_id = ?", [run_id])
+        rows = cur.fetchall()
+    if not rows:
+        raise UsageError(f"--run {run_id!r}: no such run in {source} (see: inventory runs)")
+    cols = [d[0] for d in cur.description or []]
+    return dict(zip(cols, rows[0], strict=True))
 
 
 def _scope_to(con: duckdb.DuckDBPyConnection, run: dict[str, Any]) -> None:
@@ -183,69 +194,72 @@ def _scope_to(con: duckdb.DuckDBPyConnection, run: dict[str, Any]) -> None:
 
 
 def gather(
-    store: Store,
+    con: duckdb.DuckDBPyConnection,
+    source: str,
     run_id: str | None = None,
     sql_dir: Path | None = None,
     generated_at: dt.datetime | None = None,
 ) -> Report:
-    """Everything the page shows, read in one brief read-only connection."""
-    run = _pick_run(store, run_id)
-    rid = run["run_id"]
+    """Everything the page shows, read from `con`: a store's read-only connection or the
+    lake's (lakequery.open_lake), which have the same tables and views. `source` names it in
+    errors. The connection gets temporary views (`_scope_to`): give it one of its own."""
     sql_dir = queries.SQL_DIR if sql_dir is None else sql_dir
     named = queries.load(sql_dir)
-    with store.connection(read_only=True) as con:
-        try:
-            regions = con.execute(
-                "SELECT s.region, coalesce(c.n, 0), s.failed FROM ("
-                "  SELECT region, count(*) FILTER (WHERE status <> 'ok') AS failed"
-                "  FROM scans WHERE run_id = $id GROUP BY region) AS s "
-                "LEFT JOIN (SELECT region, count(*) AS n FROM container_services"
-                "  WHERE run_id = $id GROUP BY region) AS c ON c.region = s.region "
-                "ORDER BY 2 DESC, 1",
-                {"id": rid},
-            ).fetchall()
-            states = con.execute(
-                "SELECT coalesce(state, 'NULL'), count(*) FROM container_services "
-                "WHERE run_id = $id GROUP BY 1 ORDER BY 2 DESC, 1",
-                {"id": rid},
-            ).fetchall()
-            errors_total_row = con.execute(
-                "SELECT count(*) FROM errors WHERE run_id = $id", {"id": rid}
-            ).fetchone()
-            cur = con.execute(
-                "SELECT account_id, region, operation, error_code, attempts, message, "
-                "occurred_at FROM errors WHERE run_id = $id "
-                "ORDER BY account_id, region NULLS FIRST, operation, occurred_at "
-                f"LIMIT {FAILURE_ROWS}",
-                {"id": rid},
-            )
-            cols = [d[0] for d in cur.description or []]
-            errors = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
-            scans_row = con.execute(
-                "SELECT count(*), count(*) FILTER (WHERE error_code = 'Interrupted') "
-                "FROM scans WHERE run_id = $id",
-                {"id": rid},
-            ).fetchall()[0]
-            run_errors = con.execute(
-                "SELECT operation, error_code, message FROM errors WHERE run_id = $id "
-                "AND region IS NULL AND coalesce(account_id, '') = '' ORDER BY occurred_at",
-                {"id": rid},
-            ).fetchall()
-            groups = con.execute(
-                "SELECT operation, error_code, region, count(*), count(DISTINCT account_id) "
-                "FROM errors WHERE run_id = $id GROUP BY ALL "
-                "ORDER BY 4 DESC, 1, 2, 3 NULLS FIRST",
-                {"id": rid},
-            ).fetchall()
-            _scope_to(con, run)
-            fleet = con.execute(
-                "SELECT (SELECT run_id FROM fleet_run), count(DISTINCT account_id), count(*) "
-                "FROM fleet"
-            ).fetchone()
-            assert fleet is not None
-        except duckdb.Error as e:
-            raise StoreError(f"{store.path}: cannot read run {rid}: {e}") from e
-        findings = [_run_finding(con, q, sql_dir) for q in named]
+    try:
+        run = _pick_run(con, source, run_id)
+        rid = run["run_id"]
+        regions = con.execute(
+            "SELECT s.region, coalesce(c.n, 0), s.failed FROM ("
+            "  SELECT region, count(*) FILTER (WHERE status <> 'ok') AS failed"
+            "  FROM scans WHERE run_id = $id GROUP BY region) AS s "
+            "LEFT JOIN (SELECT region, count(*) AS n FROM container_services"
+            "  WHERE run_id = $id GROUP BY region) AS c ON c.region = s.region "
+            "ORDER BY 2 DESC, 1",
+            {"id": rid},
+        ).fetchall()
+        states = con.execute(
+            "SELECT coalesce(state, 'NULL'), count(*) FROM container_services "
+            "WHERE run_id = $id GROUP BY 1 ORDER BY 2 DESC, 1",
+            {"id": rid},
+        ).fetchall()
+        errors_total_row = con.execute(
+            "SELECT count(*) FROM errors WHERE run_id = $id", {"id": rid}
+        ).fetchone()
+        cur = con.execute(
+            "SELECT account_id, region, operation, error_code, attempts, message, "
+            "occurred_at FROM errors WHERE run_id = $id "
+            "ORDER BY account_id, region NULLS FIRST, operation, occurred_at "
+            f"LIMIT {FAILURE_ROWS}",
+            {"id": rid},
+        )
+        cols = [d[0] for d in cur.description or []]
+        errors = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+        scans_row = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE error_code = 'Interrupted') "
+            "FROM scans WHERE run_id = $id",
+            {"id": rid},
+        ).fetchall()[0]
+        run_errors = con.execute(
+            "SELECT operation, error_code, message FROM errors WHERE run_id = $id "
+            "AND region IS NULL AND coalesce(account_id, '') = '' ORDER BY occurred_at",
+            {"id": rid},
+        ).fetchall()
+        groups = con.execute(
+            "SELECT operation, error_code, region, count(*), count(DISTINCT account_id) "
+            "FROM errors WHERE run_id = $id GROUP BY ALL "
+            "ORDER BY 4 DESC, 1, 2, 3 NULLS FIRST",
+            {"id": rid},
+        ).fetchall()
+        _scope_to(con, run)
+        fleet = con.execute(
+            "SELECT (SELECT run_id FROM fleet_run), count(DISTINCT account_id), count(*) FROM fleet"
+        ).fetchone()
+        assert fleet is not None
+    except duckdb.Error as e:
+        if is_damage(e):
+            raise  # the store's connection says so, naming the file (exit 2)
+        raise StoreError(f"{source}: cannot read run {run_id or 'newest'}: {e}") from e
+    findings = [_run_finding(con, q, sql_dir) for q in named]
     errors_total = int(errors_total_row[0]) if errors_total_row else 0
     return Report(
         run=run,
@@ -729,31 +743,52 @@ def render(r: Report) -> str:
 
 
 def build(
-    store: Store,
+    con: duckdb.DuckDBPyConnection,
+    source: str,
     run_id: str | None = None,
     sql_dir: Path | None = None,
     generated_at: dt.datetime | None = None,
 ) -> Report:
     """Gather and render the report of `run_id` (default: the newest finished run)."""
-    report = gather(store, run_id, sql_dir, generated_at)
+    report = gather(con, source, run_id, sql_dir, generated_at)
     report.html = render(report)
     return report
 
 
-def load(db: Path, run_id: str | None = None, sql_dir: Path | None = None) -> Report:
-    """The report of `db` (read-only), not written anywhere yet."""
-    store = Store.open(db, read_only=True)
-    try:
-        return build(store, run_id, sql_dir)
-    finally:
-        store.close()
+@contextlib.contextmanager
+def reading(db: Path, lake: str | None = None) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
+    """(a connection of its own, its name for messages): over the lake at `lake` when given
+    (`report --lake`: no store needed), else over the store `db`, read-only."""
+    if lake is not None:
+        con = lakequery.open_lake(lake)
+        try:
+            yield con, lake
+        finally:
+            con.close()
+        return
+    with Store.open(db, read_only=True) as store, store.connection(read_only=True) as con:
+        yield con, str(store.path)
 
 
-def write(db: Path, out: Path, run_id: str | None = None, sql_dir: Path | None = None) -> Report:
-    """Write the report of `db` to `out` (whole or not at all: a temporary file renamed).
-    A new report is 0600 (folders made for it 0700; INVENTORY_GROUP_READABLE=1: 0640 and
-    0750); one written again keeps its mode."""
-    report = load(db, run_id, sql_dir)
+def load(
+    db: Path, run_id: str | None = None, sql_dir: Path | None = None, lake: str | None = None
+) -> Report:
+    """The report of `db` (read-only), or of the lake `lake`, not written anywhere yet."""
+    with reading(db, lake) as (con, source):
+        return build(con, source, run_id, sql_dir)
+
+
+def write(
+    db: Path,
+    out: Path,
+    run_id: str | None = None,
+    sql_dir: Path | None = None,
+    lake: str | None = None,
+) -> Report:
+    """Write the report of `db` (or of the lake `lake`) to `out` (whole or not at all: a
+    temporary file renamed). A new report is 0600 (folders made for it 0700;
+    INVENTORY_GROUP_READABLE=1: 0640 and 0750); one written again keeps its mode."""
+    report = load(db, run_id, sql_dir, lake)
     out = Path(out)
     try:
         make_dirs(out.parent)

@@ -221,10 +221,24 @@ def _names_all(regions: str | Sequence[str]) -> bool:
     return [str(item).strip() for item in items] == ["all"]
 
 
+MAX_S3_CONFIG_BYTES = 16 * 1024 * 1024  # far more than any accounts file
+
+
+def _read_s3(url: str) -> bytes:
+    """An accounts file on S3 (`--config s3://bucket/key.toml`: a scheduled container has no
+    disk), read with the hub's credentials and the lake export's S3 settings."""
+    from inventory.storage import lake  # pyarrow and boto3: only when the file is on S3
+
+    try:
+        return lake.read_s3_object(url, MAX_S3_CONFIG_BYTES)
+    except OSError as exc:
+        raise ConfigError(url, "--config", url, f"cannot be read from S3: {exc.strerror}") from None
+
+
 def _read(config: Path | str) -> str:
     path = str(config)
     try:
-        data = Path(config).read_bytes()
+        data = _read_s3(path) if path.startswith("s3://") else Path(config).read_bytes()
     except FileNotFoundError:
         raise ConfigError(path, "--config", path, "no such file") from None
     except IsADirectoryError:

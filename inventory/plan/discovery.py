@@ -34,7 +34,7 @@ from typing import Any
 from aiobotocore.session import AioSession
 from botocore.credentials import ReadOnlyCredentials
 
-from inventory import logs
+from inventory import iam, logs
 from inventory.aws.credentials import assume_role_params, from_sts
 from inventory.aws.retry import CallFailed, Calls
 from inventory.aws.session import base_credentials, client_kwargs, home_region
@@ -59,12 +59,7 @@ log = logging.getLogger("inventory.plan.discovery")
 
 DOCS = "docs/iam.md"
 _REGION_NAME = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
-ORG_PERMISSIONS = (
-    "organizations:ListAccounts",
-    "organizations:ListAccountsForParent",
-    "organizations:ListOrganizationalUnitsForParent",
-    "organizations:ListRoots",
-)
+ORG_PERMISSIONS = iam.ORGANIZATIONS  # exactly the calls _org_entries makes
 
 
 class DiscoveryFailed(InventoryError):

@@ -10,6 +10,11 @@ says which run it holds.
 stable share of the accounts (`shard_of`); every shard of a run writes under the run id the
 submitter gives with `--run-id`, so the lake holds one run in N parts. Every problem with
 these flags is a `UsageError` that names the flag and the value.
+
+`--run-id-from-job NAME` derives that shared id from what every pod of one Kubernetes Job is
+given alike, the Job's name (`run_id_from_job`): a CronJob names each Job
+`<cronjob>-<scheduled time in minutes since the epoch>`, so the id is that time, then 6 hex
+digits of SHA-256 of the whole name. No pod needs to talk to another to agree on it.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ __all__ = [
     "check_run_id",
     "new_run_id",
     "parse_shard",
+    "resolve_run_id",
     "resolve_shard",
+    "run_id_from_job",
     "run_started_at",
     "shard_from_env",
     "shard_of",
@@ -48,6 +55,11 @@ _TIME_LENGTH = len("20261127T053650Z")
 # The contract's run id: the UTC start, '-', then a suffix (6 hex digits when collect makes
 # it up; 1-32 letters, digits, '_' or '-' when given).
 _RUN_ID = re.compile(r"(?P<ts>[0-9]{8}T[0-9]{6}Z)-(?P<suffix>[A-Za-z0-9][A-Za-z0-9_-]{0,31})")
+# A Job name as a CronJob makes it: anything, '-', the scheduled minute since the epoch.
+_JOB_NAME = re.compile(r".+-(?P<minutes>[0-9]{1,10})")
+# The scheduled minutes a Job name may carry (since the epoch): from 2000 to 2200, so that a
+# hand-made name like `inventory-2` is not read as a minute of 1970.
+_JOB_MINUTES = range(946_684_800 // 60, 7_258_118_400 // 60)
 _SHARD = re.compile(r"\s*(?P<k>[0-9]+)\s*/\s*(?P<n>[0-9]+)\s*")
 
 
@@ -179,6 +191,40 @@ def resolve_shard(
         raise UsageError(
             f"{flag} needs --run-id: the id every shard of the run shares, chosen once by "
             f"whoever starts them ({RUN_ID_FORMAT}, e.g. "
-            "$(date -u +%Y%m%dT%H%M%SZ)-$(openssl rand -hex 3))"
+            "$(date -u +%Y%m%dT%H%M%SZ)-$(openssl rand -hex 3)), or --run-id-from-job in a "
+            "Kubernetes Job"
         )
     return found
+
+
+def run_id_from_job(name: str, flag: str = "--run-id-from-job") -> str:
+    """The run id every pod of the Job `name` derives alike: the time its trailing
+    `-<minutes since the epoch>` says (a CronJob names its Jobs so), then the first 6 hex
+    digits of SHA-256 of the whole name, e.g. `lightsail-inventory-29930520` ->
+    `20261128T020000Z-` + 6 hex digits. A name without that suffix (a Job made by hand, or
+    by `kubectl create job --from=cronjob/...` without a name that ends in one) is a
+    UsageError that says how to name it."""
+    found = _JOB_NAME.fullmatch(name)
+    if found is None or int(found["minutes"]) not in _JOB_MINUTES:
+        raise UsageError(
+            f"{flag} {name!r}: expected a Job name that ends in -<minutes since the epoch>, "
+            "as a CronJob names its Jobs (e.g. lightsail-inventory-29930520); name a Job made "
+            "by hand so (kubectl create job --from=cronjob/CRONJOB "
+            "CRONJOB-$(( $(date +%s) / 60 ))) or give --run-id instead"
+        )
+    started = dt.datetime.fromtimestamp(int(found["minutes"]) * 60, dt.UTC)
+    suffix = hashlib.sha256(name.encode("utf-8")).hexdigest()[:6]
+    return started.strftime(TIME_FORMAT) + "-" + suffix
+
+
+def resolve_run_id(run_id: str | None, job_name: str | None) -> str | None:
+    """The collect flags `--run-id` and `--run-id-from-job`: at most one; the run id they
+    give, checked (None: collect makes one up)."""
+    if run_id is not None and job_name is not None:
+        raise UsageError(
+            f"--run-id {run_id} and --run-id-from-job {job_name}: give one (both may come "
+            "from the environment: INVENTORY_RUN_ID, INVENTORY_JOB_NAME)"
+        )
+    if job_name is not None:
+        return run_id_from_job(job_name)
+    return None if run_id is None else check_run_id(run_id)

@@ -47,14 +47,23 @@ class Tally:
     containers: int = 0
     api_calls: int = 0
     retries: int = 0
-    failures: list[ErrorRecord] = field(default_factory=list)
+    throttled: int = 0  # throttled answers (pacing.Pacer.throttles)
+    # the lowest rate (calls/s of the whole run) the pacer came down to; None: no pacer ran
+    lowest_rate: float | None = None
+    failures: list[ErrorRecord] = field(default_factory=list)  # the first MAX_FAILURES_KEPT
+    # failed targets by (region, error code), exact (the failures list is capped)
+    failed_by: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def merge(self, other: Tally) -> None:
         for f in dataclasses.fields(self):
-            if f.name != "failures":
+            if f.name not in ("failures", "failed_by", "lowest_rate"):
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         room = MAX_FAILURES_KEPT - len(self.failures)
         self.failures.extend(other.failures[: max(0, room)])
+        for key, n in other.failed_by.items():
+            self.failed_by[key] = self.failed_by.get(key, 0) + n
+        rates = [r for r in (self.lowest_rate, other.lowest_rate) if r is not None]
+        self.lowest_rate = min(rates, default=None)
 
 
 def _scan_row(run_id: str, r: TargetResult) -> dict[str, Any]:
@@ -120,6 +129,8 @@ class RunBuilder:
             self.tally.targets_failed += 1
             err = result.error
             assert err is not None
+            key = (result.region, err.error_code)
+            self.tally.failed_by[key] = self.tally.failed_by.get(key, 0) + 1
             # An account whose role could not be assumed fails in every region: one error row.
             if err.operation != "AssumeRole" or result.account.id not in self._failed_accounts:
                 errors.append(err)
@@ -191,6 +202,8 @@ async def collect_into(
     await sink(builder.take())
     builder.tally.api_calls = collector.counter.api_calls
     builder.tally.retries = collector.counter.retries
+    builder.tally.throttled = collector.pacer.throttles
+    builder.tally.lowest_rate = collector.pacer.min_rate
 
 
 def tune_gc_for_collect() -> None:

@@ -36,7 +36,7 @@ from inventory.run.builder import (
     fingerprinter,
 )
 from inventory.run.collect import Collector, run_deadline
-from inventory.storage import lake, schema
+from inventory.storage import lake, lakequery, schema
 from inventory.storage.fingerprint import (
     KEY_ENV,
     key_exists,
@@ -256,25 +256,43 @@ def preflight(
             f"--run-id {run_id}{part}: {store.path} already holds that run; give another "
             "--run-id (or collect this shard into its own --db)"
         )
-    key = fingerprint_key(store, plan.options.include_env_values, new_fingerprint_key)
+    key = fingerprint_key(
+        store, plan.options.include_env_values, new_fingerprint_key, lake_dest=parquet_dest
+    )
     if parquet_dest:
         lake.check_writable(parquet_dest)
     return key
 
 
-def fingerprint_key(store: Store, env_values: bool, accept_new: bool = False) -> bytes | None:
-    """The key this run fingerprints with (None when it stores values), recorded in
-    `store.env_mode`. Refused (UsageError) unless `accept_new`: minting a new key for a
-    store whose runs were fingerprinted (their key file lost or left behind), or a key whose
-    id differs from the newest fingerprinted run's: every value would seem to change."""
-    if env_values:
-        store.env_mode = (None, True)
-        return None
+def previous_key_id(store: Store, lake_dest: str | None) -> tuple[str | None, str]:
+    """(the key id of the newest fingerprinted run, where its runs are). The store's runs
+    first; a store without one (new: a scheduled container's throw-away --db) defers to the
+    lake the run writes to, whose runs (any shard) are then the history the key must match."""
     _, rows = store.query_rows(
         "SELECT fingerprint_key_id FROM runs WHERE fingerprint_key_id IS NOT NULL "
         "ORDER BY started_at DESC, run_id DESC LIMIT 1"
     )
-    before = rows[0][0] if rows else None
+    if rows:
+        return rows[0][0], str(store.path)
+    if lake_dest:
+        found = lakequery.newest_key_id(lake_dest)
+        if found is not None:
+            return found, f"the lake {lake_dest}"
+    return None, str(store.path)
+
+
+def fingerprint_key(
+    store: Store, env_values: bool, accept_new: bool = False, lake_dest: str | None = None
+) -> bytes | None:
+    """The key this run fingerprints with (None when it stores values), recorded in
+    `store.env_mode`. Refused (UsageError) unless `accept_new`: minting a new key for a
+    store (or, when the store has no fingerprinted run, a lake `lake_dest`) whose runs were
+    fingerprinted (their key file lost or left behind), or a key whose id differs from the
+    newest fingerprinted run's: every value would seem to change."""
+    if env_values:
+        store.env_mode = (None, True)
+        return None
+    before, where = previous_key_id(store, lake_dest)
     fix = (
         "pass --new-fingerprint-key to start a new key (diff then does not compare "
         "environment values across the change)"
@@ -282,7 +300,7 @@ def fingerprint_key(store: Store, env_values: bool, accept_new: bool = False) ->
     path = key_path(store.path)
     if before is not None and not accept_new and not key_exists(store.path):
         raise UsageError(
-            f"{path}: missing, but the runs in {store.path} were fingerprinted with key id "
+            f"{path}: missing, but the runs in {where} were fingerprinted with key id "
             f"{before}; put that key file back (or set {KEY_ENV} to that key), or {fix}"
         )
     key = load_key(store.path)
@@ -290,7 +308,7 @@ def fingerprint_key(store: Store, env_values: bool, accept_new: bool = False) ->
     if before is not None and kid != before and not accept_new:
         source = KEY_ENV if os.environ.get(KEY_ENV) is not None else str(path)
         raise UsageError(
-            f"{source}: fingerprint key id {kid}, but the runs in {store.path} used key id "
+            f"{source}: fingerprint key id {kid}, but the runs in {where} used key id "
             f"{before}; use that key again, or {fix}"
         )
     store.env_mode = (kid, False)

@@ -212,4 +212,6 @@ class WorkerPool:
                 p.join(timeout=10)
             self._q.close()
         tally.anomalies -= repeated
+        if tally.lowest_rate is not None:  # each worker paced 1/N of --rate (share_options)
+            tally.lowest_rate *= workers
         return tally

@@ -119,3 +119,21 @@ def keep_mode(old: Path, new: Path) -> None:
         os.chmod(new, file_mode())
         return
     os.chmod(new, stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else file_mode())
+
+
+def write_replacing(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write `data` to `path` whole or not at all: a temporary file beside it, renamed over
+    it (a reader never sees half a file). Mode `mode` whatever the umask, else `keep_mode`'s
+    (the replaced file's, or `file_mode()` for a new one)."""
+    fd, tmp = temp_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        if mode is None:
+            keep_mode(path, tmp)
+        else:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -23,7 +23,9 @@ a file written again keeps its mode.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import functools
 import os
 import re
@@ -287,10 +289,138 @@ def _s3_client_for(region: str | None, *_settings: str | None) -> Any:
 
 
 def _s3_keys(client: Any, bucket: str, prefix: str) -> list[str]:
-    keys: list[str] = []
+    return [key for key, _ in _s3_objects(client, bucket, prefix)]
+
+
+def _s3_objects(client: Any, bucket: str, prefix: str) -> list[tuple[str, int]]:
+    """(key, bytes) of every object under `prefix`."""
+    found: list[tuple[str, int]] = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys.extend(obj["Key"] for obj in page.get("Contents", []))
-    return keys
+        found.extend((obj["Key"], int(obj.get("Size", 0))) for obj in page.get("Contents", []))
+    return found
+
+
+# --------------------------------------------------------------------------- removing runs
+
+
+@dataclass(frozen=True, slots=True)
+class LakeFile:
+    """One file of a run in the lake: where (a local path or an s3:// URI), its table, its
+    run and its size."""
+
+    path: str
+    table: str
+    run_id: str
+    size: int
+
+
+def files_of_run(
+    dest: str | os.PathLike[str], run_id: str, started_at: dt.datetime
+) -> list[LakeFile]:
+    """Every file of run `run_id` under `dest`, in its run_date partition of each table: the
+    whole file, every part (each shard's), and the old-style parts whose rows are of it
+    (`old_part_of`); never a file of a run whose id merely starts with it, nor a temporary
+    file. The `runs` table's files come last: `prune --lake` removes them last, so a run whose
+    removal was cut short is still in the lake's runs and the next prune finishes it."""
+    tables = [t for t in schema.TABLES if t != "runs"] + ["runs"]
+    found: list[LakeFile] = []
+    for table in tables:
+        directory = partition_dir(dest, table, started_at)
+        fs, root = _filesystem(directory)
+        listed = _local_files(Path(root)) if fs is None else _remote_files(root, run_id)
+        for name, size in listed:
+            where = str(Path(root) / name) if fs is None else f"{directory}/{name}"
+            mine = name.split(".", 1)[0] == run_id and name.endswith(".parquet")
+            if mine or (
+                name in old_style_candidates([name], run_id)
+                and old_part_of(where if fs is None else f"{root}/{name}", fs, run_id)
+            ):
+                found.append(LakeFile(where, table, run_id, size))
+    return found
+
+
+def _local_files(directory: Path) -> list[tuple[str, int]]:
+    """(name, bytes) of what a local partition folder holds (none when it is not there)."""
+    try:
+        return [(e.name, e.stat().st_size) for e in os.scandir(directory)]
+    except FileNotFoundError:
+        return []
+
+
+def _remote_files(root: str, run_id: str) -> list[tuple[str, int]]:
+    """(name, bytes) of the objects directly in an S3 partition ('bucket/key...') whose name
+    starts with `run_id`."""
+    bucket, _, key_dir = root.partition("/")
+    listed = _s3_objects(_s3_client(), bucket, f"{key_dir}/{run_id}")
+    named = [(k[len(key_dir) + 1 :], size) for k, size in listed]
+    return [(n, size) for n, size in named if "/" not in n]
+
+
+def delete_files(files: list[LakeFile]) -> list[tuple[LakeFile, str]]:
+    """Delete `files` (local or S3): the ones that could not be deleted, each with why. One
+    already gone counts as deleted (a second prune after a cut-short one). An emptied local
+    partition folder is removed too."""
+    failed: list[tuple[LakeFile, str]] = []
+    remote = [f for f in files if f.path.startswith("s3://")]
+    for f in files:
+        if f.path.startswith("s3://"):
+            continue
+        try:
+            Path(f.path).unlink(missing_ok=True)
+        except OSError as e:
+            failed.append((f, e.strerror or str(e)))
+            continue
+        with contextlib.suppress(OSError):  # not empty (other runs' files): kept
+            Path(f.path).parent.rmdir()
+    by_bucket: dict[str, list[LakeFile]] = {}
+    for f in remote:
+        by_bucket.setdefault(f.path[len("s3://") :].partition("/")[0], []).append(f)
+    for bucket, group in by_bucket.items():
+        for i in range(0, len(group), 1000):  # DeleteObjects takes 1,000 keys at most
+            failed += _delete_objects(bucket, group[i : i + 1000])
+    return failed
+
+
+def _delete_objects(bucket: str, group: list[LakeFile]) -> list[tuple[LakeFile, str]]:
+    """One DeleteObjects request: the files it did not delete, with S3's error code."""
+    by_key = {f.path[len(f"s3://{bucket}/") :]: f for f in group}
+    try:
+        resp = _s3_client().delete_objects(
+            Bucket=bucket, Delete={"Objects": [{"Key": k} for k in by_key], "Quiet": True}
+        )
+    except Exception as e:  # botocore's ClientError, EndpointConnectionError...
+        code = getattr(e, "response", {}).get("Error", {}).get("Code") or type(e).__name__
+        return [(f, code) for f in group]
+    return [
+        (by_key[err["Key"]], str(err.get("Code") or "error"))
+        for err in resp.get("Errors", [])
+        if err.get("Key") in by_key
+    ]
+
+
+def read_s3_object(url: str, limit: int) -> bytes:
+    """The object at `s3://bucket/key` (an accounts file: a scheduled container has no disk),
+    read with the credentials, endpoint and region the lake export uses (`_s3_settings`).
+    Raises OSError whose strerror says what is wrong, with S3's error code: FileNotFoundError
+    (no such bucket or key), PermissionError (denied), OSError (unreachable, no credentials,
+    larger than `limit` bytes)."""
+    bucket, _, key = url[len("s3://") :].partition("/")
+    if not bucket or not key or key.endswith("/"):
+        raise IsADirectoryError(errno.EISDIR, "names no object: give s3://bucket/key")
+    try:
+        answer = _s3_client().get_object(Bucket=bucket, Key=key)
+        with answer["Body"] as body:
+            data: bytes = body.read(limit + 1)
+    except Exception as e:  # botocore's ClientError, EndpointConnectionError, NoCredentials...
+        code = getattr(e, "response", {}).get("Error", {}).get("Code") or type(e).__name__
+        if code in ("NoSuchKey", "NoSuchBucket", "404"):
+            raise FileNotFoundError(errno.ENOENT, f"no such object ({code})") from None
+        if code in ("AccessDenied", "403", "AllAccessDisabled", "InvalidAccessKeyId"):
+            raise PermissionError(errno.EACCES, f"access denied ({code})") from None
+        raise OSError(errno.EIO, f"cannot be read ({code})") from None
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit:,} bytes")
+    return data
 
 
 # --------------------------------------------------------------------------- internals

@@ -19,6 +19,10 @@ Decisions:
   files of other dates without opening them (`EXPLAIN` shows the filter on the scan).
 - Listing happens once, when the lake is opened; files written afterwards are seen by the
   next `open_lake`.
+- Each dataset is registered as `_lake_<table>` and the table itself is a view over it in
+  the connection's own database (`memory.main.<table>`), as in a store's file: so what reads
+  a store by its tables (the report's as-of views shadow them with temporary views, and
+  `store.select_list` finds their columns) reads the lake by the same code.
 """
 
 from __future__ import annotations
@@ -43,17 +47,32 @@ def table_schema(table: str) -> pa.Schema:
     return schema.TABLES[table].append(PARTITION.field("run_date"))
 
 
-def _root(dest: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str, str]:
-    """(filesystem, root path within it, dest as the user wrote it)."""
+def _root(dest: str | os.PathLike[str], flag: str = "--lake") -> tuple[pafs.FileSystem, str, str]:
+    """(filesystem, root path within it, dest as the user wrote it); `flag` names it in errors."""
     text = str(dest).rstrip("/")
     if text.startswith("s3://"):
         root = text[len("s3://") :]
         if not root:
-            raise UsageError(f"--lake {dest!r}: give a bucket, s3://bucket[/prefix]")
+            raise UsageError(f"{flag} {dest!r}: give a bucket, s3://bucket[/prefix]")
         return lake.s3_filesystem(), root, text
     if "://" in text:
-        raise UsageError(f"--lake {dest!r}: only local folders and s3:// URIs are supported")
+        raise UsageError(f"{flag} {dest!r}: only local folders and s3:// URIs are supported")
     return pafs.LocalFileSystem(), os.path.abspath(text), text
+
+
+def _dataset(fs: pafs.FileSystem, root: str, name: str) -> ds.Dataset | None:
+    """The dataset of table `name` under the lake's `root`, or None when it has no folder.
+    Raises OSError / ArrowInvalid when it cannot be listed."""
+    path = f"{root}/{name}"
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return None
+    return ds.dataset(
+        path,
+        schema=table_schema(name),
+        format="parquet",
+        filesystem=fs,
+        partitioning=ds.partitioning(PARTITION, flavor="hive"),
+    )
 
 
 def datasets(dest: str | os.PathLike[str]) -> dict[str, ds.Dataset | pa.Table]:
@@ -67,26 +86,15 @@ def datasets(dest: str | os.PathLike[str]) -> dict[str, ds.Dataset | pa.Table]:
         raise UsageError(f"--lake {shown!r}: no such folder")
     if info.type == pafs.FileType.File:
         raise UsageError(f"--lake {shown!r}: a file, not a lake folder")
-    partitioning = ds.partitioning(PARTITION, flavor="hive")
     out: dict[str, ds.Dataset | pa.Table] = {}
     found = False
     for name in schema.TABLES:
-        path = f"{root}/{name}"
         try:
-            present = fs.get_file_info(path).type == pafs.FileType.Directory
-            if present:
-                out[name] = ds.dataset(
-                    path,
-                    schema=table_schema(name),
-                    format="parquet",
-                    filesystem=fs,
-                    partitioning=partitioning,
-                )
-                found = True
-                continue
+            data = _dataset(fs, root, name)
         except (OSError, pa.ArrowInvalid) as e:
             raise StoreError(f"{shown}/{name}: cannot list the lake: {e}") from e
-        out[name] = table_schema(name).empty_table()
+        found = found or data is not None
+        out[name] = table_schema(name).empty_table() if data is None else data
     if not found:
         raise UsageError(
             f"--lake {shown!r}: no Parquet lake there (expected "
@@ -103,13 +111,40 @@ def open_lake(dest: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
     try:
         con.execute("SET TimeZone = 'UTC'")
         for name, data in tables.items():
-            con.register(name, data)
+            con.register(f"_lake_{name}", data)
+            con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "_lake_{name}"')
         for sql in view_statements():
             con.execute(sql)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def newest_key_id(dest: str | os.PathLike[str]) -> str | None:
+    """The `fingerprint_key_id` of the newest fingerprinted run in the lake at `dest` (any
+    shard), or None when it has none (no lake there yet, or only runs that stored values).
+    Only the `runs` table is read. What collect's key check matches when its store is new
+    (a scheduled container's throw-away --db): a lake that cannot be read is a UsageError
+    naming --parquet-dir, before anything is written."""
+    fs, root, shown = _root(dest, "--parquet-dir")
+    try:
+        data = _dataset(fs, root, "runs")
+        if data is None:
+            return None
+        runs = data.to_table(
+            columns=["run_id", "started_at", "fingerprint_key_id"],
+            filter=ds.field("fingerprint_key_id").is_valid(),
+        )
+    except (OSError, pa.ArrowException) as e:
+        raise UsageError(
+            f"--parquet-dir {shown}: cannot read the lake's runs to check the fingerprint "
+            f"key: {' '.join(str(e).split())}"
+        ) from e
+    if not runs.num_rows:
+        return None
+    newest = runs.sort_by([("started_at", "descending"), ("run_id", "descending")])
+    return str(newest.column("fingerprint_key_id")[0].as_py())
 
 
 def query_rows(

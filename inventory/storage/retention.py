@@ -13,7 +13,14 @@ A removed run loses its rows in all six tables, in one transaction. DuckDB keeps
 blocks inside the file for reuse (CHECKPOINT and VACUUM do not shrink it), so the file is then
 compacted: copied with `COPY FROM DATABASE` into a temporary file beside it (in a private
 folder of its own), which takes the old file's mode and replaces it by rename once complete. The writer lock is held throughout; a crash leaves either the old file
-or the new one, each whole. The Parquet lake is not touched (use the bucket's lifecycle rules).
+or the new one, each whole. The Parquet lake is not touched by it.
+
+`prune_lake(dest, ...)` does the same to the Parquet lake alone (a folder or s3://; no store
+needed): the same selection (`select`, over the lake's own runs and views), and a removed run
+loses its files in every table, every shard's part, in its run_date partition. The `runs`
+table's files go last, and only once the run's other files are gone: a removal cut short
+(a file that could not be deleted) leaves the run listed in the lake, so it is reported and
+the next prune finishes it. An emptied local partition folder is removed.
 """
 
 from __future__ import annotations
@@ -27,12 +34,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 
 from inventory.errors import StoreError, UsageError
-from inventory.storage import schema
+from inventory.storage import lake, lakequery, schema
 from inventory.storage.files import keep_mode
-from inventory.storage.lake import fsync_dir
 from inventory.storage.store import Store
 from inventory.terminal import plural
 
@@ -50,6 +57,10 @@ class PruneResult:
     size_before: int = 0  # bytes, the database file and its WAL
     size_after: int = 0
     dry_run: bool = False
+    lake: str | None = None  # prune_lake: the lake's files, not a database file
+    files: dict[str, int] = field(default_factory=dict)  # lake files removed per table
+    file_bytes: int = 0  # their size
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (file, why) not removed
 
     @property
     def reclaimed(self) -> int:
@@ -62,13 +73,25 @@ class PruneResult:
             lines.append(f"  oldest {self.removed[0]}, newest {self.removed[-1]}")
         if self.rows:
             lines.append("  rows deleted: " + ", ".join(f"{t} {n:,}" for t, n in self.rows.items()))
+        if self.files:
+            lines.append(
+                f"  {plural(sum(self.files.values()), 'file')} ({self.file_bytes:,} bytes) "
+                f"{'would be ' if self.dry_run else ''}deleted from {self.lake}: "
+                + ", ".join(f"{t} {n:,}" for t, n in self.files.items())
+            )
+        if self.failed:
+            path, why = self.failed[0]
+            lines.append(
+                f"  {plural(len(self.failed), 'file')} could not be deleted (e.g. {path}: {why}); "
+                "their runs stay listed in the lake: run prune again to finish"
+            )
         if self.protected:
             lines.append(
                 f"  {plural(len(self.protected), 'older run')} kept: still the newest good snapshot of "
                 f"some account × region of the fleet, or the run that defines it ({', '.join(self.protected[:3])}"
                 + (", …)" if len(self.protected) > 3 else ")")
             )
-        if not self.dry_run:
+        if not self.dry_run and self.lake is None:
             lines.append(
                 f"  file {_mb(self.size_before)} -> {_mb(self.size_after)} "
                 f"({_mb(self.reclaimed)} reclaimed)"
@@ -90,13 +113,14 @@ def file_size(db: Path) -> int:
 
 
 def select(
-    store: Store,
+    con: duckdb.DuckDBPyConnection,
     keep_days: int | None = None,
     keep_runs: int | None = None,
     now: dt.datetime | None = None,
 ) -> tuple[list[str], list[str], int]:
     """(runs to remove oldest first, runs kept only because the views still read them, runs
-    kept in all)."""
+    kept in all), from `con`: a store's connection or the lake's (the same views). A run is
+    its run id, all shards together (run_totals)."""
     if (keep_days is None) == (keep_runs is None):
         raise UsageError("give one of --keep-days N or --keep-runs N")
     if keep_days is not None and not 0 <= keep_days <= MAX_KEEP_DAYS:
@@ -104,12 +128,12 @@ def select(
     if keep_runs is not None and keep_runs < 0:
         raise UsageError(f"--keep-runs {keep_runs}: must be 0 or more")
     now = now or dt.datetime.now(dt.UTC)
-    _, rows = store.query_rows(
+    rows = con.execute(
         "SELECT r.run_id, r.started_at, r.status, "
         "  r.run_id IN (SELECT run_id FROM latest_scans UNION ALL SELECT run_id FROM fleet_run)"
         "  AS latest "
-        "FROM runs AS r ORDER BY r.started_at DESC, r.run_id DESC"
-    )
+        "FROM run_totals AS r ORDER BY r.started_at DESC, r.run_id DESC"
+    ).fetchall()
     old: list[tuple[str, bool]] = []
     for i, (run_id, started_at, status, latest) in enumerate(rows):
         if status == "running":
@@ -139,7 +163,8 @@ def prune(
     """Remove old runs from `store` (a writer) and compact the file (see the module doc)."""
     if store.read_only:
         raise StoreError(f"{store.path}: opened read-only; prune needs the writer")
-    removed, protected, kept = select(store, keep_days, keep_runs, now)
+    with store.connection() as con:
+        removed, protected, kept = select(con, keep_days, keep_runs, now)
     result = PruneResult(removed, protected, kept, dry_run=dry_run)
     result.size_before = result.size_after = file_size(store.path)
     if dry_run or not removed:
@@ -167,6 +192,58 @@ def prune(
         compact_file(store)
     result.size_after = file_size(store.path)
     return result
+
+
+def prune_lake(
+    dest: str,
+    *,
+    keep_days: int | None = None,
+    keep_runs: int | None = None,
+    now: dt.datetime | None = None,
+    dry_run: bool = False,
+) -> PruneResult:
+    """Remove old runs' files from the lake at `dest` (see the module doc). Idempotent: a
+    run already gone is not selected again, a file already gone counts as deleted."""
+    con = lakequery.open_lake(dest)
+    try:
+        removed, protected, kept = select(con, keep_days, keep_runs, now)
+        started = dict(
+            con.execute(
+                "SELECT run_id, started_at FROM run_totals WHERE run_id IN "
+                "(SELECT unnest($ids::VARCHAR[]))",
+                {"ids": removed},
+            ).fetchall()
+        )
+    finally:
+        con.close()
+    result = PruneResult(removed, protected, kept, dry_run=dry_run, lake=dest)
+    files = [f for run_id in removed for f in lake.files_of_run(dest, run_id, started[run_id])]
+    if not dry_run:
+        files, failed = _delete_run_files(files)
+        result.failed = [(f.path, why) for f, why in failed]
+    for f in files:
+        result.files[f.table] = result.files.get(f.table, 0) + 1
+        result.file_bytes += f.size
+    if not dry_run:
+        log.info("pruned %d runs from the lake %s: %s", len(removed), dest, result.files)
+    return result
+
+
+def _delete_run_files(
+    files: list[lake.LakeFile],
+) -> tuple[list[lake.LakeFile], list[tuple[lake.LakeFile, str]]]:
+    """(deleted, not deleted with why): every run's files, its `runs` file only once all its
+    others are gone (a run cut short stays listed in the lake, for the next prune)."""
+    failed = lake.delete_files([f for f in files if f.table != "runs"])
+    cut_short = {f.run_id for f, _ in failed}
+    failed += lake.delete_files(
+        [f for f in files if f.table == "runs" and f.run_id not in cut_short]
+    )
+    left = {f.path for f, _ in failed}
+    deleted = [
+        f for f in files if f.path not in left and not (f.table == "runs" and f.run_id in cut_short)
+    ]
+    return deleted, failed
 
 
 def compact_file(store: Store) -> None:
@@ -199,6 +276,6 @@ def compact_file(store: Store) -> None:
             os.fsync(f.fileno())
         keep_mode(db, tmp)
         os.replace(tmp, db)
-        fsync_dir(db.parent)
+        lake.fsync_dir(db.parent)
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # tmp and its WAL, unless renamed
