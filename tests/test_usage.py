@@ -430,3 +430,41 @@ def test_answers_of_unexpected_shape_become_nulls_and_anomalies() -> None:
     ]
     (power,) = tables["container_powers"].to_pylist()
     assert power["price_per_month"] is None and power["region"] == "us-east-1"
+
+
+def test_cli_usage_with_fewer_days(
+    tmp_path: Path, make_simulator: MakeSimulator, write_accounts: Callable[..., Path]
+) -> None:
+    """`collect --usage --usage-days 2` from the command line: a two-day window, its rows,
+    and the lake has them too."""
+    fleet = Fleet(2, seed=3, regions=R2)
+    make_simulator(fleet=fleet)
+    accounts = write_accounts(tmp_path / "a.toml", fleet.account_ids, regions=R2, role_name="R")
+    db, lake = tmp_path / "inv.duckdb", tmp_path / "lake"
+    out = runner.invoke(
+        app,
+        ["collect", "--config", str(accounts), "--db", str(db), "--parquet-dir", str(lake),
+         "--usage", "--usage-days", "2", "--rate", "2000"],
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    with Store.open(db, read_only=True) as store:
+        start, end = window_of(store)
+        assert end - start == dt.timedelta(days=2)
+        assert as_utc(store.query_rows(UTILIZATION_SQL)[1]) == utilization_truth(fleet, start, end)
+    with lakequery.open_lake(lake) as con:
+        (n,) = con.execute(
+            "SELECT count(*) FROM service_utilization WHERE status = 'ok'"
+        ).fetchone()
+    assert n > 0 and n % 48 == 0  # whole days of hourly datapoints, per service and metric
+
+
+def test_simulator_command_line_throttles_and_denies_an_operation() -> None:
+    from inventory.simulator.__main__ import build, parse_args
+
+    sim = build(
+        parse_args([f"--throttle-operation={METRIC_DATA}=0.25", f"--deny-operation={POWERS}"])
+    )
+    assert sim.faults.operation_throttle == {METRIC_DATA: 0.25}
+    assert sim.faults.denied_operations == {POWERS}
+    with pytest.raises(SystemExit):
+        parse_args([f"--throttle-operation={METRIC_DATA}=2"])
