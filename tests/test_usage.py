@@ -24,7 +24,14 @@ from inventory.model import Account, Options, Plan
 from inventory.run import builder as builder_mod
 from inventory.run.collect import Collector
 from inventory.run.pipeline import run_collect
-from inventory.run.usage import METRIC_DATA, METRICS, POWERS, MetricAnswer, UsageFlattener
+from inventory.run.usage import (
+    METRIC_DATA,
+    METRICS,
+    POWERS,
+    MetricAnswer,
+    UsageFetcher,
+    UsageFlattener,
+)
 from inventory.simulator import Faults, Fleet, Simulator
 from inventory.simulator.fleet import DISABLED_PROFILE, POWER_SPECS, USAGE_PROFILES
 from inventory.storage import lakequery
@@ -468,3 +475,34 @@ def test_simulator_command_line_throttles_and_denies_an_operation() -> None:
     assert sim.faults.denied_operations == {POWERS}
     with pytest.raises(SystemExit):
         parse_args([f"--throttle-operation={METRIC_DATA}=2"])
+
+
+async def test_a_stop_keeps_the_main_data_and_records_the_usage_calls_cut_short(
+    make_simulator: MakeSimulator,
+) -> None:
+    """Ctrl-C (SIGTERM) right after GetContainerServices: no usage call is made, the
+    services are kept, and the cut-short calls are one 'Interrupted' errors row each
+    (the powers call, the first metric call that says how many services it skipped)."""
+    fleet = Fleet(1, seed=3, regions=R2)
+    sim = make_simulator(fleet=fleet)
+    acct = fleet.account_ids[0]
+    region = max(R2, key=lambda r: len(fleet.services(acct, r)))
+    options = Options(concurrency=1, rate=2000.0, timeout=5.0, usage=True)
+    async with Collector(options, [region]) as collector:
+        fetcher = UsageFetcher(collector)
+
+        async def after(result: Any) -> Any:
+            collector.stop("SIGTERM")
+            return await fetcher(result)
+
+        collector.after_collect = after
+        account = Account(id=acct, role_arn=f"arn:aws:iam::{acct}:role/R")
+        (result,) = [r async for r in collector.results([account])]
+    assert result.ok and result.services == fleet.services(acct, region)
+    assert [(e.operation, e.error_code) for e in result.anomalies] == [
+        (POWERS, "Interrupted"),
+        (METRIC_DATA, "Interrupted"),
+    ]
+    assert "not called for the other" in result.anomalies[1].message
+    assert {m.status for m in result.usage.metrics} <= {"failed", "disabled"}
+    assert sim.operation_stats(POWERS)["calls"] == sim.operation_stats(METRIC_DATA)["calls"] == 0
