@@ -19,7 +19,7 @@ from rich.markup import escape
 from inventory import __version__, render
 from inventory.answers import queries
 from inventory.errors import InventoryError, UsageError
-from inventory.model import Options
+from inventory.model import MAX_USAGE_DAYS, Options
 from inventory.storage.files import private_umask
 from inventory.terminal import visible
 
@@ -228,6 +228,21 @@ def collect(
             "deployment_history_containers) and GetContainerImages (container_images).",
         ),
     ] = False,
+    usage: Annotated[
+        bool,
+        typer.Option(
+            "--usage",
+            help="Also: GetContainerServicePowers per region (container_powers) and, per "
+            "service, hourly CPU and memory utilization (service_utilization). docs/cost.md",
+        ),
+    ] = False,
+    usage_days: Annotated[
+        int,
+        typer.Option(
+            "--usage-days",
+            help=f"With --usage: days of utilization to read (1 to {MAX_USAGE_DAYS}).",
+        ),
+    ] = DEFAULTS.usage_days,
     max_answer_bytes: Annotated[
         int,
         typer.Option(
@@ -341,6 +356,8 @@ def collect(
             engine=engine.value,
             workers=workers,
             deep=deep,
+            usage=usage,
+            usage_days=usage_days,
             max_answer_bytes=max_answer_bytes,
         )
         run_id = runid.resolve_run_id(run_id, run_id_from_job)

@@ -48,6 +48,7 @@ INVENTORY = ("container_services", "deployments", "containers")
 SIX = (*INVENTORY, "scans", "errors", "runs")
 # schema version 2 (collect --deep): three more tables, in the lake as empty files without it
 DEEP = ("deployment_history", "deployment_history_containers", "container_images")
+USAGE = ("container_powers", "service_utilization")  # collect --usage
 INVENTORY_BIN = Path(sys.executable).with_name("inventory")
 
 # --------------------------------------------------------------------------- the contract
@@ -295,7 +296,7 @@ def collected_at(db: Path, run_id: str) -> dict[Target, dt.datetime]:
 def parquet_files(lake: Path, run_id: str, started: dt.datetime) -> dict[str, Path]:
     """The contract's layout, one whole file per table for the run, nothing half-written."""
     day = started.astimezone(dt.UTC).date().isoformat()
-    assert sorted(p.name for p in lake.iterdir()) == sorted([*SIX, *DEEP])
+    assert sorted(p.name for p in lake.iterdir()) == sorted([*SIX, *DEEP, *USAGE])
     files = {}
     for table in SIX:
         parts = list((lake / table).iterdir())

@@ -5,9 +5,10 @@
 Prints one line, `listening on http://127.0.0.1:PORT`, then serves until SIGTERM / SIGINT.
 `--print-accounts` prints an accounts file (TOML) for the fleet that the same `--accounts`
 and `--seed` serve, and exits: `inventory collect --config` reads it as it is.
-Pair options (`--hang-region`, `--deny-region`, `--unenabled-region`, `--malformed`,
-`--huge-answer`, `--unknown-members`, `--bad-leaves`, `--no-services-member`,
-`--services-not-list`) take `REGION` (every account) or `ACCOUNT:REGION`, and may be repeated.
+`--throttle-operation OP=RATE` and `--deny-operation OP` (repeatable) throttle or refuse one
+Lightsail operation (e.g. the `collect --usage` calls). Pair options (`--hang-region`,
+`--deny-region`, `--unenabled-region`, `--malformed`, `--huge-answer`, `--unknown-members`,
+`--bad-leaves`, `--no-services-member`, `--services-not-list`) take `REGION` (every account) or `ACCOUNT:REGION`, and may be repeated.
 Every request's SigV4 signature is verified (the base identity's keys are the ones
 `--print-env` exports); `--no-verify-signatures` accepts any.
 """
@@ -29,6 +30,17 @@ def _pair(value: str) -> Pair:
     return (account if sep else "*", region)
 
 
+def _operation_rate(value: str) -> tuple[str, float]:
+    op, sep, rate = value.partition("=")
+    try:
+        got = float(rate)
+    except ValueError:
+        got = -1.0
+    if not (sep and op and 0.0 <= got <= 1.0):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected OPERATION=RATE, RATE from 0 to 1")
+    return op, got
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m inventory.simulator", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
@@ -46,6 +58,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hub-account", default=HUB_ACCOUNT_ID)
     p.add_argument("--latency-ms", type=float, default=0.0)
     p.add_argument("--throttle-rate", type=float, default=0.0)
+    p.add_argument(
+        "--throttle-operation",
+        action="append",
+        default=[],
+        type=_operation_rate,
+        metavar="OP=RATE",
+        help="throttle this Lightsail operation's calls at RATE too "
+        "(e.g. GetContainerServiceMetricData=0.2)",
+    )
+    p.add_argument(
+        "--deny-operation", action="append", default=[], metavar="OP", help="AccessDenied"
+    )
     p.add_argument("--error-rate", type=float, default=0.0, help="5xx answers")
     p.add_argument("--drop-rate", type=float, default=0.0)
     p.add_argument("--deny-account", action="append", default=[], metavar="ID")
@@ -109,6 +133,8 @@ def build(args: argparse.Namespace) -> Simulator:
     faults = Faults(
         latency_ms=args.latency_ms,
         throttle_rate=args.throttle_rate,
+        operation_throttle=dict(args.throttle_operation),
+        denied_operations=set(args.deny_operation),
         error_5xx_rate=args.error_rate,
         drop_rate=args.drop_rate,
         denied_accounts=set(args.deny_account),
