@@ -50,6 +50,15 @@ class Faults:
     bad_leaves: set[Pair] = field(default_factory=set)  # leaves of the wrong type
     no_services_member: set[Pair] = field(default_factory=set)  # `{}`: no containerServices
     services_not_list: set[Pair] = field(default_factory=set)  # containerServices an object
+    # Lightsail operation -> chance of a 400 ThrottlingException for each of its calls, on
+    # top of `throttle_rate` (e.g. throttling only the --usage calls)
+    operation_throttle: dict[str, float] = field(default_factory=dict)
+    # Lightsail operations refused (400 AccessDeniedException) to every caller: a reader
+    # role without that permission
+    denied_operations: set[str] = field(default_factory=set)
+    # (account_id, region, service name): per-service calls (--deep, --usage) answer
+    # NotFoundException, as for a service deleted after GetContainerServices listed it
+    vanished: set[tuple[str, str, str]] = field(default_factory=set)
     credential_ttl_s: float = 3600.0  # AssumeRole credentials live at most this long
     external_id: str | None = None  # AssumeRole without this ExternalId: AccessDenied
     hang_max_s: float = 600.0  # a hung request is closed unanswered after this long
@@ -96,6 +105,11 @@ class Faults:
             if self._has(getattr(self, name), account_id, region):
                 return name
         return None
+
+    def throttles(self, op: str) -> bool:
+        """Whether this call of `op` is throttled by `operation_throttle`."""
+        rate = self.operation_throttle.get(op, 0.0)
+        return rate > 0 and self.rng.random() < rate
 
     def latency_s(self) -> float:
         if self.latency_ms <= 0:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import random
 import uuid
 from collections.abc import Iterator, Sequence
@@ -83,6 +84,43 @@ FUTURE_MEMBERS: dict[str, dict[str, Any]] = {
     "healthCheck": {"grpcServiceName": "health.v1"},
     "container": {"cpu": 256, "futureSidecar": {"image": "envoy:1.31", "environment": {}}},
 }
+# GetContainerServicePowers: AWS's container powers, name -> (vCPUs, RAM in GB, USD per node
+# and month). One price per power in every region, as AWS's pricing page and the bundled list
+# (sql/lightsail_container_prices.csv) give them; a test can change a region's (power_prices).
+POWER_SPECS: dict[str, tuple[float, float, float]] = {
+    "nano": (0.25, 0.5, 7.0),
+    "micro": (0.25, 1.0, 10.0),
+    "small": (0.5, 2.0, 25.0),
+    "medium": (1.0, 4.0, 50.0),
+    "large": (2.0, 8.0, 100.0),
+    "xlarge": (4.0, 16.0, 200.0),
+}
+# GetContainerServiceMetricData: each service has a usage profile (Fleet.usage_profile); its
+# CPU and memory utilization (Percent, across all its nodes) is a deterministic function of
+# time with one sample every USAGE_SAMPLE_S seconds ("All container service metric data is
+# available in 5-minute (300 seconds) granularity", the API reference).
+USAGE_PROFILES = ("idle", "steady", "bursty", "over_provisioned", "no_datapoints")
+DISABLED_PROFILE = "disabled"  # a DISABLED service runs nothing: no datapoints either
+USAGE_SAMPLE_S = 300
+METRICS = ("CPUUtilization", "MemoryUtilization")
+MAX_DATAPOINTS = 1440  # per call (the simulator's bound; CloudWatch's GetMetricStatistics')
+STATISTICS = ("Minimum", "Maximum", "Sum", "Average", "SampleCount")
+# profile -> metric -> (base %, daily swing %, spike chance per sample, spike %)
+_USAGE_SHAPES: dict[str, dict[str, tuple[float, float, float, float]]] = {
+    "idle": {"CPUUtilization": (0.4, 0.2, 0.0, 0.0), "MemoryUtilization": (6.0, 0.5, 0.0, 0.0)},
+    "steady": {
+        "CPUUtilization": (45.0, 8.0, 0.0, 0.0),
+        "MemoryUtilization": (58.0, 4.0, 0.0, 0.0),
+    },
+    "bursty": {
+        "CPUUtilization": (12.0, 5.0, 0.04, 85.0),
+        "MemoryUtilization": (35.0, 5.0, 0.04, 40.0),
+    },
+    "over_provisioned": {
+        "CPUUtilization": (4.0, 2.0, 0.0, 0.0),
+        "MemoryUtilization": (11.0, 2.0, 0.0, 0.0),
+    },
+}
 _REGION_CONTINENT = {"us": "NA", "ca": "NA", "eu": "EU", "ap": "AP", "sa": "SA", "me": "ME"}
 
 
@@ -108,6 +146,24 @@ def _secret(rng: random.Random) -> str:
 
 def _sub_rng(*parts: object) -> random.Random:
     return random.Random(":".join(str(p) for p in parts))
+
+
+def _hash_int(*parts: object) -> int:
+    """A stable 32-bit number of `parts` (Python's hash() of a str changes per process)."""
+    return int(hashlib.sha256(":".join(str(p) for p in parts).encode()).hexdigest()[:8], 16)
+
+
+def _statistic(stat: str, values: list[float]) -> float:
+    """One MetricStatistic of a bucket's samples."""
+    if stat == "Minimum":
+        return min(values)
+    if stat == "Maximum":
+        return max(values)
+    if stat == "Sum":
+        return sum(values)
+    if stat == "SampleCount":
+        return float(len(values))
+    return sum(values) / len(values)  # Average
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +248,8 @@ class Fleet:
         self.services_per_account = services_per_account
         self.hub_account_id = hub_account_id
         self.generation = 0
+        # GetContainerServicePowers' price of (region, power name) instead of POWER_SPECS'
+        self.power_prices: dict[tuple[str, str], float] = {}
         self.changes: list[Change] = []
         self._parent: Fleet | None = None
         rng = random.Random(f"fleet:{seed}")
@@ -430,6 +488,90 @@ class Fleet:
             created = round(created + rng.uniform(60, 86400), 3)
             out.append({"image": img, "digest": f"sha256:{digest}", "createdAt": created})
         return {"containerImages": out}
+
+    # ----------------------------------------------------------------- usage
+    def powers(self, region: str) -> dict[str, Any]:
+        """GetContainerServicePowers' answer in `region`: the six powers of POWER_SPECS, all
+        active, at `power_prices[(region, name)]` where a test set one."""
+        return {
+            "powers": [
+                {
+                    "powerId": f"{name}-1",
+                    "price": self.power_prices.get((region, name), price),
+                    "cpuCount": cpu,
+                    "ramSizeInGb": ram,
+                    "name": name,
+                    "isActive": True,
+                }
+                for name, (cpu, ram, price) in POWER_SPECS.items()
+            ]
+        }
+
+    def usage_profile(self, account_id: str, region: str, service_name: str) -> str:
+        """One of USAGE_PROFILES, or DISABLED_PROFILE for a DISABLED service. The showcase
+        account's services cycle through the profiles (every one in a tiny fleet); the others
+        get theirs from a hash. Raises KeyError when the service does not exist."""
+        svc = self.find_service(account_id, region, service_name)
+        if svc is None:
+            raise KeyError(service_name)
+        if svc.get("state") == "DISABLED":
+            return DISABLED_PROFILE
+        if account_id == self.showcase_account_id:
+            names = [
+                s["containerServiceName"]
+                for r in self.regions
+                for s in self.services(account_id, r)
+                if s.get("state") != "DISABLED"
+            ]
+            i = names.index(service_name)
+        else:
+            i = _hash_int(self.seed, "usage", account_id, region, service_name)
+        return USAGE_PROFILES[i % len(USAGE_PROFILES)]
+
+    def utilization(
+        self, account_id: str, region: str, service_name: str, metric: str, start: float, end: float
+    ) -> list[tuple[float, float]]:
+        """The ground truth: (epoch seconds, percent) samples of `metric`, one every
+        USAGE_SAMPLE_S seconds in [start, end); none for 'no_datapoints' and disabled."""
+        shape = _USAGE_SHAPES.get(self.usage_profile(account_id, region, service_name))
+        if shape is None:
+            return []
+        base, swing, chance, spike = shape[metric]
+        salt = _hash_int(self.seed, account_id, region, service_name, metric)
+        out = []
+        t = math.ceil(start / USAGE_SAMPLE_S) * USAGE_SAMPLE_S
+        while t < end:
+            v = base + swing * math.sin(2 * math.pi * ((t + salt) % 86400) / 86400)
+            if chance and (t // USAGE_SAMPLE_S * 2654435761 + salt) % 1000003 < chance * 1000003:
+                v += spike
+            out.append((float(t), round(min(100.0, max(0.0, v)), 3)))
+            t += USAGE_SAMPLE_S
+        return out
+
+    def metric_data(
+        self,
+        account_id: str,
+        region: str,
+        service_name: str,
+        metric: str,
+        start: float,
+        end: float,
+        period: int,
+        statistics: Sequence[str],
+    ) -> list[dict[str, Any]]:
+        """GetContainerServiceMetricData's `metricData`: the samples of [start, end) in
+        buckets of `period` seconds counted from `start` (a bucket without samples has no
+        datapoint), each with the `statistics` asked and unit Percent, oldest first."""
+        buckets: dict[int, list[float]] = {}
+        for t, v in self.utilization(account_id, region, service_name, metric, start, end):
+            buckets.setdefault(int((t - start) // period), []).append(v)
+        out = []
+        for b, values in sorted(buckets.items()):
+            point: dict[str, Any] = {"timestamp": start + b * period, "unit": "Percent"}
+            for stat in statistics:
+                point[stat[0].lower() + stat[1:]] = _statistic(stat, values)
+            out.append(point)
+        return out
 
     def region_wire(self) -> list[dict[str, Any]]:
         """GetRegions' `regions` list (without availability zones)."""

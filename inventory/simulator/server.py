@@ -33,6 +33,7 @@ import asyncio
 import base64
 import hmac
 import json
+import math
 import os
 import re
 import secrets
@@ -53,7 +54,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
 from inventory.simulator.faults import Faults
-from inventory.simulator.fleet import Fleet
+from inventory.simulator.fleet import MAX_DATAPOINTS, METRICS, STATISTICS, Fleet
 
 BASE_ACCESS_KEY = "AKIDSIMULATORBASE"
 BASE_SECRET_KEY = "sim-base-secret"
@@ -103,6 +104,12 @@ _ROLE_RE = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):role/(?:[\w+=,.@/-]*/)?([\w
 _EMPTY_SERVICES = b'{"containerServices":[]}'
 _JSON_CT = "application/x-amz-json-1.1"
 _KEY_ALPHABET = string.ascii_uppercase + string.digits
+# Lightsail operations about one service (serviceName): --deep's and --usage's
+_PER_SERVICE = (
+    "GetContainerServiceDeployments",
+    "GetContainerImages",
+    "GetContainerServiceMetricData",
+)
 
 
 # STS's RoleSessionName (botocore's sts model, roleSessionNameType): 2-64 characters of the
@@ -692,8 +699,16 @@ class Simulator:
             return self._json_error(
                 op, "errors_5xx", 503, "ServiceUnavailable", "Service Unavailable"
             )
-        if fault == "throttle":
+        if fault == "throttle" or (faults.operation_throttle and faults.throttles(op)):
             return self._json_error(op, "throttled", 400, "ThrottlingException", "Rate exceeded")
+        if op in faults.denied_operations:
+            return self._json_error(
+                op,
+                "denied",
+                400,
+                "AccessDeniedException",
+                f"User is not authorized to perform: lightsail:{op} in {region}",
+            )
 
         params: dict[str, Any] = {}
         if body and body != b"{}":
@@ -719,27 +734,69 @@ class Simulator:
                     self._count(op, "ok")
                     return self._json(_dumps({"containerServices": [svc]}))
             return self._not_found(op, name)
-        if op in ("GetContainerServiceDeployments", "GetContainerImages"):
+        if op in _PER_SERVICE:
             name = params.get("serviceName")
             if not isinstance(name, str):
-                return self._json_error(
-                    op, "other_errors", 400, "InvalidInputException", "serviceName is required"
-                )
+                return self._invalid(op, "serviceName is required")
+            if (account, region, name) in faults.vanished:
+                return self._not_found(op, name)
             try:
                 if op == "GetContainerImages":
                     answer = self.fleet.images(account, region, name)
-                else:
+                elif op == "GetContainerServiceDeployments":
                     answer = self.fleet.deployments(account, region, name)
+                else:
+                    answer = self._metric_data(account, region, name, params)
             except KeyError:
                 return self._not_found(op, name)
+            except ValueError as exc:
+                return self._invalid(op, str(exc))
             self._count(op, "ok")
             return self._json(_dumps(answer))
+        if op == "GetContainerServicePowers":
+            self._count(op, "ok")
+            return self._json(_dumps(self.fleet.powers(region)))
         if op == "GetRegions":
             self._count(op, "ok")
             return self._json(_dumps({"regions": self.fleet.region_wire()}))
         return self._json_error(
             op, "other_errors", 400, "UnknownOperationException", f"Unknown operation {op}"
         )
+
+    def _invalid(self, op: str, message: str) -> web.Response:
+        return self._json_error(op, "other_errors", 400, "InvalidInputException", message)
+
+    def _metric_data(
+        self, account: str, region: str, name: str, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        """GetContainerServiceMetricData's answer; ValueError (InvalidInputException) for a
+        request AWS would refuse: the botocore model's constraints (metricName, period
+        60..86400, statistics, the times), a start after its end, and more than
+        MAX_DATAPOINTS datapoints."""
+        metric, period, stats = (
+            params.get("metricName"),
+            params.get("period"),
+            params.get("statistics"),
+        )
+        start, end = params.get("startTime"), params.get("endTime")
+        if metric not in METRICS:
+            raise ValueError(f"metricName {metric!r}: must be one of {', '.join(METRICS)}")
+        if not isinstance(period, int) or isinstance(period, bool) or not 60 <= period <= 86400:
+            raise ValueError(f"period {period!r}: must be an integer from 60 to 86400")
+        if not stats or not isinstance(stats, list) or not set(stats) <= set(STATISTICS):
+            raise ValueError(f"statistics {stats!r}: a list of {', '.join(STATISTICS)}")
+        if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in (start, end)):
+            raise ValueError("startTime and endTime are required timestamps")
+        assert isinstance(start, int | float) and isinstance(end, int | float)
+        if start >= end:
+            raise ValueError("startTime must be before endTime")
+        if (end - start) / period > MAX_DATAPOINTS:
+            raise ValueError(
+                f"the request asks for {math.ceil((end - start) / period)} datapoints; "
+                f"at most {MAX_DATAPOINTS} per call"
+            )
+        points = self.fleet.metric_data(account, region, name, metric, start, end, period, stats)
+        return {"metricName": metric, "metricData": points}
 
     def _services_body(self, account: str, region: str) -> bytes:
         f = self.faults
