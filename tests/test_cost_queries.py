@@ -357,7 +357,7 @@ def _cost_services() -> list[dict[str, Any]]:
         service("a", "medium", 2, tags=[("team", "web"), ("env", "prod")]),
         service("b", "small", 1, tags=[("team", "data")]),
         service("c", "nano", 3, tags=[]),
-        service("d", "micro", 1, tags=[("team", "")], is_disabled=True),
+        service("d", "micro", 1, tags=[("team", None)], is_disabled=True),
         service(
             "e", "large", 1, account_id="222222222222", account_name=None, tags=[("Team", "web")]
         ),
@@ -384,7 +384,8 @@ def test_cost_by_account_per_tag_value() -> None:
         for r in rows
         if r["level"] == "tag"
     ]
-    # tag keys are case-sensitive (AWS): "Team" is not "team"; an empty value is a value
+    # tag keys are case-sensitive (AWS): "Team" is not "team"; a key without a value is ''
+
     assert sorted(tags) == sorted(
         [
             ("111111111111", "web", 1, 100),

@@ -5,7 +5,7 @@
 -- --usage: price_source 'api'), else the price list (price_source 'bundled'); a power in
 -- neither is counted in `unpriced` and adds nothing, never a silent 0 in disguise.
 -- Tags are container_services.tags, a map: a key has one value per service, so a service is
--- in one tag row of its account.
+-- in one tag row of its account. A key without a value (AWS allows it) counts as ''.
 WITH bundled AS (
     SELECT power, usd_per_node_month
     FROM read_csv(
@@ -27,7 +27,11 @@ powers AS (
 ),
 priced AS (
     SELECT s.account_id, s.account_name, s.scale,
-        CASE WHEN $tag_key <> '' THEN coalesce(map_extract(s.tags, $tag_key)[1], '(untagged)') END AS tag_value,
+        CASE
+            WHEN $tag_key = '' THEN NULL
+            WHEN map_contains(s.tags, $tag_key) THEN coalesce(map_extract(s.tags, $tag_key)[1], '')
+            ELSE '(untagged)'
+        END AS tag_value,
         coalesce(p.price_per_month, b.usd_per_node_month) * s.scale AS usd_per_month,
         CASE
             WHEN p.price_per_month IS NOT NULL THEN 'api'
