@@ -19,7 +19,7 @@ from rich.markup import escape
 from inventory import __version__, render
 from inventory.answers import queries
 from inventory.errors import InventoryError, UsageError
-from inventory.model import Options
+from inventory.model import MAX_USAGE_DAYS, Options
 from inventory.storage.files import private_umask
 from inventory.terminal import visible
 
@@ -225,6 +225,21 @@ def collect(
             "deployment_history_containers) and GetContainerImages (container_images).",
         ),
     ] = False,
+    usage: Annotated[
+        bool,
+        typer.Option(
+            "--usage",
+            help="Also: GetContainerServicePowers per region (container_powers) and, per "
+            "service, hourly CPU and memory utilization (service_utilization). docs/cost.md",
+        ),
+    ] = False,
+    usage_days: Annotated[
+        int,
+        typer.Option(
+            "--usage-days",
+            help=f"With --usage: days of utilization to read (1 to {MAX_USAGE_DAYS}).",
+        ),
+    ] = DEFAULTS.usage_days,
     max_answer_bytes: Annotated[
         int,
         typer.Option(
@@ -287,6 +302,8 @@ def collect(
             engine=engine.value,
             workers=workers,
             deep=deep,
+            usage=usage,
+            usage_days=usage_days,
             max_answer_bytes=max_answer_bytes,
         )
         part = runid.resolve_shard(shard, shards, run_id, os.environ)

@@ -11,6 +11,11 @@ DEFAULT_MAX_ANSWER_BYTES = 32 * 1024 * 1024
 MIN_MAX_ANSWER_BYTES = 64 * 1024
 MAX_MAX_ANSWER_BYTES = 1024 * 1024 * 1024
 
+# --usage-days: the window of GetContainerServiceMetricData. The API reference states no
+# retention for container service metrics; 14 days (336 hourly datapoints per call) is ours.
+DEFAULT_USAGE_DAYS = 14
+MAX_USAGE_DAYS = 14
+
 # An error message stored, logged or printed has at most this many characters (and says so
 # when it was cut): an error body is the answering account's text, of any length.
 MAX_MESSAGE_CHARS = 1024
@@ -58,6 +63,10 @@ class Options:
     engine: str = "lean"
     # --deep: per service found, GetContainerServiceDeployments and GetContainerImages too
     deep: bool = False
+    # --usage: GetContainerServicePowers per region and GetContainerServiceMetricData per
+    # service (CPU and memory, hourly, over the last `usage_days` days; docs/cost.md)
+    usage: bool = False
+    usage_days: int = DEFAULT_USAGE_DAYS
     # bytes of one answer read at most; a larger one fails its call 'AnswerTooLarge'
     # (aws/bounded.py)
     max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
@@ -136,6 +145,7 @@ class TargetResult:
     services: list[dict[str, Any]] | None  # None when failed
     error: ErrorRecord | None = None
     anomalies: list[ErrorRecord] = field(default_factory=list)  # stored, but worth a look
+    usage: Any = None  # collect --usage: its answers (run.usage.UsageAnswers)
 
     @property
     def ok(self) -> bool:

@@ -110,6 +110,8 @@ def test_export_layout_and_counts(store: Store, tmp_path: Path) -> None:
         ("deployment_history", 0),
         ("deployment_history_containers", 0),
         ("container_images", 0),
+        ("container_powers", 0),
+        ("service_utilization", 0),
         ("scans", 2),
         ("errors", 0),
         ("runs", 1),

@@ -26,7 +26,9 @@ from typing import Any
 
 from inventory.errors import ConfigError, UsageError
 from inventory.model import (
+    DEFAULT_USAGE_DAYS,
     MAX_MAX_ANSWER_BYTES,
+    MAX_USAGE_DAYS,
     MIN_MAX_ANSWER_BYTES,
     Account,
     Options,
@@ -135,6 +137,11 @@ def validate_options(options: Options) -> Options:
         )
     if not isinstance(options.deep, bool):
         raise UsageError(f"--deep {options.deep!r}: must be a boolean")
+    if not isinstance(options.usage, bool):
+        raise UsageError(f"--usage {options.usage!r}: must be a boolean")
+    _check_int("--usage-days", options.usage_days, 1, MAX_USAGE_DAYS)
+    if options.usage_days != DEFAULT_USAGE_DAYS and not options.usage:
+        raise UsageError(f"--usage-days {options.usage_days}: only with --usage")
     if not isinstance(options.session_name, str) or not _SESSION_NAME.fullmatch(
         options.session_name
     ):

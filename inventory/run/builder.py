@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from inventory import logs
 from inventory.model import Account, ErrorRecord, TargetResult
-from inventory.run import deep
+from inventory.run import deep, extra, usage
 from inventory.run.collect import Collector
 from inventory.storage import schema
 from inventory.storage.fingerprint import Fingerprinter
@@ -96,6 +96,7 @@ class RunBuilder:
         self._failed_accounts: set[str] = set()
         self._last_take = time.monotonic()
         self._deep: deep.DeepFlattener | None = None  # collect --deep, from its first result
+        self._usage: usage.UsageFlattener | None = None  # collect --usage, likewise
 
     def add(self, result: TargetResult) -> None:
         self._scans.append(_scan_row(self.run_id, result))
@@ -110,6 +111,10 @@ class RunBuilder:
                 if self._deep is None:
                     self._deep = deep.DeepFlattener(self.flattener.fingerprint)
                 errors += self._deep.add_result(self.run_id, result)
+            if result.usage is not None:
+                if self._usage is None:
+                    self._usage = usage.UsageFlattener()
+                errors += self._usage.add_result(self.run_id, result)
             self.tally.anomalies += len(errors)
         else:
             self.tally.targets_failed += 1
@@ -124,11 +129,15 @@ class RunBuilder:
                 self._failed_accounts.add(result.account.id)
         self._errors.extend(error_row(self.run_id, e) for e in errors)
 
+    def pending_rows(self) -> int:
+        """Rows buffered since the last take, in every table but scans and errors."""
+        return sum(
+            sum(f.rows.values()) for f in (self.flattener, self._deep, self._usage) if f is not None
+        )
+
     def due(self) -> bool:
         return (
-            sum(self.flattener.rows.values())
-            + (sum(self._deep.rows.values()) if self._deep is not None else 0)
-            >= FLUSH_ROWS
+            self.pending_rows() >= FLUSH_ROWS
             or len(self._scans) >= FLUSH_TARGETS
             or time.monotonic() - self._last_take >= FLUSH_SECONDS
         )
@@ -141,6 +150,8 @@ class RunBuilder:
         self.tally.containers += tables["containers"].num_rows
         if self._deep is not None:
             tables.update(self._deep.take())
+        if self._usage is not None:
+            tables.update(self._usage.take())
         if self._scans:
             tables["scans"] = pa.Table.from_pylist(self._scans, schema=schema.SCANS)
         if self._errors:
@@ -164,8 +175,12 @@ async def collect_into(
 ) -> None:
     """Run the collector over `accounts`, feeding `sink` with batches of tables."""
     storms = logs.StormWatch(collector.pacer, builder.run_id)
+    hooks: list[extra.Hook] = []
     if collector.options.deep:
-        collector.after_collect = deep.DeepFetcher(collector)
+        hooks.append(deep.DeepFetcher(collector))
+    if collector.options.usage:
+        hooks.append(usage.UsageFetcher(collector))
+    collector.after_collect = extra.chain(hooks)
     async for result in collector.results(accounts):
         builder.add(result)
         storms.check()

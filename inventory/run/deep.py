@@ -40,17 +40,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from inventory.aws.credentials import AssumeRoleFailed
-from inventory.aws.retry import Budget, Deadline, Failure, Kind, Stop, attempts
 from inventory.model import ErrorRecord, TargetResult, utcnow
+from inventory.run.extra import ExtraCalls, ExtraFailed, service_identities
 from inventory.storage import schema
 from inventory.storage.flatten import (
     UNEXPECTED_SHAPE,
@@ -70,19 +67,6 @@ DEPLOYMENTS = "GetContainerServiceDeployments"
 IMAGES = "GetContainerImages"
 OPERATIONS = (DEPLOYMENTS, IMAGES)
 _METHODS = {DEPLOYMENTS: "get_container_service_deployments", IMAGES: "get_container_images"}
-INTERRUPTED = "Interrupted"
-# A refusal that holds for every service of the account × region: call that operation no more.
-REFUSED = frozenset(
-    {
-        "AccessDeniedException",
-        "AccessDenied",
-        "UnauthorizedOperation",
-        "UnrecognizedClientException",
-        "UnauthenticatedException",
-        "InvalidClientTokenId",
-        "OperationNotPermittedException",
-    }
-)
 
 
 @dataclass(slots=True)
@@ -109,122 +93,45 @@ class DeepResult(TargetResult):
         return cls(**values)
 
 
-@dataclass(slots=True)
-class _Failed:
-    operation: str
-    service_name: str
-    failure: Failure
-    attempts: int
-    skipped: int = 0  # services this operation was not called for after it (REFUSED, deadline)
-
-
 class DeepFetcher:
     """`Collector.after_collect` for --deep: the two calls for each service of a result."""
 
     def __init__(self, collector: Collector):
-        self.collector = collector
-        # the collector's policy; the deadline is the one the target's deep calls share
-        self.policy = dataclasses.replace(collector.policy, deadline=None)
+        self.calls = ExtraCalls(collector, "deep calls")
 
     async def __call__(self, result: TargetResult) -> TargetResult:
-        services = _services(result.services or [])
+        services = service_identities(result.services or [])
         out = DeepResult.of(result)
         if not services:
             return out
-        deadline = Deadline(time.monotonic() + self.collector.options.deadline)
-        failed: list[_Failed] = []
-        stopped: dict[str, _Failed] = {}  # operation -> the failure that ends it for the target
-        for name, arn in services:
+        deadline = self.calls.deadline()
+        failed: list[ExtraFailed] = []
+        stopped: dict[str, ExtraFailed] = {}  # operation -> the failure that ends it
+        for name, arn, _ in services:
             for op in OPERATIONS:
                 if op in stopped:  # a stop, a refusal, the deadline: one errors row counts the rest
                     stopped[op].skipped += 1
                     continue
-                got = await self._call(result, op, name, arn, deadline)
-                if isinstance(got, DeepAnswer):
-                    out.deep.append(got)
+                got = await self.calls.call(
+                    result.account,
+                    result.region,
+                    op,
+                    _METHODS[op],
+                    {"serviceName": name},
+                    deadline,
+                    name,
+                )
+                if isinstance(got, ExtraFailed):
+                    failed.append(got)
+                    if got.ends_operation(deadline):
+                        stopped[op] = got
                     continue
-                failed.append(got)
-                code = got.failure.code
-                if code in REFUSED or code == INTERRUPTED or time.monotonic() >= deadline.at:
-                    stopped[op] = got
-        out.anomalies.extend(self._error(result, f, len(services)) for f in failed)
+                answer, tries = got
+                out.deep.append(DeepAnswer(op, name, arn, answer, utcnow(), tries))
+        out.anomalies.extend(
+            f.error(result.account.id, result.region, len(services)) for f in failed
+        )
         return out
-
-    def _interrupted(self) -> Failure:
-        reason = self.collector.stop_reason or "interrupted"
-        return Failure(INTERRUPTED, f"collect was stopped ({reason})", Kind.FATAL)
-
-    def _error(self, result: TargetResult, f: _Failed, services: int) -> ErrorRecord:
-        message = f"service {short_repr(f.service_name)}: {f.failure.message}"
-        if f.skipped:
-            message += (
-                f" (not called for the other {f.skipped} of its {services} services "
-                "in this account × region)"
-            )
-        return ErrorRecord(
-            occurred_at=utcnow(),
-            account_id=result.account.id,
-            region=result.region,
-            operation=f.operation,
-            error_code=f.failure.code,
-            message=message,
-            attempts=f.attempts,
-        )
-
-    async def _call(
-        self, result: TargetResult, op: str, name: str, arn: str | None, deadline: Deadline
-    ) -> DeepAnswer | _Failed:
-        """One deep call through retry.attempts: the collector's retries, pacing, counting
-        and stop, signed with the account's role, within the deep calls' `deadline`."""
-        c = self.collector
-        broker = c.broker
-        assert broker is not None
-        account = result.account
-        budget = Budget(c.options.max_attempts)
-        try:
-            out = await attempts(
-                getattr(c.botocore_clients[result.region], _METHODS[op]),
-                {"serviceName": name},
-                self.policy,
-                budget=budget,
-                deadline=deadline,
-                credentials=partial(broker.get, account),
-                on_expired=partial(broker.invalidate, account),
-            )
-        except AssumeRoleFailed as exc:
-            return _Failed(op, name, exc.failure, budget.attempts)
-        if out.stop is None:
-            answer = out.answer
-            if isinstance(answer, dict):
-                answer.pop("ResponseMetadata", None)
-            return DeepAnswer(op, name, arn, answer, utcnow(), out.attempts)
-        if out.stop is Stop.STOPPED:
-            return _Failed(op, name, self._interrupted(), out.attempts)
-        if out.stop is Stop.LATE:
-            return _Failed(op, name, self._late(out.failure), out.attempts)
-        assert out.failure is not None  # Stop.FAILED (deep calls have no breaker)
-        return _Failed(op, name, out.failure, out.attempts)
-
-    def _late(self, failure: Failure | None) -> Failure:
-        limit = f"the {self.collector.options.deadline:g}s deadline of this target's deep calls"
-        if failure is None:
-            return Failure("Timeout", f"{limit} passed before a call", Kind.TRANSIENT)
-        return Failure(
-            failure.code, f"{failure.message} (gave up at {limit})", failure.kind, failure.status
-        )
-
-
-def _services(services: list[Any]) -> list[tuple[str, str | None]]:
-    """(name, arn) of the services that have a usable identity (the ones stored), in answer
-    order."""
-    out: list[tuple[str, str | None]] = []
-    for svc in services:
-        if not isinstance(svc, dict):
-            continue
-        name, arn = svc.get("containerServiceName"), svc.get("arn")
-        if isinstance(name, str) and name and isinstance(arn, str) and arn:
-            out.append((name, arn))
-    return out
 
 
 # --------------------------------------------------------------------------- flattening

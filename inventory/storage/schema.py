@@ -14,13 +14,15 @@ import pyarrow as pa
 #    container_images.service_arn
 #    runs.fingerprint_key_id, runs.env_values (whether env values of two runs compare)
 #    runs.fleet_defining (NULL in older runs: they count as fleet-defining)
-SCHEMA_VERSION = 3
+# 4: container_powers, service_utilization (collect --usage)
+SCHEMA_VERSION = 4
 
 TS = pa.timestamp("us", tz="UTC")
 STR = pa.string()
 I32 = pa.int32()
 I64 = pa.int64()
 BOOL = pa.bool_()
+F64 = pa.float64()
 STR_MAP = pa.map_(pa.string(), pa.string())
 STR_LIST = pa.list_(pa.string())
 STR_LIST_MAP = pa.map_(pa.string(), pa.list_(pa.string()))
@@ -175,6 +177,43 @@ CONTAINER_IMAGES = _schema(
     ("service_arn", STR),  # version 3
 )
 
+# `collect --usage` (docs/cost.md). GetContainerServicePowers, once per region and run (or
+# shard): the powers' prices (USD per node and month), vCPUs and RAM, with the account whose
+# credentials asked (prices do not depend on it).
+CONTAINER_POWERS = _schema(
+    ("run_id", STR),
+    ("region", STR),
+    ("power_id", STR),
+    ("name", STR),
+    ("price_per_month", F64),
+    ("cpu_count", F64),
+    ("ram_size_gb", F64),
+    ("is_active", BOOL),
+    ("collected_at", TS),
+    ("account_id", STR),
+)
+# GetContainerServiceMetricData per service and metric (CPUUtilization, MemoryUtilization):
+# one row per hourly datapoint ('ok'), or one row per service and metric saying why there is
+# none: 'no_datapoints', 'disabled' (not asked: a disabled service runs nothing) or 'failed'
+# (the call failed: its errors row says why). The window asked is on every row.
+SERVICE_UTILIZATION = _schema(
+    ("run_id", STR),
+    ("account_id", STR),
+    ("region", STR),
+    ("service_name", STR),
+    ("service_arn", STR),
+    ("metric", STR),
+    ("period_start", TS),
+    ("average", F64),
+    ("maximum", F64),
+    ("unit", STR),
+    ("status", STR),
+    ("window_start", TS),
+    ("window_end", TS),
+    ("period_seconds", I32),
+    ("collected_at", TS),
+)
+
 # The inventory tables (one row per thing found) and the bookkeeping tables, by name.
 INVENTORY_TABLES: dict[str, pa.Schema] = {
     "container_services": CONTAINER_SERVICES,
@@ -187,9 +226,15 @@ DEEP_TABLES: dict[str, pa.Schema] = {
     "deployment_history_containers": DEPLOYMENT_HISTORY_CONTAINERS,
     "container_images": CONTAINER_IMAGES,
 }
+# Filled only by `collect --usage` (empty tables otherwise).
+USAGE_TABLES: dict[str, pa.Schema] = {
+    "container_powers": CONTAINER_POWERS,
+    "service_utilization": SERVICE_UTILIZATION,
+}
 TABLES: dict[str, pa.Schema] = {
     **INVENTORY_TABLES,
     **DEEP_TABLES,
+    **USAGE_TABLES,
     "scans": SCANS,
     "errors": ERRORS,
     "runs": RUNS,
@@ -206,6 +251,8 @@ def duckdb_type(t: pa.DataType) -> str:
         return "BIGINT"
     if pa.types.is_boolean(t):
         return "BOOLEAN"
+    if pa.types.is_float64(t):
+        return "DOUBLE"
     if pa.types.is_timestamp(t):
         return "TIMESTAMP WITH TIME ZONE" if t.tz else "TIMESTAMP"
     if pa.types.is_map(t):
@@ -225,6 +272,8 @@ def hive_type(t: pa.DataType) -> str:
         return "bigint"
     if pa.types.is_boolean(t):
         return "boolean"
+    if pa.types.is_float64(t):
+        return "double"
     if pa.types.is_timestamp(t):
         return "timestamp"
     if pa.types.is_map(t):

@@ -791,7 +791,7 @@ class Store:
 
 
 def _abandon(con: duckdb.DuckDBPyConnection, run_id: str, now: dt.datetime) -> None:
-    for table in (*schema.INVENTORY_TABLES, *schema.DEEP_TABLES):
+    for table in (*schema.INVENTORY_TABLES, *schema.DEEP_TABLES, *schema.USAGE_TABLES):
         con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
     con.execute(
         "UPDATE runs SET status = 'failed', finished_at = coalesce("
