@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 
 from inventory.answers import queries
+from inventory.storage import schema
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 RUN, OLD = "20261128T000000Z-aaaaaa", "20261127T000000Z-bbbbbb"
@@ -28,56 +29,13 @@ POWERS = {
     "large": (2.0, 8.0, 100.0),
     "xlarge": (4.0, 16.0, 200.0),
 }
-SERVICE_TYPES = {
-    "run_id": pa.string(),
-    "account_id": pa.string(),
-    "account_name": pa.string(),
-    "region": pa.string(),
-    "service_name": pa.string(),
-    "state": pa.string(),
-    "power": pa.string(),
-    "scale": pa.int32(),
-    "is_disabled": pa.bool_(),
-    "tags": pa.map_(pa.string(), pa.string()),
-}
 
 
-POWER_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("region", pa.string()),
-        ("power_id", pa.string()),
-        ("name", pa.string()),
-        ("price_per_month", pa.float64()),
-        ("cpu_count", pa.float64()),
-        ("ram_size_gb", pa.float64()),
-        ("is_active", pa.bool_()),
-    ]
-)
-USAGE_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("account_id", pa.string()),
-        ("region", pa.string()),
-        ("service_name", pa.string()),
-        ("service_arn", pa.string()),
-        ("metric", pa.string()),
-        ("period_start", pa.timestamp("us", tz="UTC")),
-        ("average", pa.float64()),
-        ("maximum", pa.float64()),
-        ("unit", pa.string()),
-        ("status", pa.string()),
-    ]
-)
-DEPLOYMENT_SCHEMA = pa.schema(
-    [
-        ("account_id", pa.string()),
-        ("region", pa.string()),
-        ("service_name", pa.string()),
-        ("slot", pa.string()),
-        ("state", pa.string()),
-    ]
-)
+# the store's own tables (rows leave out the columns a query does not read: NULL)
+POWER_SCHEMA = schema.CONTAINER_POWERS
+USAGE_SCHEMA = schema.SERVICE_UTILIZATION
+DEPLOYMENT_SCHEMA = schema.DEPLOYMENTS
+SERVICE_SCHEMA = schema.CONTAINER_SERVICES
 
 
 def service(name: str, power: str = "medium", scale: int = 1, **kw: Any) -> dict[str, Any]:
@@ -130,6 +88,8 @@ def usage(
             "service_arn": f"arn:aws:lightsail:{REGION}:111111111111:ContainerService/{name}",
             "metric": metric,
             "unit": "Percent",
+            "window_start": T0,
+            "window_end": T0 + dt.timedelta(hours=1),
         } | kw
         if values is None:
             rows.append(
@@ -171,7 +131,7 @@ def run(
     con = duckdb.connect()
     con.register(
         "latest_container_services",
-        pa.Table.from_pylist(services, schema=pa.schema(list(SERVICE_TYPES.items()))),
+        pa.Table.from_pylist(services, schema=SERVICE_SCHEMA),
     )
     scans = sorted({(s["run_id"], s["account_id"], s["region"]) for s in services})
     con.register(
@@ -219,7 +179,7 @@ def test_rightsizing_projects_the_capacity_in_use_across_all_nodes() -> None:
     assert (r["power"], r["scale"], r["usd_per_month"]) == ("medium", 2, 100)
     assert (r["cpu_max_pct"], r["memory_max_pct"]) == (5, 8)
     assert (r["cpu_datapoints"], r["memory_datapoints"]) == (3, 3)
-    assert (r["window_start"], r["window_end"]) == (T0, T0 + dt.timedelta(minutes=10))
+    assert (r["window_start"], r["window_end"]) == (T0, T0 + dt.timedelta(hours=1))
     assert (r["action"], r["recommended_power"], r["recommended_scale"]) == ("downsize", "micro", 2)
     assert (r["projected_cpu_max_pct"], r["projected_memory_max_pct"]) == (20, 32)
     assert (r["recommended_usd_per_month"], r["usd_saving_per_month"]) == (20, 80)

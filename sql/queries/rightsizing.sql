@@ -31,8 +31,8 @@ peaks AS (
         count(u.maximum) FILTER (WHERE u.metric = 'CPUUtilization') AS cpu_datapoints,
         max(u.maximum) FILTER (WHERE u.metric = 'MemoryUtilization') AS memory_max_pct,
         count(u.maximum) FILTER (WHERE u.metric = 'MemoryUtilization') AS memory_datapoints,
-        min(u.period_start) AS window_start,
-        max(u.period_start) AS window_end
+        min(u.window_start) AS window_start,
+        max(u.window_end) AS window_end
     FROM service_utilization AS u
     JOIN latest_scans AS l
         ON u.run_id = l.run_id AND u.account_id = l.account_id AND u.region = l.region
