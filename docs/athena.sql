@@ -201,6 +201,61 @@ TBLPROPERTIES (
   'storage.location.template' = 's3://YOUR-BUCKET/lightsail-inventory/container_images/run_date=${run_date}/'
 );
 
+CREATE EXTERNAL TABLE IF NOT EXISTS lightsail_inventory.container_powers (
+  `run_id` string,
+  `region` string,
+  `power_id` string,
+  `name` string,
+  `price_per_month` double,
+  `cpu_count` double,
+  `ram_size_gb` double,
+  `is_active` boolean,
+  `collected_at` timestamp,
+  `account_id` string
+)
+PARTITIONED BY (`run_date` string)
+STORED AS PARQUET
+LOCATION 's3://YOUR-BUCKET/lightsail-inventory/container_powers/'
+TBLPROPERTIES (
+  'projection.enabled' = 'true',
+  'projection.run_date.type' = 'date',
+  'projection.run_date.format' = 'yyyy-MM-dd',
+  'projection.run_date.range' = '2024-01-01,NOW',
+  'projection.run_date.interval' = '1',
+  'projection.run_date.interval.unit' = 'DAYS',
+  'storage.location.template' = 's3://YOUR-BUCKET/lightsail-inventory/container_powers/run_date=${run_date}/'
+);
+
+CREATE EXTERNAL TABLE IF NOT EXISTS lightsail_inventory.service_utilization (
+  `run_id` string,
+  `account_id` string,
+  `region` string,
+  `service_name` string,
+  `service_arn` string,
+  `metric` string,
+  `period_start` timestamp,
+  `average` double,
+  `maximum` double,
+  `unit` string,
+  `status` string,
+  `window_start` timestamp,
+  `window_end` timestamp,
+  `period_seconds` int,
+  `collected_at` timestamp
+)
+PARTITIONED BY (`run_date` string)
+STORED AS PARQUET
+LOCATION 's3://YOUR-BUCKET/lightsail-inventory/service_utilization/'
+TBLPROPERTIES (
+  'projection.enabled' = 'true',
+  'projection.run_date.type' = 'date',
+  'projection.run_date.format' = 'yyyy-MM-dd',
+  'projection.run_date.range' = '2024-01-01,NOW',
+  'projection.run_date.interval' = '1',
+  'projection.run_date.interval.unit' = 'DAYS',
+  'storage.location.template' = 's3://YOUR-BUCKET/lightsail-inventory/service_utilization/run_date=${run_date}/'
+);
+
 CREATE EXTERNAL TABLE IF NOT EXISTS lightsail_inventory.scans (
   `run_id` string,
   `account_id` string,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -360,3 +361,38 @@ def test_usage_days_out_of_range_is_a_usage_error(
     )
     assert result.exit_code == 2 and message in result.output
     assert "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------- monthly_cost
+
+
+def monthly_cost(db: Path) -> list[dict[str, Any]]:
+    out = runner.invoke(app, ["query", "monthly_cost", "--db", str(db), "--format", "json"])
+    assert out.exit_code == 0, out.output
+    rows: list[dict[str, Any]] = json.loads(out.stdout)
+    return rows
+
+
+def test_monthly_cost_uses_the_prices_of_the_same_run(
+    tmp_path: Path, make_simulator: MakeSimulator
+) -> None:
+    """A --usage run prices its services with the API's prices of its region ('api'); a plain
+    run after it, with the bundled list ('bundled'): never another run's prices."""
+    fleet = Fleet(3, seed=3, regions=R2)
+    fleet.power_prices.update({("eu-west-2", p): 1.0 + i for i, p in enumerate(POWER_SPECS)})
+    make_simulator(fleet=fleet)
+    db = tmp_path / "inv.duckdb"
+    asyncio.run(run_collect(plan_for(fleet), db, None))
+    rows = monthly_cost(db)
+    assert len(rows) == len(services_of(fleet)) and {r["price_source"] for r in rows} == {"api"}
+    for r in rows:
+        price = fleet.power_prices.get((r["region"], r["power"]), POWER_SPECS[r["power"]][2])
+        assert (r["usd_per_node_month"], r["usd_per_month"]) == (price, price * r["scale"])
+    assert {r["region"] for r in rows if r["usd_per_node_month"] < 7} == {"eu-west-2"}
+
+    asyncio.run(run_collect(plan_for(fleet, usage=False), db, None))
+    rows = monthly_cost(db)
+    assert {r["price_source"] for r in rows} == {"bundled"}
+    for r in rows:
+        price = POWER_SPECS[r["power"]][2]  # the bundled list agrees with AWS's prices
+        assert (r["usd_per_node_month"], r["usd_per_month"]) == (price, price * r["scale"])
