@@ -472,6 +472,11 @@ COST_SERVICES = 8  # the most expensive services whose utilization is drawn
 RIGHTSIZING_ROWS = 10  # rightsizing rows shown
 METRICS = (("CPUUtilization", "CPU", "#4263eb"), ("MemoryUtilization", "memory", "#ae3ec9"))
 COST_QUERIES = ("monthly_cost", "cost_by_account", "rightsizing")
+NO_DATA = {  # service_utilization.status -> what a chart without datapoints says
+    "no_datapoints": "no datapoints",
+    "disabled": "disabled: nothing runs",
+    "failed": "not read: the call failed (see the failures)",
+}
 
 # (period_start, average, maximum) of one metric, oldest first
 Series = list[tuple[dt.datetime, float | None, float | None]]
@@ -488,6 +493,7 @@ class ServiceCost:
     scale: int | None
     usd_per_month: float | None
     series: dict[str, Series] = field(default_factory=dict)  # metric -> datapoints
+    status: dict[str, str] = field(default_factory=dict)  # metric -> why no datapoints
 
     @property
     def key(self) -> str:
@@ -531,21 +537,25 @@ def _named_rows(
     return [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
 
 
-def _utilization(con: duckdb.DuckDBPyConnection, keys: list[str]) -> dict[str, dict[str, Series]]:
-    """The datapoints of the services `keys` (account/region/name) in their newest good scan."""
-    out: dict[str, dict[str, Series]] = {k: {} for k in keys}
+def _utilization(con: duckdb.DuckDBPyConnection, services: Sequence[ServiceCost]) -> None:
+    """Fill in the datapoints of `services` in their newest good scan (`series`), and for a
+    metric without any, the status that says why (`status`: no_datapoints, disabled, failed)."""
+    by_key = {s.key: s for s in services}
     cur = con.execute(
         "SELECT u.account_id || '/' || u.region || '/' || u.service_name, u.metric, "
-        "u.period_start, u.average, u.maximum FROM service_utilization AS u "
+        "u.status, u.period_start, u.average, u.maximum FROM service_utilization AS u "
         "JOIN latest_scans AS l ON u.run_id = l.run_id AND u.account_id = l.account_id "
-        "AND u.region = l.region WHERE u.status = 'ok' AND u.period_start IS NOT NULL "
-        "AND list_contains($keys, u.account_id || '/' || u.region || '/' || u.service_name) "
-        "ORDER BY 1, 2, 3",
-        {"keys": keys},
+        "AND u.region = l.region "
+        "WHERE list_contains($keys, u.account_id || '/' || u.region || '/' || u.service_name) "
+        "ORDER BY 1, 2, 4",
+        {"keys": list(by_key)},
     )
-    for key, metric, start, average, maximum in cur.fetchall():
-        out[key].setdefault(metric, []).append((start, average, maximum))
-    return out
+    for key, metric, status, start, average, maximum in cur.fetchall():
+        s = by_key[key]
+        if status == "ok" and start is not None:
+            s.series.setdefault(metric, []).append((start, average, maximum))
+        else:
+            s.status[metric] = str(status)
 
 
 def _has_usage(con: duckdb.DuckDBPyConnection) -> bool:
@@ -584,10 +594,7 @@ def gather_costs(
         ]
         services.sort(key=lambda s: (-(s.usd_per_month or 0.0), s.key))
         if usage:
-            top = [s.key for s in services[:COST_SERVICES]]
-            series = _utilization(con, top)
-            for s in services[:COST_SERVICES]:
-                s.series = series[s.key]
+            _utilization(con, services[:COST_SERVICES])
     except duckdb.Error as e:
         return Costs(error=str(e).strip().splitlines()[0])
     total = next((r for r in per_account if r["level"] == "total"), None)
@@ -641,7 +648,8 @@ def sparkline(title: str, points: Series, colour: str) -> str:
 def _metric_cell(s: ServiceCost, metric: str, word: str, colour: str) -> str:
     points = s.series.get(metric, [])
     if not points:
-        return '<td class="null">no datapoints</td>'
+        why = NO_DATA.get(s.status.get(metric, ""), s.status.get(metric, "not collected"))
+        return f'<td class="null" data-status="{esc(s.status.get(metric, ""))}">{esc(why)}</td>'
     peak = max((m for _, _, m in points if m is not None), default=0.0)
     mean = [a for _, a, _ in points if a is not None]
     avg = sum(mean) / len(mean) if mean else 0.0

@@ -21,7 +21,7 @@ WITH bundled AS (
     )
 ),
 powers AS (
-    SELECT run_id, region, name, any_value(price_per_month) AS price_per_month
+    SELECT run_id, region, name, max(price_per_month) AS price_per_month
     FROM container_powers
     GROUP BY run_id, region, name
 ),

@@ -18,9 +18,9 @@ WITH params AS (
 ),
 powers AS (
     SELECT run_id, region, name,
-        any_value(price_per_month) AS price_per_month,
-        any_value(cpu_count) AS cpu_count,
-        any_value(ram_size_gb) AS ram_size_gb,
+        max(price_per_month) AS price_per_month,
+        max(cpu_count) AS cpu_count,
+        max(ram_size_gb) AS ram_size_gb,
         bool_or(is_active) AS is_active
     FROM container_powers
     GROUP BY run_id, region, name
