@@ -14,21 +14,13 @@ import pyarrow as pa
 import pytest
 
 from inventory.answers import queries
+from inventory.simulator.fleet import POWER_SPECS
 from inventory.storage import schema
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 RUN, OLD = "20261128T000000Z-aaaaaa", "20261127T000000Z-bbbbbb"
 REGION = "eu-west-2"
 T0 = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
-# AWS's container powers (GetContainerServicePowers): name -> (vCPUs, RAM GB, USD a month)
-POWERS = {
-    "nano": (0.25, 0.5, 7.0),
-    "micro": (0.25, 1.0, 10.0),
-    "small": (0.5, 2.0, 25.0),
-    "medium": (1.0, 4.0, 50.0),
-    "large": (2.0, 8.0, 100.0),
-    "xlarge": (4.0, 16.0, 200.0),
-}
 
 
 # the store's own tables (rows leave out the columns a query does not read: NULL)
@@ -69,7 +61,7 @@ def powers(run: str = RUN, region: str = REGION, **changed: Any) -> list[dict[st
             "is_active": True,
         }
         | changed.get(name, {})
-        for name, (cpu, ram, price) in POWERS.items()
+        for name, (cpu, ram, price) in POWER_SPECS.items()
     ]
 
 

@@ -445,3 +445,42 @@ def test_the_page_in_headless_chromium(page: tuple[Path, str, Node], tmp_path: P
 
 def _near(rgb: bytes, want: tuple[int, int, int], tolerance: int = 24) -> bool:
     return all(abs(a - b) <= tolerance for a, b in zip(rgb, want, strict=True))
+
+
+def test_the_cost_section_escapes_everything_from_the_data() -> None:
+    evil = "<script>alert(1)</script>"
+    at = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
+    svc = report.ServiceCost("111111111111", evil, evil, evil, 2, 20.0)
+    svc.series["CPUUtilization"] = [(at, 1.0, 2.0), (at, None, None)]
+    svc.status["MemoryUtilization"] = evil
+    costs = report.Costs(
+        services=[svc],
+        accounts=[("111111111111", evil, 1, 20.0)],
+        total=20.0,
+        price_sources=["api"],
+        usage=True,
+        rightsizing=[
+            {
+                "account_id": "111111111111",
+                "region": evil,
+                "service_name": evil,
+                "power": evil,
+                "scale": 2,
+                "usd_per_month": 20.0,
+                "action": "downsize",
+                "recommended_power": evil,
+                "recommended_scale": 1,
+                "recommended_usd_per_month": 10.0,
+                "usd_saving_per_month": 10.0,
+                "cpu_max_pct": 2.0,
+                "memory_max_pct": 3.0,
+                "cpu_datapoints": 2,
+                "memory_datapoints": 0,
+            }
+        ],
+    )
+    html = report._cost_section(costs)
+    assert "<script" not in html and html.count("&lt;script&gt;") >= 6
+    doc = parse(f"<div>{html}</div>").root
+    assert len(doc.find_all("svg")) == 3  # two bar charts and one line
+    assert report._cost_section(report.Costs(error=evil)).count("<script") == 0
