@@ -189,6 +189,27 @@ def test_rightsizing_thresholds_from_the_command_line(usage: Usage) -> None:
         assert (r["action"], r["usd_saving_per_month"]) == ("keep", 0)
 
 
+@pytest.mark.parametrize(
+    ("query_name", "param", "message"),
+    [
+        (
+            "rightsizing",
+            "max_cpu_pct=abc",
+            "--param max_cpu_pct='abc': not a number ≥ 0 (default 20)",
+        ),
+        ("rightsizing", "headroom_pct=150", "--param headroom_pct='150': a percentage, 0 to 100"),
+        ("rightsizing", "max_memory_pct=-5", "--param max_memory_pct='-5': not a number ≥ 0"),
+        ("idle_services", "cpu_idle_pct=inf", "--param cpu_idle_pct='inf': not a number ≥ 0"),
+    ],
+)
+def test_bad_numbers_are_usage_errors(
+    usage: Usage, query_name: str, param: str, message: str
+) -> None:
+    result = runner.invoke(cli.app, ["query", query_name, "--db", str(usage.db), "--param", param])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.stderr.split()) and "Traceback" not in result.output
+
+
 # --------------------------------------------------------------------------- idle_services
 
 
