@@ -48,6 +48,7 @@ runner = CliRunner()
 @dataclass
 class Usage:
     db: Path
+    lake: Path  # the --usage run's Parquet
     fleet: Fleet
     plain_run: str  # collected without --usage
     usage_run: str
@@ -87,22 +88,24 @@ def usage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Usage]:
         options = Options(usage=with_usage, usage_days=2)
         return Plan(accounts=accounts, regions=REGIONS, options=options)
 
-    db = tmp_path_factory.mktemp("usage-answers") / "inventory.duckdb"
+    tmp = tmp_path_factory.mktemp("usage-answers")
+    db, lake = tmp / "inventory.duckdb", tmp / "lake"
     with pytest.MonkeyPatch.context() as mp, Simulator(fleet) as sim:
         use_simulator_env(mp, sim)
         first = asyncio.run(run_collect(plan(False), db, None))
-        second = asyncio.run(run_collect(plan(True), db, None))
+        second = asyncio.run(run_collect(plan(True), db, str(lake)))
     assert (first.status, second.status) == ("complete", "complete")
     with Store.open(db, read_only=True) as store:
         _, rows = store.query_rows(
             "SELECT DISTINCT window_start, window_end FROM service_utilization"
         )
     ((start, end),) = rows
-    yield Usage(db, fleet, first.run_id, second.run_id, (start, end))
+    yield Usage(db, lake, fleet, first.run_id, second.run_id, (start, end))
 
 
-def query(u: Usage, name: str, *params: str) -> list[dict[str, Any]]:
-    argv = ["query", name, "--db", str(u.db), "--format", "json"]
+def query(u: Usage, name: str, *params: str, lake: bool = False) -> list[dict[str, Any]]:
+    argv = ["query", name, "--format", "json"]
+    argv += ["--lake", str(u.lake)] if lake else ["--db", str(u.db)]
     for p in params:
         argv += ["--param", p]
     result = runner.invoke(cli.app, argv)
@@ -208,6 +211,13 @@ def test_bad_numbers_are_usage_errors(
     result = runner.invoke(cli.app, ["query", query_name, "--db", str(usage.db), "--param", param])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.stderr.split()) and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", ["rightsizing", "idle_services", "cost_by_account"])
+def test_the_lake_gives_the_same_answers(usage: Usage, name: str) -> None:
+    # the lake holds only the --usage run: the same newest scans as the store
+    answer = query(usage, name, lake=True)
+    assert answer and answer == query(usage, name)
 
 
 # --------------------------------------------------------------------------- idle_services
