@@ -11,6 +11,10 @@ It shows, for the newest finished run (or `--run`):
     retries, wall time;
   - services by region and by state (SVG bar charts; a region whose targets failed says so);
   - failures and anomalies: the run's `errors` rows;
+  - cost and utilization (gather_costs → Costs → _cost_section): the monthly cost, by
+    account and by power, rightsizing's savings, and SVG lines of the CPU and memory of the
+    most expensive services, from the named queries monthly_cost, cost_by_account and
+    rightsizing and the `collect --usage` tables; without usage data it says so;
   - findings: every named query of `sql/queries/` that runs without a parameter (or whose
     parameters all have defaults), read when the report is made, with its description and
     its first rows. Queries that need a parameter are listed, not run.
