@@ -327,6 +327,37 @@ def parse_variants(text: str | None) -> list[Variant]:
     return out
 
 
+def usage_variant(base: Variant) -> Variant:
+    """`base` with `collect --usage`: the side-by-side run that prices the feature."""
+    return Variant(f"{base.label}+usage", [*base.args, "--usage"], dict(base.env), base.concurrency)
+
+
+def usage_notes(runs: list[Run], base: str) -> list[str]:
+    """Per fleet: what `--usage` costs over the plain collect of the same run (medians)."""
+    notes = []
+    for n in sorted({r.fleet for r in runs}):
+
+        def median(label: str, key: str, n: int = n) -> float | None:
+            got = [
+                getattr(r, key) for r in runs if (r.fleet, r.label) == (n, label) and not r.error
+            ]
+            return statistics.median(got) if got else None
+
+        plain, usage = (
+            {k: median(label, k) for k in ("wall_s", "cpu_s", "api_calls", "targets")}
+            for label in (base, f"{base}+usage")
+        )
+        if None in plain.values() or None in usage.values() or not plain["targets"]:
+            continue
+        extra = (usage["api_calls"] or 0) - (plain["api_calls"] or 0)
+        notes.append(
+            f"--usage at {n:,} accounts: wall {_ratio(usage['wall_s'], plain['wall_s']):.2f}×, "
+            f"CPU {_ratio(usage['cpu_s'], plain['cpu_s']):.2f}× the plain collect; "
+            f"{extra:,.0f} more API calls ({extra / plain['targets']:.2f} per account × region)"
+        )
+    return notes
+
+
 def collect_options() -> set[str]:
     """The long options `inventory collect --help` lists (to reject a variant early)."""
     got = subprocess.run(
@@ -921,6 +952,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help='our collector variants side by side, e.g. "workers=1;workers=2" (see module doc)',
     )
+    p.add_argument(
+        "--no-usage",
+        action="store_true",
+        help="skip the side-by-side run of the first variant with collect --usage",
+    )
+    p.add_argument(
+        "--usage-max-accounts",
+        type=int,
+        default=1000,
+        help="largest fleet for the --usage run (the simulator computes every series)",
+    )
     p.add_argument("--collector-arg", action="append", default=[], help="extra collect option")
     p.add_argument("--repeat", type=int, default=1, help="runs per variant (medians reported)")
     p.add_argument("--seed", type=int, default=7)
@@ -1038,8 +1080,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"peer skipped at {n:,} accounts (capped at --peer-max-accounts "
                         f"{args.peer_max_accounts:,}: a client per target would take minutes)"
                     )
+                mine = list(variants)
+                if not args.no_usage and n <= args.usage_max_accounts:
+                    mine.append(usage_variant(variants[0]))
                 for rep in range(args.repeat):
-                    for v in variants:
+                    for v in mine:
                         r = run_ours(sim, info, v, args, work, rep, startups["ours"])
                         runs.append(r)
                         _progress(r)
@@ -1087,7 +1132,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(work_root, ignore_errors=True)
     rows = summarise(runs)
-    notes = check_targets(rows) + notes
+    notes = check_targets(rows) + usage_notes(runs, variants[0].label) + notes
     cores = os.cpu_count() or 1
     noisy = [r.other_cpu_s / r.wall_s for r in runs if r.other_cpu_s > 0.1 * cores * r.wall_s]
     if noisy:

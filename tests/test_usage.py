@@ -24,7 +24,7 @@ from inventory.model import Account, Options, Plan
 from inventory.run import builder as builder_mod
 from inventory.run.collect import Collector
 from inventory.run.pipeline import run_collect
-from inventory.run.usage import METRIC_DATA, METRICS, POWERS
+from inventory.run.usage import METRIC_DATA, METRICS, POWERS, MetricAnswer, UsageFlattener
 from inventory.simulator import Faults, Fleet, Simulator
 from inventory.simulator.fleet import DISABLED_PROFILE, POWER_SPECS, USAGE_PROFILES
 from inventory.storage import lakequery
@@ -396,3 +396,37 @@ def test_monthly_cost_uses_the_prices_of_the_same_run(
     for r in rows:
         price = POWER_SPECS[r["power"]][2]  # the bundled list agrees with AWS's prices
         assert (r["usd_per_node_month"], r["usd_per_month"]) == (price, price * r["scale"])
+
+
+# --------------------------------------------------------------------------- the flattener
+
+
+def test_answers_of_unexpected_shape_become_nulls_and_anomalies() -> None:
+    """Never raises: a bad value is NULL and one anomaly, a datapoint without its time is
+    left out, an answer without its list is 'no_datapoints' and an anomaly."""
+    end = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    window = (end - dt.timedelta(days=1), end)
+    f = UsageFlattener()
+    points = [
+        {"timestamp": "yesterday"},
+        {"timestamp": epoch(end) - 3600, "average": "high", "maximum": 3, "unit": "Percent"},
+        7,
+    ]
+    bad = MetricAnswer("web", "arn:w", "CPUUtilization", "ok", {"metricData": points}, end, 1)
+    empty = MetricAnswer("web", "arn:w", "MemoryUtilization", "ok", {"metricData": None}, end, 2)
+    found = f.add_metric("r", "111111111111", "us-east-1", window, bad)
+    found += f.add_metric("r", "111111111111", "us-east-1", window, empty)
+    found += f.add_powers("r", "111111111111", "us-east-1", end, {"powers": [{"price": "7"}]})
+    assert [a.error_code for a in found] == ["UnexpectedShape"] * 5
+    assert all("yesterday" not in a.message or "timestamp" in a.message for a in found)
+    tables = f.take()
+    rows = [
+        (r["metric"], r["period_start"], r["average"], r["maximum"], r["status"])
+        for r in tables["service_utilization"].to_pylist()
+    ]
+    assert rows == [
+        ("CPUUtilization", end - dt.timedelta(hours=1), None, 3.0, "ok"),
+        ("MemoryUtilization", None, None, None, "no_datapoints"),
+    ]
+    (power,) = tables["container_powers"].to_pylist()
+    assert power["price_per_month"] is None and power["region"] == "us-east-1"

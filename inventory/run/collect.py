@@ -130,20 +130,25 @@ def run_deadline(options: Options, targets: int) -> float:
 
 
 def raw_answer(
-    response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any
+    response_dict: dict[str, Any],
+    customized_response_dict: dict[str, Any],
+    operation_model: Any = None,
+    **_: Any,
 ) -> None:
-    """botocore `before-parse` hook for GetContainerServices (engine 'botocore'): the answer
-    becomes the body's JSON as `json.loads` reads it, as in the lean engine (lean.py), and
-    botocore's parser sees `{}`. Error answers (status >= 300) are left to botocore."""
+    """botocore `before-parse` hook for GetContainerServices (engine 'botocore'; and for
+    collect --usage's GetContainerServiceMetricData, usage.py): the answer becomes the body's
+    JSON as `json.loads` reads it, as in the lean engine (lean.py), and botocore's parser sees
+    `{}`. Error answers (status >= 300) are left to botocore."""
     if response_dict.get("status_code", 500) >= 300:
         return
+    op = getattr(operation_model, "name", "GetContainerServices")
     try:
         answer = json.loads(response_dict["body"])
     except (ValueError, TypeError) as exc:
-        raise ResponseParserError(f"GetContainerServices: answer is not JSON: {exc}") from None
+        raise ResponseParserError(f"{op}: answer is not JSON: {exc}") from None
     if not isinstance(answer, dict):
         raise ResponseParserError(
-            f"GetContainerServices: answer is a JSON {type(answer).__name__}, expected an object"
+            f"{op}: answer is a JSON {type(answer).__name__}, expected an object"
         )
     response_dict["body"] = b"{}"
     customized_response_dict.update(answer)

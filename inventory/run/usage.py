@@ -27,22 +27,21 @@ import datetime as dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 
 from inventory.aws.retry import Deadline
 from inventory.model import Account, ErrorRecord, TargetResult, utcnow
+from inventory.run.collect import Collector, raw_answer
 from inventory.run.extra import ExtraCalls, ExtraFailed, service_identities
 from inventory.storage import schema
 from inventory.storage.flatten import Anomaly, Check, epoch_micros, known_enums
 
-if TYPE_CHECKING:
-    from inventory.run.collect import Collector
-
 POWERS = "GetContainerServicePowers"
 METRIC_DATA = "GetContainerServiceMetricData"
 OPERATIONS = (POWERS, METRIC_DATA)
+RAW_METRIC_DATA_EVENT = f"before-parse.lightsail.{METRIC_DATA}"
 METRICS = ("CPUUtilization", "MemoryUtilization")
 STATISTICS = ["Average", "Maximum"]
 PERIOD_S = 3600  # hourly datapoints (the API allows 60..86400 seconds)
@@ -90,6 +89,10 @@ class UsageFetcher:
 
     def __init__(self, collector: Collector, now: dt.datetime | None = None):
         self.calls = ExtraCalls(collector, "usage calls")
+        # An answer holds 24 datapoints a day: botocore's parser would cost ten times what
+        # json.loads does (a datetime per timestamp); the flattener reads either.
+        for client in collector.botocore_clients.values():
+            client.meta.events.register(RAW_METRIC_DATA_EVENT, raw_answer)
         self.window = usage_window(collector.options.usage_days, now or utcnow())
         self._powers: dict[str, int | bool] = {}  # region -> True (got) | accounts tried
 
