@@ -126,7 +126,7 @@ def test_the_fleet_has_every_profile(usage: Usage) -> None:
 
 def cheapest(power: str, scale: int, cpu: float, memory: float, region: str, u: Usage) -> tuple:
     """The ground truth's recommendation: (power, scale, USD a month), written here from the
-    rule in docs/rightsizing.md (capacity in use across all nodes, the cheapest that keeps
+    rule in docs/cost.md (capacity in use across all nodes, the cheapest that keeps
     the peaks at most 60 %, fewer nodes only when cheaper, never dearer)."""
     cpu_used = POWER_SPECS[power][0] * scale * cpu
     ram_used = POWER_SPECS[power][1] * scale * memory
