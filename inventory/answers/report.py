@@ -727,7 +727,8 @@ def _cost_section(c: Costs | None) -> str:
     ]
     if c.usage:
         n = sum(1 for r in c.rightsizing if r["action"] == "downsize")
-        cards.append(_card("rightsizing saves", _usd(c.saving), f"a month, {n} services"))
+        what = f"a month, {n} service{'s' if n != 1 else ''}"
+        cards.append(_card("rightsizing saves", _usd(c.saving), what))
     account_bars = [
         Bar(name or acct, round(usd), prefix="$", kind="account")
         for acct, name, _, usd in c.accounts
