@@ -10,6 +10,7 @@ what names a secret, fingerprint.SECRET_NAME_PATTERN). Values are always bound b
 from __future__ import annotations
 
 import importlib.resources
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -156,7 +157,8 @@ def bind(text: str, name: str | None, given: dict[str, str]) -> dict[str, str]:
     import duckdb
 
     what = f"query {name!r}" if name else "this SQL"
-    values = defaults(query_header(text)[1]) if name else {}
+    declared = query_header(text)[1] if name else {}
+    values = defaults(declared) if name else {}
     values.update(given)
     try:
         wanted = used_params(text)
@@ -175,7 +177,28 @@ def bind(text: str, name: str | None, given: dict[str, str]) -> dict[str, str]:
     missing = sorted(wanted - set(values))
     if missing:
         raise UsageError(f"{what} needs " + " ".join(f"--param {m}=VALUE" for m in missing))
+    for key, value in given.items():
+        check_number(key, value, declared.get(key))
     return {k: values[k] for k in wanted}
+
+
+def check_number(key: str, value: str, default: str | None) -> None:
+    """A parameter whose declared default is a number takes a number, not negative (SQL
+    would cast it and fail with a database error); one named `*_pct`, a percentage from 0
+    to 100. Anything else is a usage error naming the parameter and the value."""
+    if default is None or not _is_number(default):
+        return
+    if not _is_number(value) or float(value) < 0:
+        raise UsageError(f"--param {key}={value!r}: not a number ≥ 0 (default {default})")
+    if key.endswith("_pct") and float(value) > 100:
+        raise UsageError(f"--param {key}={value!r}: a percentage, 0 to 100 (default {default})")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def named_queries() -> list[tuple[str, str, str]]:

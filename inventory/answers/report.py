@@ -11,6 +11,10 @@ It shows, for the newest finished run (or `--run`):
     retries, wall time;
   - services by region and by state (SVG bar charts; a region whose targets failed says so);
   - failures and anomalies: the run's `errors` rows;
+  - cost and utilization (gather_costs → Costs → _cost_section): the monthly cost, by
+    account and by power, rightsizing's savings, and SVG lines of the CPU and memory of the
+    most expensive services, from the named queries monthly_cost, cost_by_account and
+    rightsizing and the `collect --usage` tables; without usage data it says so;
   - findings: every named query of `sql/queries/` that runs without a parameter (or whose
     parameters all have defaults), read when the report is made, with its description and
     its first rows. Queries that need a parameter are listed, not run.
@@ -104,6 +108,7 @@ class Report:
     generated_at: dt.datetime
     ended: str = ""  # the run's status and why it ended, in a sentence or two
     scans: int = 0  # account × region scanned (rows in scans)
+    costs: Costs | None = None  # the cost section's data (gather_costs)
     html: str = ""
 
     @property
@@ -260,6 +265,7 @@ def gather(
             raise  # the store's connection says so, naming the file (exit 2)
         raise StoreError(f"{source}: cannot read run {run_id or 'newest'}: {e}") from e
     findings = [_run_finding(con, q, sql_dir) for q in named]
+    costs = gather_costs(con, named, sql_dir)
     errors_total = int(errors_total_row[0]) if errors_total_row else 0
     return Report(
         run=run,
@@ -273,6 +279,7 @@ def gather(
         fleet=(fleet[0], int(fleet[1]), int(fleet[2])),
         findings=findings,
         generated_at=generated_at or dt.datetime.now(dt.UTC),
+        costs=costs,
     )
 
 
@@ -426,6 +433,7 @@ class Bar:
     colour: str = BAR_COLOUR
     note: str = ""  # shown after the value, in red (e.g. "6 targets failed")
     kind: str = ""  # data-kind attribute: what the label is (region, state)
+    prefix: str = ""  # shown before the value (e.g. "$")
 
 
 def bar_chart(title: str, bars: Sequence[Bar], empty: str = "nothing to show") -> str:
@@ -459,17 +467,311 @@ def bar_chart(title: str, bars: Sequence[Bar], empty: str = "nothing to show") -
         parts.append(
             f'<rect class="bar" x="{label_w}" y="{rect_y:.1f}" width="{w}" height="{bar_h}" '
             f'rx="2" fill="{esc(b.colour)}" data-label="{esc(b.label)}" data-value="{b.value}">'
-            f"<title>{esc(b.label)}: {b.value:,}{esc(' · ' + b.note if b.note else '')}</title>"
+            f"<title>{esc(b.label)}: {esc(b.prefix)}{b.value:,}"
+            f"{esc(' · ' + b.note if b.note else '')}</title>"
             "</rect>"
         )
         note = f'<tspan class="note" dx="6">{esc(b.note)}</tspan>' if b.note else ""
         parts.append(
             f'<text x="{label_w + w + 6}" y="{mid:.1f}" dominant-baseline="central" '
-            f'class="value">{b.value:,}{note}</text>'
+            f'class="value">{esc(b.prefix)}{b.value:,}{note}</text>'
         )
         parts.append("</g>")
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- the cost section
+# Kept apart from the rest of the page (gather_costs → Costs → _cost_section): its numbers are
+# the named queries' own answers (monthly_cost, cost_by_account, rightsizing) run in the
+# report's as-of-the-run connection, so the page and `inventory query` never disagree.
+
+COST_SERVICES = 8  # the most expensive services whose utilization is drawn
+RIGHTSIZING_ROWS = 10  # rightsizing rows shown
+METRICS = (("CPUUtilization", "CPU", "#4263eb"), ("MemoryUtilization", "memory", "#ae3ec9"))
+COST_QUERIES = ("monthly_cost", "cost_by_account", "rightsizing")
+NO_DATA = {  # service_utilization.status -> what a chart without datapoints says
+    "no_datapoints": "no datapoints",
+    "disabled": "disabled: nothing runs",
+    "failed": "not read: the call failed (see the failures)",
+}
+
+# (period_start, average, maximum) of one metric, oldest first
+Series = list[tuple[dt.datetime, float | None, float | None]]
+
+
+@dataclass
+class ServiceCost:
+    """One service of the fleet as of the run, with its monthly_cost row and utilization."""
+
+    account_id: str
+    region: str
+    service_name: str
+    power: str | None
+    scale: int | None
+    usd_per_month: float | None
+    series: dict[str, Series] = field(default_factory=dict)  # metric -> datapoints
+    status: dict[str, str] = field(default_factory=dict)  # metric -> why no datapoints
+
+    @property
+    def key(self) -> str:
+        return f"{self.account_id}/{self.region}/{self.service_name}"
+
+
+@dataclass
+class Costs:
+    """What the cost section shows, or why it cannot (`error`)."""
+
+    services: list[ServiceCost] = field(default_factory=list)  # dearest first
+    accounts: list[tuple[str, str | None, int, float]] = field(default_factory=list)
+    total: float = 0.0  # cost_by_account's total row
+    unpriced: int = 0
+    price_sources: list[str] = field(default_factory=list)  # 'api', 'bundled'
+    usage: bool = False  # utilization recorded for the scans the page describes
+    rightsizing: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def by_power(self) -> list[tuple[str, int, float]]:
+        """(power, nodes, USD per month), dearest first."""
+        out: dict[str, tuple[int, float]] = {}
+        for s in self.services:
+            nodes, usd = out.get(s.power or "NULL", (0, 0.0))
+            out[s.power or "NULL"] = (nodes + (s.scale or 0), usd + (s.usd_per_month or 0.0))
+        return sorted(((p, n, u) for p, (n, u) in out.items()), key=lambda t: (-t[2], t[0]))
+
+    @property
+    def saving(self) -> float:
+        return sum(float(r["usd_saving_per_month"] or 0) for r in self.rightsizing)
+
+
+def _named_rows(
+    con: duckdb.DuckDBPyConnection, query: queries.NamedQuery, sql_dir: Path
+) -> list[dict[str, Any]]:
+    """A named query's whole answer with its default parameters, as dicts."""
+    values = queries.defaults(query.params, sql_dir)
+    cur = con.execute(query.text, {p: values[p] for p in queries.used_params(query.text)} or None)
+    columns = [d[0] for d in cur.description or []]
+    return [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
+
+
+def _utilization(con: duckdb.DuckDBPyConnection, services: Sequence[ServiceCost]) -> None:
+    """Fill in the datapoints of `services` in their newest good scan (`series`), and for a
+    metric without any, the status that says why (`status`: no_datapoints, disabled, failed)."""
+    by_key = {s.key: s for s in services}
+    cur = con.execute(
+        "SELECT u.account_id || '/' || u.region || '/' || u.service_name, u.metric, "
+        "u.status, u.period_start, u.average, u.maximum FROM service_utilization AS u "
+        "JOIN latest_scans AS l ON u.run_id = l.run_id AND u.account_id = l.account_id "
+        "AND u.region = l.region "
+        "WHERE list_contains($keys, u.account_id || '/' || u.region || '/' || u.service_name) "
+        "ORDER BY 1, 2, 4",
+        {"keys": list(by_key)},
+    )
+    for key, metric, status, start, average, maximum in cur.fetchall():
+        s = by_key[key]
+        if status == "ok" and start is not None:
+            s.series.setdefault(metric, []).append((start, average, maximum))
+        else:
+            s.status[metric] = str(status)
+
+
+def _has_usage(con: duckdb.DuckDBPyConnection) -> bool:
+    row = con.execute(
+        "SELECT count(*) FROM service_utilization AS u JOIN latest_scans AS l "
+        "ON u.run_id = l.run_id AND u.account_id = l.account_id AND u.region = l.region"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def gather_costs(
+    con: duckdb.DuckDBPyConnection, named: Sequence[queries.NamedQuery], sql_dir: Path
+) -> Costs:
+    """The cost section's data, read in `con` (already narrowed to the run, see `_scope_to`).
+    A failure (a query missing from the SQL folder, a store without the tables) is shown on
+    the page, never fatal to the report."""
+    by_name = {q.name: q for q in named}
+    missing = [n for n in COST_QUERIES if n not in by_name]
+    if missing:
+        return Costs(error=f"named queries missing from {sql_dir}: {', '.join(missing)}")
+    try:
+        priced = _named_rows(con, by_name["monthly_cost"], sql_dir)
+        per_account = _named_rows(con, by_name["cost_by_account"], sql_dir)
+        usage = _has_usage(con)
+        rightsizing = _named_rows(con, by_name["rightsizing"], sql_dir) if usage else []
+        services = [
+            ServiceCost(
+                r["account_id"],
+                r["region"],
+                r["service_name"],
+                r["power"],
+                r["scale"],
+                None if r["usd_per_month"] is None else float(r["usd_per_month"]),
+            )
+            for r in priced
+        ]
+        services.sort(key=lambda s: (-(s.usd_per_month or 0.0), s.key))
+        if usage:
+            _utilization(con, services[:COST_SERVICES])
+    except duckdb.Error as e:
+        return Costs(error=str(e).strip().splitlines()[0])
+    total = next((r for r in per_account if r["level"] == "total"), None)
+    return Costs(
+        services=services,
+        accounts=[
+            (r["account_id"], r["account_name"], int(r["services"]), float(r["usd_per_month"]))
+            for r in per_account
+            if r["level"] == "account"
+        ],
+        total=float(total["usd_per_month"]) if total else 0.0,
+        unpriced=int(total["unpriced"]) if total else 0,
+        price_sources=str(total["price_source"] or "").split(", ") if total else [],
+        usage=usage,
+        rightsizing=rightsizing,
+    )
+
+
+def _usd(v: float | Decimal | None) -> str:
+    return "—" if v is None else f"${float(v):,.2f}"
+
+
+def sparkline(title: str, points: Series, colour: str) -> str:
+    """A small SVG line of one metric (0..100 %): the maxima as a line, the averages as a
+    shaded area beneath, one step per datapoint."""
+    width, height, pad = 220, 44, 2
+    values = [(a, m) for _, a, m in points]
+    step = (width - 2 * pad) / max(len(values) - 1, 1)
+
+    def y(v: float | None) -> float:
+        return pad + (height - 2 * pad) * (1 - min(max(v or 0.0, 0.0), 100.0) / 100)
+
+    xs = [pad + i * step for i in range(len(values))]
+    peak = " ".join(f"{x:.1f},{y(m):.1f}" for x, (_, m) in zip(xs, values, strict=True))
+    area = (
+        f"{xs[0]:.1f},{height - pad} "
+        + " ".join(f"{x:.1f},{y(a):.1f}" for x, (a, _) in zip(xs, values, strict=True))
+        + f" {xs[-1]:.1f},{height - pad}"
+    )
+    return (
+        f'<svg class="spark" role="img" aria-label="{esc(title)}" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" '
+        f'data-points="{len(values)}"><title>{esc(title)}</title>'
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#f8f9fa"/>'
+        f'<polygon points="{area}" fill="{esc(colour)}" fill-opacity="0.18"/>'
+        f'<polyline points="{peak}" fill="none" stroke="{esc(colour)}" stroke-width="1.5"/>'
+        "</svg>"
+    )
+
+
+def _metric_cell(s: ServiceCost, metric: str, word: str, colour: str) -> str:
+    points = s.series.get(metric, [])
+    if not points:
+        why = NO_DATA.get(s.status.get(metric, ""), s.status.get(metric, "not collected"))
+        return f'<td class="null" data-status="{esc(s.status.get(metric, ""))}">{esc(why)}</td>'
+    peak = max((m for _, _, m in points if m is not None), default=0.0)
+    mean = [a for _, a, _ in points if a is not None]
+    avg = sum(mean) / len(mean) if mean else 0.0
+    title = f"{word} of {s.service_name}: max {peak:.1f} %, average {avg:.1f} %"
+    return (
+        f'<td class="spark" data-metric="{esc(metric)}">{sparkline(title, points, colour)}'
+        f'<div class="muted">max {peak:.1f} % · avg {avg:.1f} % · {len(points)} points</div></td>'
+    )
+
+
+def _utilization_table(c: Costs) -> str:
+    rows = []
+    for s in c.services[:COST_SERVICES]:
+        cells = "".join(_metric_cell(s, m, w, col) for m, w, col in METRICS)
+        rows.append(
+            f'<tr data-service="{esc(s.key)}"><td>{esc(s.service_name)}<div class="muted">'
+            f"{esc(s.account_id)} · {esc(s.region)}</div></td>"
+            f"<td>{esc(s.power or 'NULL')} × {esc(s.scale)}</td>"
+            f'<td class="num">{esc(_usd(s.usd_per_month))}</td>{cells}</tr>'
+        )
+    head = "".join(f"<th>{esc(h)}</th>" for h in ("service", "power × scale", "per month"))
+    head += "".join(f"<th>{esc(w)} (max line, average shaded)</th>" for _, w, _ in METRICS)
+    return (
+        f'<div class="scroll"><table class="utilization"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _rightsizing_table(c: Costs) -> str:
+    down = [r for r in c.rightsizing if r["action"] == "downsize"]
+    if not down:
+        return '<p class="none muted">Rightsizing: no service can run cheaper with the headroom kept.</p>'
+    rows = [
+        (
+            r["account_id"],
+            r["region"],
+            r["service_name"],
+            f"{r['power']} × {r['scale']}",
+            r["usd_per_month"],
+            f"{r['recommended_power']} × {r['recommended_scale']}",
+            r["recommended_usd_per_month"],
+            r["usd_saving_per_month"],
+            r["cpu_max_pct"],
+            r["memory_max_pct"],
+            min(r["cpu_datapoints"], r["memory_datapoints"]),
+        )
+        for r in down[:RIGHTSIZING_ROWS]
+    ]
+    columns = ["account", "region", "service", "now", "USD now", "recommended", "USD then"]
+    columns += ["saving", "CPU max %", "memory max %", "datapoints"]
+    more = f" (the first {RIGHTSIZING_ROWS}; inventory query rightsizing for all)"
+    count = f"{len(down):,} service{'s' if len(down) != 1 else ''} to downsize" + (
+        more if len(down) > RIGHTSIZING_ROWS else ""
+    )
+    return f'<p class="count">{esc(count)}</p>' + _table(columns, rows, "rightsizing")
+
+
+def _cost_section(c: Costs | None) -> str:
+    """The cost section: totals, cost by account and by power, rightsizing's savings, and the
+    utilization of the dearest services; without utilization data it says so."""
+    if c is None:
+        return ""
+    if c.error is not None:
+        return f'<p class="err" id="costs-error">No cost section: {esc(c.error)}</p>'
+    sources = ", ".join(c.price_sources) or "none"
+    cards = [
+        _card("monthly cost", _usd(c.total), f"prices: {sources}"),
+        _card(
+            "services priced", _num(len(c.services) - c.unpriced), f"{c.unpriced} without a price"
+        ),
+    ]
+    if c.usage:
+        n = sum(1 for r in c.rightsizing if r["action"] == "downsize")
+        what = f"a month, {n} service{'s' if n != 1 else ''}"
+        cards.append(_card("rightsizing saves", _usd(c.saving), what))
+    account_bars = [
+        Bar(name or acct, round(usd), prefix="$", kind="account")
+        for acct, name, _, usd in c.accounts
+    ]
+    power_bars = [
+        Bar(f"{p} ({n} nodes)", round(usd), prefix="$", kind="power") for p, n, usd in c.by_power
+    ]
+    out = (
+        '<div class="cards">' + "".join(cards) + "</div>"
+        '<div class="charts" style="margin-top:14px">'
+        '<div class="panel" id="cost-by-account"><h3>Monthly cost by account (USD)</h3>'
+        + bar_chart("Monthly cost by account", account_bars, "no services")
+        + '</div><div class="panel" id="cost-by-power"><h3>Monthly cost by power (USD)</h3>'
+        + bar_chart("Monthly cost by power", power_bars, "no services")
+        + "</div></div>"
+    )
+    if not c.usage:
+        return out + (
+            '<p class="muted" id="no-usage">No utilization data for the scans this page '
+            "describes: <code>inventory collect --usage</code> records it. Rightsizing and "
+            "the utilization charts need it.</p>"
+        )
+    return (
+        out
+        + '<h3 style="margin-top:18px" id="rightsizing">Rightsizing</h3>'
+        + _rightsizing_table(c)
+        + f'<h3 style="margin-top:18px" id="utilization">Utilization of the {COST_SERVICES} '
+        "most expensive services</h3>" + _utilization_table(c)
+    )
 
 
 # --------------------------------------------------------------------------- the page
@@ -510,6 +812,8 @@ svg.chart { display: block; max-width: 100%; height: auto; }
 svg.chart text { font-size: 12px; fill: #1f2933; font-family: inherit; }
 svg.chart text.value { font-variant-numeric: tabular-nums; fill: #3e4c59; }
 svg.chart tspan.note { fill: #c92a2a; }
+svg.spark { display: block; }
+td.spark { min-width: 240px; }
 .muted { color: #7b8794; }
 .ended { font-size: 15px; margin: 16px 0 0; }
 .scroll { overflow-x: auto; background: #fff; border: 1px solid #e3e6ea; border-radius: 6px; }
@@ -729,6 +1033,8 @@ def render(r: Report) -> str:
         _charts(r),
         '<h2 id="failures">Failures and anomalies</h2>',
         _failures(r),
+        '<h2 id="costs">Cost and utilization</h2>',
+        _cost_section(r.costs),
         '<h2 id="findings">Findings</h2>',
         '<p class="muted">The named queries of <code>sql/queries/</code>, as of this run: for '
         "each account × region of the fleet, its newest good scan up to this run. "
