@@ -27,6 +27,14 @@ class UsageError(InventoryError):
     exit_code = 2
 
 
+class Unavailable(InventoryError):
+    """Something the run needs before its first call could not be reached just now (S3
+    unreachable, a network failure): exit 1, not 2, so that a scheduler that retries failed
+    runs (a Kubernetes Job's backoff, EventBridge's retries) tries the night again."""
+
+    exit_code = 1
+
+
 class ConfigError(UsageError):
     """The accounts file is wrong: names the file, the field (and line when known) and value."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -256,3 +257,28 @@ def test_the_failures_hint_names_an_s3_lake_beside_a_throw_away_store(dest: str,
     out = Console(file=io.StringIO(), width=400)
     render.print_failures(out, summary)
     assert hint in out.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_s3_that_does_not_answer_is_exit_1_so_the_scheduler_retries_the_night(
+    nights: tuple[Nights, Simulator], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Missing or denied is the user's to fix (exit 2, no retry); S3 not answering now is
+    exit 1, which a Kubernetes Job's backoff or EventBridge's retry policy tries again."""
+    n, _ = nights
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    local = tmp_path / "accounts.toml"
+    n.s3.download_file(n.s3.bucket, "config/accounts.toml", str(local))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", closed)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    out = n.night("a.duckdb")  # the accounts file on S3
+    assert out.exit_code == 1, out.output
+    assert f"error: --config {n.config}: cannot be read from S3: cannot be read (" in one_line(
+        out.output
+    )
+    args = ["collect", "--config", str(local), "--db", str(tmp_path / "b.duckdb")]
+    out = runner.invoke(app, [*args, "--parquet-dir", n.lake])  # the lake's runs, for the key
+    assert out.exit_code == 1, out.output
+    assert f"--parquet-dir {n.lake}: cannot read the lake's runs" in one_line(out.output)
+    assert n.objects() == []  # nothing was written

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import math
 import re
 import tomllib
@@ -24,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from inventory.errors import ConfigError, UsageError
+from inventory.errors import ConfigError, Unavailable, UsageError
 from inventory.model import (
     DEFAULT_USAGE_DAYS,
     MAX_MAX_ANSWER_BYTES,
@@ -232,6 +233,10 @@ def _read_s3(url: str) -> bytes:
     try:
         return lake.read_s3_object(url, MAX_S3_CONFIG_BYTES)
     except OSError as exc:
+        # missing, denied, no key: the user's to fix (exit 2); unreachable now: a retry of
+        # the night may work (exit 1)
+        if exc.errno == errno.EIO:
+            raise Unavailable(f"--config {url}: cannot be read from S3: {exc.strerror}") from None
         raise ConfigError(url, "--config", url, f"cannot be read from S3: {exc.strerror}") from None
 
 

@@ -1,6 +1,6 @@
 """SQL over the Parquet lake, for a team without the DuckDB file.
 
-`open_lake(dest)` gives an in-memory DuckDB connection in which each of the six tables is a
+`open_lake(dest)` gives an in-memory DuckDB connection in which each table is a
 pyarrow dataset over `<dest>/<table>/run_date=YYYY-MM-DD/*.parquet` (a local folder or
 `s3://bucket/prefix`, through the same S3 filesystem as the export, so AWS_ENDPOINT_URL_S3 is
 honoured), with the extra column `run_date DATE` from the Hive partition; and the views
@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from inventory.errors import StoreError, UsageError
+from inventory.errors import StoreError, Unavailable, UsageError
 from inventory.storage import lake, schema
 from inventory.storage.store import view_statements
 
@@ -49,14 +49,16 @@ def table_schema(table: str) -> pa.Schema:
 
 def _root(dest: str | os.PathLike[str], flag: str = "--lake") -> tuple[pafs.FileSystem, str, str]:
     """(filesystem, root path within it, dest as the user wrote it); `flag` names it in errors."""
-    text = str(dest).rstrip("/")
+    text = str(dest)
     if text.startswith("s3://"):
+        text = text.rstrip("/")
         root = text[len("s3://") :]
         if not root:
             raise UsageError(f"{flag} {dest!r}: give a bucket, s3://bucket[/prefix]")
         return lake.s3_filesystem(), root, text
     if "://" in text:
         raise UsageError(f"{flag} {dest!r}: only local folders and s3:// URIs are supported")
+    text = text.rstrip("/") or text  # "/" stays the root
     return pafs.LocalFileSystem(), os.path.abspath(text), text
 
 
@@ -137,14 +139,22 @@ def newest_key_id(dest: str | os.PathLike[str]) -> str | None:
             filter=ds.field("fingerprint_key_id").is_valid(),
         )
     except (OSError, pa.ArrowException) as e:
-        raise UsageError(
-            f"--parquet-dir {shown}: cannot read the lake's runs to check the fingerprint "
-            f"key: {' '.join(str(e).split())}"
-        ) from e
+        text = " ".join(str(e).split())
+        problem = f"--parquet-dir {shown}: cannot read the lake's runs to check the fingerprint key"
+        if isinstance(e, OSError) and not _denied(text):
+            # S3 or the disk did not answer (not a damaged file, not a refusal): a retry of
+            # the night may work, so exit 1 rather than the usage error's 2
+            raise Unavailable(f"{problem}: {text}") from e
+        raise UsageError(f"{problem}: {text}") from e
     if not runs.num_rows:
         return None
     newest = runs.sort_by([("started_at", "descending"), ("run_id", "descending")])
     return str(newest.column("fingerprint_key_id")[0].as_py())
+
+
+def _denied(text: str) -> bool:
+    """Whether pyarrow's S3 error text is a refusal (a fix for the user, not a retry)."""
+    return any(m in text for m in ("ACCESS_DENIED", "AccessDenied", "403", "Permission denied"))
 
 
 def query_rows(
@@ -167,7 +177,7 @@ def query_rows(
 def athena_ddl(
     location: str = "s3://YOUR-BUCKET/lightsail-inventory", database: str = "lightsail_inventory"
 ) -> str:
-    """`CREATE EXTERNAL TABLE` statements (Athena / Trino's Hive connector) for the six
+    """`CREATE EXTERNAL TABLE` statements (Athena / Trino's Hive connector) for the
     tables, partitioned by `run_date` with partition projection, and the `latest_*` views."""
     location = location.rstrip("/")
     parts = [

@@ -9,7 +9,7 @@ it would change which pairs the views show), and a run still 'running' (the next
 marks an interrupted one failed). Pairs that left the fleet are protected by nothing: their
 runs go by age like any other.
 
-A removed run loses its rows in all six tables, in one transaction. DuckDB keeps the freed
+A removed run loses its rows in every table, in one transaction. DuckDB keeps the freed
 blocks inside the file for reuse (CHECKPOINT and VACUUM do not shrink it), so the file is then
 compacted: copied with `COPY FROM DATABASE` into a temporary file beside it (in a private
 folder of its own), which takes the old file's mode and replaces it by rename once complete. The writer lock is held throughout; a crash leaves either the old file
