@@ -340,7 +340,8 @@ TBLPROPERTIES (
 
 -- The views, the same SQL as the store's (inventory.storage.store.view_statements): the
 -- good runs and their ok scans (good_runs, good_scans), the current fleet (fleet_run,
--- fleet), each pair's newest good scan (latest_scans), the latest_* views over it, and
+-- fleet), each pair's newest good scan (latest_scans), the latest_* views over it, each
+-- latest service's power at its run's prices (run_powers, latest_service_powers), and
 -- run_totals (the shards of a sharded run as one run).
 
 CREATE OR REPLACE VIEW lightsail_inventory.good_runs AS
@@ -393,6 +394,40 @@ CREATE OR REPLACE VIEW lightsail_inventory.latest_container_services AS SELECT t
 CREATE OR REPLACE VIEW lightsail_inventory.latest_deployments AS SELECT t."run_id", t."collected_at", t."account_id", t."region", t."service_name", t."service_arn", t."slot", t."version", t."state", t."created_at", t."public_endpoint_container_name", t."public_endpoint_container_port", t."health_check_healthy_threshold", t."health_check_unhealthy_threshold", t."health_check_timeout_seconds", t."health_check_interval_seconds", t."health_check_path", t."health_check_success_codes", t."extra" FROM lightsail_inventory.deployments AS t JOIN lightsail_inventory.latest_scans AS l ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region;
 
 CREATE OR REPLACE VIEW lightsail_inventory.latest_containers AS SELECT t."run_id", t."collected_at", t."account_id", t."region", t."service_name", t."service_arn", t."slot", t."deployment_version", t."container_name", t."image", t."image_source", t."command", t."environment", t."ports", t."extra" FROM lightsail_inventory.containers AS t JOIN lightsail_inventory.latest_scans AS l ON t.run_id = l.run_id AND t.account_id = l.account_id AND t.region = l.region;
+
+CREATE OR REPLACE VIEW lightsail_inventory.run_powers AS
+SELECT run_id, region, power_id, name,
+       max(price_per_month) AS price_per_month,
+       max(cpu_count) AS cpu_count,
+       max(ram_size_gb) AS ram_size_gb,
+       bool_or(is_active) AS is_active,
+       max(collected_at) AS collected_at
+FROM lightsail_inventory.container_powers
+GROUP BY run_id, region, power_id, name;
+
+CREATE OR REPLACE VIEW lightsail_inventory.latest_service_powers AS
+SELECT run_id, account_id, region, service_name, power_id, name,
+       price_per_month, cpu_count, ram_size_gb, is_active, collected_at, matched_on
+FROM (
+    SELECT s.run_id, s.account_id, s.region, s.service_name,
+           p.power_id, p.name, p.price_per_month, p.cpu_count, p.ram_size_gb, p.is_active,
+           p.collected_at,
+           CASE
+               WHEN p.power_id = s.power_id THEN 'power_id'
+               WHEN p.name IS NOT NULL THEN 'name'
+           END AS matched_on,
+           row_number() OVER (
+               PARTITION BY s.run_id, s.account_id, s.region, s.service_name
+               ORDER BY CASE WHEN p.power_id = s.power_id THEN 0 ELSE 1 END,
+                        CASE WHEN p.is_active THEN 0 ELSE 1 END,
+                        p.price_per_month DESC, p.power_id
+           ) AS rn
+    FROM lightsail_inventory.latest_container_services AS s
+    LEFT JOIN lightsail_inventory.run_powers AS p
+      ON p.run_id = s.run_id AND p.region = s.region
+     AND (p.power_id = s.power_id OR p.name = s.power)
+) AS m
+WHERE rn = 1;
 
 CREATE OR REPLACE VIEW lightsail_inventory.run_totals AS
 SELECT run_id,

@@ -16,6 +16,7 @@ import pytest
 from inventory.answers import queries
 from inventory.simulator.fleet import POWER_SPECS
 from inventory.storage import schema
+from inventory.storage.store import POWERS_SQL
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 RUN, OLD = "20261128T000000Z-aaaaaa", "20261127T000000Z-bbbbbb"
@@ -117,7 +118,7 @@ def run(
 ) -> list[dict[str, Any]]:
     """Run the named query `name` with its declared defaults over `params`, on these rows
     under the names the query reads (latest_scans: every (run, account, region) of the
-    services)."""
+    services), with the store's own run_powers and latest_service_powers views over them."""
     query = next(q for q in queries.load(SQL_DIR) if q.name == name)
     values = queries.defaults(query.params, SQL_DIR) | params
     con = duckdb.connect()
@@ -151,6 +152,8 @@ def run(
             for s in services
         ]
     con.register("latest_deployments", pa.Table.from_pylist(deployments, schema=DEPLOYMENT_SCHEMA))
+    for sql in POWERS_SQL:  # the store's price lookup, over the rows above
+        con.execute(sql.format(p=""))
     cur = con.execute(query.text, {p: values[p] for p in queries.used_params(query.text)})
     columns = [d[0] for d in cur.description or []]
     return [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
@@ -221,19 +224,130 @@ def test_rightsizing_prices_are_the_runs_own() -> None:
     dear = powers(micro={"price_per_month": 30.0})
     rows = run("rightsizing", [service("api", "medium", 2)], dear, usage("api", [5], [8]))
     assert (rows[0]["recommended_power"], rows[0]["recommended_usd_per_month"]) == ("small", 25)
-    # another run's or region's powers are not this service's
+    # another run's or region's powers are not this service's: it cannot be priced
     elsewhere = powers(region="us-east-1") + powers(run=OLD)
-    assert (
-        run("rightsizing", [service("api", "medium", 2)], elsewhere, usage("api", [5], [8])) == []
-    )
+    rows = run("rightsizing", [service("api", "medium", 2)], elsewhere, usage("api", [5], [8]))
+    assert [(r["service_name"], r["action"], r["usd_per_month"]) for r in rows] == [
+        ("api", "unpriced", None)
+    ]
+
+
+def test_rightsizing_lists_a_service_it_cannot_price_as_unpriced() -> None:
+    # the powers call failed in us-east-1 (no container_powers there), and eu-west-2 does not
+    # list the power "gigantic": both low enough to flag, neither dropped nor guessed
+    services = [
+        service("east", "medium", 2, region="us-east-1"),
+        service("odd", "gigantic", 1),
+        service("api", "medium", 2),
+    ]
+    util = usage("east", [5], [8], region="us-east-1") + usage("odd", [5], [8])
+    util += usage("api", [5], [8])
+    rows = run("rightsizing", services, utilization=util)
+    assert [(r["service_name"], r["action"]) for r in rows] == [
+        ("api", "downsize"),
+        ("odd", "unpriced"),  # eu-west-2: ordered by saving (NULL last), account, region
+        ("east", "unpriced"),
+    ]
+    for r in rows[1:]:
+        assert (r["cpu_max_pct"], r["memory_max_pct"], r["cpu_datapoints"]) == (5, 8, 1)
+        unknown = [
+            r[k]
+            for k in (
+                "usd_per_month",
+                "recommended_power",
+                "recommended_power_id",
+                "recommended_scale",
+                "recommended_usd_per_month",
+                "projected_cpu_max_pct",
+                "projected_memory_max_pct",
+                "usd_saving_per_month",
+            )
+        ]
+        assert unknown == [None] * 8, r
+
+
+def test_two_power_ids_with_one_name_are_priced_and_offered_apart() -> None:
+    # AWS lists a new medium-2 (15 USD) beside medium-1 (50 USD, no longer active): one name,
+    # two powers. Each service is priced by its own powerId; medium-2 is a candidate of its own
+    new_id = {
+        "run_id": RUN,
+        "region": REGION,
+        "power_id": "medium-2",
+        "name": "medium",
+        "price_per_month": 15.0,
+        "cpu_count": 1.0,
+        "ram_size_gb": 4.0,
+        "is_active": True,
+    }
+    two = [*powers(medium={"is_active": False}), new_id]
+    services = [
+        service("old", "medium", 2, power_id="medium-1"),
+        service("new", "medium", 2, power_id="medium-2"),
+        service("unsaid", "medium", 1),  # no powerId: by name, the active one
+    ]
+    util = usage("old", [5], [8]) + usage("new", [5], [8]) + usage("unsaid", [5], [8])
+    rows = {r["service_name"]: r for r in run("rightsizing", services, two, util)}
+    assert {n: (r["power_id"], r["usd_per_month"]) for n, r in rows.items()} == {
+        "old": ("medium-1", 100),
+        "new": ("medium-2", 30),
+        "unsaid": (None, 15),
+    }
+    # 0.1 vCPU and 0.64 GB in use: medium-2 × 1 (10 %, 16 %) at 15 USD is the cheapest
+    for name, saving in (("old", 85), ("new", 15)):
+        r = rows[name]
+        got = (r["action"], r["recommended_power"], r["recommended_power_id"])
+        assert got == ("downsize", "medium", "medium-2"), name
+        assert (r["recommended_scale"], r["usd_saving_per_month"]) == (1, saving), name
+    # unsaid, 15 USD now: 0.05 vCPU, 0.32 GB fit micro × 1 (20 %, 32 %) at 10
+    unsaid = rows["unsaid"]
+    assert (unsaid["recommended_power_id"], unsaid["usd_saving_per_month"]) == ("micro-1", 5)
+    # every cost query prices them the same way
+    assert run("cost_by_account", services, two)[-1]["usd_per_month"] == 100 + 30 + 15
+    monthly = {r["service_name"]: r for r in run("monthly_cost", services, two)}
+    assert {n: float(r["usd_per_month"]) for n, r in monthly.items()} == {
+        "old": 100,
+        "new": 30,
+        "unsaid": 15,
+    }
+    assert {r["price_source"] for r in monthly.values()} == {"api"}
+    idle = run("idle_services", services, two, util, deployments=[])
+    assert {r["service_name"]: r["usd_per_month"] for r in idle} == {
+        "old": 100,
+        "new": 30,
+        "unsaid": 15,
+    }
 
 
 @pytest.mark.parametrize(
     "case",
-    ["no datapoints", "cpu only", "disabled", "busy cpu", "busy memory", "another run"],
+    [
+        *("no datapoints", "cpu only", "disabled", "busy cpu", "busy memory", "another run"),
+        *("DELETING", "UPDATING", "PENDING", "READY", "no active deployment"),
+    ],
 )
 def test_rightsizing_leaves_out_what_it_cannot_judge_or_must_not_flag(case: str) -> None:
-    svc = service("api", "medium", 2, is_disabled=case == "disabled")
+    # states: DELETING, UPDATING (its power or scale changing) and PENDING are not flagged,
+    # even with an ACTIVE current deployment; READY has none (AWS), nor has a RUNNING service
+    # whose current deployment FAILED: idle_services lists those
+    state = case if case.isupper() else "RUNNING"
+    svc = service("api", "medium", 2, is_disabled=case == "disabled", state=state)
+    slots = {"current": "FAILED" if case == "no active deployment" else "ACTIVE"}
+    if case == "READY":
+        slots = {}
+    slots["next"] = "ACTIVE"  # another slot's ACTIVE is not the current one
+
+    def deployments() -> list[dict[str, Any]]:
+        return [
+            {
+                "account_id": "111111111111",
+                "region": REGION,
+                "service_name": "api",
+                "slot": slot,
+                "state": dep_state,
+            }
+            for slot, dep_state in slots.items()
+        ]
+
     util = {
         "no datapoints": usage("api", None, None),
         "cpu only": usage("api", [5], None),
@@ -241,8 +355,15 @@ def test_rightsizing_leaves_out_what_it_cannot_judge_or_must_not_flag(case: str)
         "busy cpu": usage("api", [5, 95, 5], [5]),
         "busy memory": usage("api", [5], [5, 40]),
         "another run": usage("api", [5], [5], run_id=OLD),
-    }[case]
-    assert run("rightsizing", [svc], utilization=util) == []
+    }.get(case, usage("api", [5], [5]))
+    assert run("rightsizing", [svc], None, util, deployments()) == []
+    # the same service RUNNING (or DEPLOYING its next) with its current deployment ACTIVE
+    # is flagged, when it has the datapoints and low peaks
+    if case.isupper() or case == "no active deployment":
+        slots["current"] = "ACTIVE"
+        for judged in ("RUNNING", "DEPLOYING"):
+            svc["state"] = judged
+            assert len(run("rightsizing", [svc], None, util, deployments())) == 1, judged
 
 
 # --------------------------------------------------------------------------- idle_services

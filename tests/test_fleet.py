@@ -330,7 +330,8 @@ def test_every_reader_has_one_rule_for_a_good_run(tmp_path: Path) -> None:
         athena = duckdb.connect()
         athena.execute("ATTACH ':memory:' AS lightsail_inventory")
         with lakequery.open_lake(lake_dir) as con:
-            for table in ("runs", "scans", "container_services", "deployments", "containers"):
+            tables = ("runs", "scans", "container_services", "deployments", "containers")
+            for table in (*tables, "container_powers"):
                 data = con.sql(f"SELECT * EXCLUDE (run_date) FROM {table}").to_arrow_table()
                 athena.register("_t", data)
                 athena.execute(f"CREATE TABLE lightsail_inventory.{table} AS SELECT * FROM _t")

@@ -66,6 +66,14 @@ class Usage:
     def price(self, region: str, power: str) -> float:
         return self.fleet.power_prices.get((region, power), POWER_SPECS[power][2])
 
+    def in_service(self, s: dict[str, Any]) -> bool:
+        """Whether rightsizing may judge the service (docs/cost.md): RUNNING, DEPLOYING or
+        READY, with its current deployment ACTIVE; DELETING, UPDATING, PENDING and DISABLED
+        never."""
+        current = s.get("currentDeployment") or {}
+        judged = s["state"] in ("RUNNING", "DEPLOYING", "READY")
+        return judged and current.get("state") == "ACTIVE"
+
     def peak(self, a: str, r: str, name: str, metric: str) -> tuple[float, int]:
         """(highest sample, hours with samples) of the window: the ground truth."""
         start, end = (t.timestamp() for t in self.window)
@@ -148,13 +156,16 @@ def test_rightsizing_flags_the_over_provisioned_and_idle_only(usage: Usage) -> N
     rows = {
         (r["account_id"], r["region"], r["service_name"]): r for r in query(usage, "rightsizing")
     }
-    flagged_profiles = set()
+    flagged_profiles, left_out = set(), set()
     for a, region, s in usage.services():
         name, profile = s["containerServiceName"], usage.profile(a, region, s)
         row = rows.pop((a, region, name), None)
-        if profile not in ("idle", "over_provisioned"):
-            # steady and bursty peak above the thresholds; no datapoints, disabled: no evidence
-            assert row is None, (profile, row)
+        if profile not in ("idle", "over_provisioned") or not usage.in_service(s):
+            # steady and bursty peak above the thresholds; no datapoints, disabled: no
+            # evidence; deleting, updating, pending, or no active deployment: not in service
+            assert row is None, (profile, s["state"], row)
+            if profile in ("idle", "over_provisioned"):
+                left_out.add(s["state"])  # low enough, but not in service
             continue
         assert row is not None, (profile, name)
         flagged_profiles.add(profile)
@@ -176,6 +187,7 @@ def test_rightsizing_flags_the_over_provisioned_and_idle_only(usage: Usage) -> N
         assert max(row["projected_cpu_max_pct"], row["projected_memory_max_pct"]) <= 60
     assert not rows, f"flagged, not in the fleet: {sorted(rows)}"
     assert flagged_profiles == {"idle", "over_provisioned"}
+    assert {"DELETING", "UPDATING", "READY"} <= left_out  # the fleet has them: exercised
 
 
 def test_rightsizing_thresholds_from_the_command_line(usage: Usage) -> None:
@@ -184,7 +196,7 @@ def test_rightsizing_thresholds_from_the_command_line(usage: Usage) -> None:
     idle = {
         s["containerServiceName"]
         for a, r, s in usage.services()
-        if usage.profile(a, r, s) == "idle"
+        if usage.profile(a, r, s) == "idle" and usage.in_service(s)
     }
     assert idle and {r["service_name"] for r in rows} == idle
     # no headroom to give: every flagged service keeps its power and scale
@@ -515,3 +527,21 @@ def test_the_cost_section_escapes_everything_from_the_data() -> None:
     doc = parse(f"<div>{html}</div>").root
     assert len(doc.find_all("svg")) == 3  # two bar charts and one line
     assert report._cost_section(report.Costs(error=evil)).count("<script") == 0
+
+
+def test_the_saving_counts_no_unpriced_service_and_says_how_many() -> None:
+    # rightsizing's 'unpriced' rows (no run prices for their region) have NULL savings
+    row = {"account_id": "111111111111", "region": "us-east-1", "service_name": "api"}
+    row |= {"power": "small", "scale": 1, "usd_per_month": 25.0, "cpu_max_pct": 1.0}
+    row |= {"memory_max_pct": 2.0, "cpu_datapoints": 4, "memory_datapoints": 4}
+    down = row | {"action": "downsize", "recommended_power": "micro", "recommended_scale": 1}
+    down |= {"recommended_usd_per_month": 10.0, "usd_saving_per_month": 15.0}
+    unpriced = row | {"action": "unpriced", "usd_saving_per_month": None}
+    costs = report.Costs(usage=True, rightsizing=[down, unpriced, unpriced])
+    assert costs.saving == 15.0
+    doc = parse(f"<div>{report._cost_section(costs)}</div>").root
+    card = doc.find("div", **{"data-total": "rightsizing saves"})
+    assert card is not None
+    assert (
+        card.find("div", **{"class": "sub"}).text() == "a month, 1 service; 2 not judged: no prices"
+    )

@@ -742,6 +742,9 @@ def _cost_section(c: Costs | None) -> str:
     if c.usage:
         n = sum(1 for r in c.rightsizing if r["action"] == "downsize")
         what = f"a month, {n} service{'s' if n != 1 else ''}"
+        unpriced = sum(1 for r in c.rightsizing if r["action"] == "unpriced")
+        if unpriced:  # low usage, but no run prices to judge by (rightsizing's 'unpriced')
+            what += f"; {unpriced} not judged: no prices"
         cards.append(_card("rightsizing saves", _usd(c.saving), what))
     account_bars = [
         Bar(name or acct, round(usd), prefix="$", kind="account")

@@ -5,8 +5,9 @@ pyarrow dataset over `<dest>/<table>/run_date=YYYY-MM-DD/*.parquet` (a local fol
 `s3://bucket/prefix`, through the same S3 filesystem as the export, so AWS_ENDPOINT_URL_S3 is
 honoured), with the extra column `run_date DATE` from the Hive partition; and the views
 `latest_scans`, `latest_container_services`, `latest_deployments`, `latest_containers`,
-defined as in the store (with the helpers `good_runs`, `good_scans`, `fleet_run`, `fleet` and
-`run_totals`: store.view_statements, the one definition). So the
+defined as in the store (with the helpers `good_runs`, `good_scans`, `fleet_run`, `fleet`,
+`run_powers`, `latest_service_powers` and `run_totals`: store.view_statements, the one
+definition). So the
 store's questions (and named queries) work on the lake.
 
 Decisions:
@@ -214,7 +215,8 @@ def athena_ddl(
     parts.append(
         "-- The views, the same SQL as the store's (inventory.storage.store.view_statements): the\n"
         "-- good runs and their ok scans (good_runs, good_scans), the current fleet (fleet_run,\n"
-        "-- fleet), each pair's newest good scan (latest_scans), the latest_* views over it, and\n"
+        "-- fleet), each pair's newest good scan (latest_scans), the latest_* views over it, each\n"
+        "-- latest service's power at its run's prices (run_powers, latest_service_powers), and\n"
         "-- run_totals (the shards of a sharded run as one run)."
     )
     parts.extend(sql + ";" for sql in view_statements(prefix=f"{database}."))

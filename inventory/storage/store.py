@@ -6,7 +6,8 @@ Layout of a database (all derived from schema.py):
   - the views `latest_container_services`, `latest_deployments`, `latest_containers` (and
     the helpers `good_runs`, `good_scans`, `fleet_run`, `fleet`, `latest_scans` they share):
     for each account × region of the current fleet, the rows of its newest good scan (see
-    FLEET_SQL for what a good run and the fleet are);
+    FLEET_SQL for what a good run and the fleet are); `run_powers` and
+    `latest_service_powers`: each latest service's power at its run's prices (POWERS_SQL);
 
 Concurrency. DuckDB lets one process open a file read-write, and then refuses every other
 process, readers included. So a writer holds an exclusive `flock` on `<db>.lock` for the
@@ -291,6 +292,61 @@ WHERE g.rn = 1
 )
 
 
+# The price, vCPUs and RAM of each latest service's power, from GetContainerServicePowers of
+# the run that scanned it (collect --usage): the one lookup rightsizing, idle_services,
+# cost_by_account, monthly_cost and the report use, so they agree. `{p}` as in FLEET_SQL.
+#
+# run_powers: one row per run × region × power id (a sharded run asks once per region and
+# shard: its shards' rows are one). AWS names a power (`nano`) and gives it an id (`nano-1`):
+# two ids may share a name (a new `nano-2` beside the old), so an id is never merged with
+# another of its name.
+#
+# latest_service_powers: one row per latest_container_services row (run_id, account_id,
+# region, service_name), matched on the service's powerId when that run's region lists it,
+# else on its power name (matched_on 'power_id' | 'name'); when a name has several ids, the
+# active one, then the dearest (never an understated cost). No powers for that run and region
+# (collected without --usage, or the call failed), or a power not listed: the power columns
+# are NULL (matched_on NULL), never a guess.
+POWERS_SQL = (
+    """
+CREATE OR REPLACE VIEW {p}run_powers AS
+SELECT run_id, region, power_id, name,
+       max(price_per_month) AS price_per_month,
+       max(cpu_count) AS cpu_count,
+       max(ram_size_gb) AS ram_size_gb,
+       bool_or(is_active) AS is_active,
+       max(collected_at) AS collected_at
+FROM {p}container_powers
+GROUP BY run_id, region, power_id, name
+""",
+    """
+CREATE OR REPLACE VIEW {p}latest_service_powers AS
+SELECT run_id, account_id, region, service_name, power_id, name,
+       price_per_month, cpu_count, ram_size_gb, is_active, collected_at, matched_on
+FROM (
+    SELECT s.run_id, s.account_id, s.region, s.service_name,
+           p.power_id, p.name, p.price_per_month, p.cpu_count, p.ram_size_gb, p.is_active,
+           p.collected_at,
+           CASE
+               WHEN p.power_id = s.power_id THEN 'power_id'
+               WHEN p.name IS NOT NULL THEN 'name'
+           END AS matched_on,
+           row_number() OVER (
+               PARTITION BY s.run_id, s.account_id, s.region, s.service_name
+               ORDER BY CASE WHEN p.power_id = s.power_id THEN 0 ELSE 1 END,
+                        CASE WHEN p.is_active THEN 0 ELSE 1 END,
+                        p.price_per_month DESC, p.power_id
+           ) AS rn
+    FROM {p}latest_container_services AS s
+    LEFT JOIN {p}run_powers AS p
+      ON p.run_id = s.run_id AND p.region = s.region
+     AND (p.power_id = s.power_id OR p.name = s.power)
+) AS m
+WHERE rn = 1
+""",
+)
+
+
 # One row per run. A sharded run (collect --shard K/N) has one runs row per shard, all with
 # its run_id (in the lake; each shard's own store has its one row): here they are one run.
 # status: 'running' while a shard runs; 'complete' when every shard is complete and all N are
@@ -329,8 +385,8 @@ RUN_TOTALS_SQL = "CREATE OR REPLACE VIEW run_totals AS" + RUN_TOTALS_SELECT.form
 
 
 def view_statements(create: str = "CREATE OR REPLACE VIEW", prefix: str = "") -> list[str]:
-    """good_runs, good_scans, fleet_run, fleet, latest_scans, the latest_* views and
-    run_totals, in the order they are created: the one definition the store, the lake reader
+    """good_runs, good_scans, fleet_run, fleet, latest_scans, the latest_* views,
+    run_powers, latest_service_powers and run_totals, in the order they are created: the one definition the store, the lake reader
     (lakequery), the report's as-of views and the Athena DDL use. `create`: e.g. "CREATE OR REPLACE TEMP VIEW";
     `prefix`: put before every table and view name, e.g. "lightsail_inventory."."""
     plain = "CREATE OR REPLACE VIEW"
@@ -340,6 +396,7 @@ def view_statements(create: str = "CREATE OR REPLACE VIEW", prefix: str = "") ->
         for sql in (
             *(sql.format(p=prefix) for sql in FLEET_SQL),
             *(_view_sql(view, table, prefix) for view, table in LATEST_VIEWS.items()),
+            *(sql.format(p=prefix) for sql in POWERS_SQL),
             run_totals,
         )
     ]

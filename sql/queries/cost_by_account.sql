@@ -1,9 +1,10 @@
 -- Monthly cost per account, and per value of the tag tag_key when given ('(untagged)' for services without it), with a total per account and for all: each service counted once in every total; the run's prices (container_powers), else the bundled price list.
 -- params: tag_key=, prices={sql_dir}/lightsail_container_prices.csv
 -- level: 'tag' (account × tag value; only with tag_key), 'account', 'total'. A service's
--- price is its power's price in the container_powers of the run that scanned it (collect
--- --usage: price_source 'api'), else the price list (price_source 'bundled'); a power in
--- neither is counted in `unpriced` and adds nothing, never a silent 0 in disguise.
+-- price is its power's price in the container_powers of the run that scanned it, by its
+-- powerId, else its name (view latest_service_powers; collect --usage: price_source 'api'),
+-- else the price list (price_source 'bundled'); a power in neither is counted in
+-- `unpriced` and adds nothing, never a silent 0 in disguise.
 -- Tags are container_services.tags, a map: a key has one value per service, so a service is
 -- in one tag row of its account. A key without a value (AWS allows it) counts as ''.
 WITH bundled AS (
@@ -20,11 +21,6 @@ WITH bundled AS (
         }
     )
 ),
-powers AS (
-    SELECT run_id, region, name, max(price_per_month) AS price_per_month
-    FROM container_powers
-    GROUP BY run_id, region, name
-),
 priced AS (
     SELECT s.account_id, s.account_name, s.scale,
         CASE
@@ -38,7 +34,9 @@ priced AS (
             WHEN b.usd_per_node_month IS NOT NULL THEN 'bundled'
         END AS price_source
     FROM latest_container_services AS s
-    LEFT JOIN powers AS p ON p.run_id = s.run_id AND p.region = s.region AND p.name = s.power
+    LEFT JOIN latest_service_powers AS p
+        ON p.run_id = s.run_id AND p.account_id = s.account_id AND p.region = s.region
+        AND p.service_name = s.service_name
     LEFT JOIN bundled AS b ON b.power = s.power
 )
 SELECT

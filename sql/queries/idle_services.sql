@@ -3,8 +3,9 @@
 -- Reads the latest_* views and, for CPU and prices, the service_utilization and
 -- container_powers of each account × region's newest good scan (collect --usage). A service
 -- without CPU datapoints (no_datapoints, or collected without --usage) is judged on the first
--- two reasons only: no data is not near-zero CPU. usd_per_month is NULL when that run has no
--- container_powers (monthly_cost prices it from the bundled list).
+-- two reasons only: no data is not near-zero CPU. The price is the service's power in that
+-- run's container_powers, by its powerId, else its name (view latest_service_powers);
+-- usd_per_month is NULL when there is none (monthly_cost prices it from the bundled list).
 WITH cpu AS (
     SELECT u.run_id, u.account_id, u.region, u.service_name,
         max(u.maximum) AS cpu_max_pct,
@@ -20,11 +21,6 @@ active AS (
     FROM latest_deployments
     WHERE slot = 'current' AND state = 'ACTIVE'
 ),
-powers AS (
-    SELECT run_id, region, name, max(price_per_month) AS price_per_month
-    FROM container_powers
-    GROUP BY run_id, region, name
-),
 judged AS (
     SELECT s.account_id, s.account_name, s.region, s.service_name, s.state, s.power, s.scale,
         p.price_per_month * s.scale AS usd_per_month,
@@ -39,7 +35,9 @@ judged AS (
     LEFT JOIN cpu AS c
         ON c.run_id = s.run_id AND c.account_id = s.account_id AND c.region = s.region
         AND c.service_name = s.service_name
-    LEFT JOIN powers AS p ON p.run_id = s.run_id AND p.region = s.region AND p.name = s.power
+    LEFT JOIN latest_service_powers AS p
+        ON p.run_id = s.run_id AND p.account_id = s.account_id AND p.region = s.region
+        AND p.service_name = s.service_name
 )
 SELECT
     account_id,
