@@ -337,7 +337,7 @@ def collect(
     from inventory.publish.ends import publish
     from inventory.publish.targets import Publishing
     from inventory.run.builder import tune_gc_for_collect
-    from inventory.run.pipeline import run_collect
+    from inventory.run.pipeline import run_collect, summary_of
 
     tune_gc_for_collect()
     level = LogLevel.warning if quiet else log_level or LogLevel.info
@@ -371,20 +371,28 @@ def collect(
         where = Publishing.parse(metrics_file, pushgateway, notify, summary_json)
         # None: on a terminal only
         bar = False if log_format is LogFormat.json or quiet else None
-        with render.ProgressView(bar) as progress:
-            summary = asyncio.run(
-                run_collect(
-                    plan,
-                    db,
-                    dest,
-                    on_start=progress.start,
-                    on_result=progress.advance,
-                    wait_for_lock=wait,
-                    run_id=run_id,
-                    shard=part,
-                    new_fingerprint_key=new_fingerprint_key,
+        try:
+            with render.ProgressView(bar) as progress:
+                summary = asyncio.run(
+                    run_collect(
+                        plan,
+                        db,
+                        dest,
+                        on_start=progress.start,
+                        on_result=progress.advance,
+                        wait_for_lock=wait,
+                        run_id=run_id,
+                        shard=part,
+                        new_fingerprint_key=new_fingerprint_key,
+                    )
                 )
-            )
+        except BaseException as exc:
+            # a run recorded as failed (discovery refused, …) is published too, then ends
+            # as it would have; one that never started (exit 2, a locked store) is not
+            ended = summary_of(exc)
+            if ended is not None:
+                publish(ended, part, where)
+            raise
         publish(summary, part, where)  # after the run is stored; never changes the exit
     if quiet and summary.exit_code == 0:
         raise typer.Exit(0)  # --quiet: nothing to say about a complete run

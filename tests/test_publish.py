@@ -6,6 +6,7 @@ then reads back what was published and compares it with the store.
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import logging
@@ -253,6 +254,30 @@ def test_a_shard_pushes_to_its_own_group(
         assert value(got, "accounts", **labels) == run["accounts"]
         assert value(got, "targets", outcome="ok", **labels) == run["targets_ok"]
     assert {dict(k[1])["shard"] for k in got} == {"0/2", "1/2"}
+
+
+def test_the_documented_delete_removes_an_old_shards_groups(pushgateway: str) -> None:
+    """docs/metrics.md's DELETE URLs (shard `3/4`: base64 `My80`) remove both groups of that
+    shard, run and last success, and leave the other shards' alone."""
+    from inventory.run.pipeline import RunSummary
+
+    now = utcnow()
+    for shard in ("3/4", "0/2"):
+        metrics.push(pushgateway, RunSummary("20261129T000000Z-abc", "complete", now, now), shard)
+    assert {dict(k[1])["shard"] for k in gateway_samples(pushgateway)} == {"3/4", "0/2"}
+    doc = (Path(__file__).parents[1] / "docs" / "metrics.md").read_text()
+    templates = re.findall(r'curl -X DELETE "http://pgw:9091(\S+)"', doc)
+    assert len(templates) == 2
+    encoded = base64.urlsafe_b64encode(b"3/4").decode()
+    assert encoded == "My80" and "(`0/4` is `MC80`)" in doc
+    for path in templates:
+        url = pushgateway + path.replace("$v", encoded)
+        request = urllib.request.Request(url, method="DELETE")
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status == 202
+    left = gateway_samples(pushgateway)
+    assert {dict(k[1])["shard"] for k in left} == {"0/2"}
+    assert value(left, "last_success_timestamp_seconds", shard="0/2", result="success", **GATEWAY)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -515,6 +540,19 @@ def test_summary_json_is_the_run_end_event(night: Callable[..., Any], tmp_path: 
         (["--pushgateway", "localhost:9091"], "--pushgateway: a localhost: URL"),
         (["--metrics-file", "/nonexistent-dir/x.prom"], "the folder /nonexistent-dir"),
         (["--summary-json", "/nonexistent-dir/s.json"], "--summary-json /nonexistent-dir/s"),
+        (
+            ["--notify", "https://[hooks.slack.com/services/T/B/secret"],
+            "--notify: not a valid URL (https://[hooks.slack.com/…)",
+        ),
+        (["--pushgateway", "http://[::1"], "--pushgateway: not a valid URL (http://[::1)"),
+        (
+            ["--pushgateway", "http://inventory:secret@127.0.0.1:9091"],
+            "--pushgateway: a user or password in the URL (http://127.0.0.1:9091)",
+        ),
+        (["--notify", "https://u:secret@h.example/x"], "user or password in the URL"),
+        # /sys takes no new file, even for root: the write probe finds it at preflight
+        (["--metrics-file", "/sys/x.prom"], "--metrics-file /sys/x.prom: cannot write in"),
+        (["--summary-json", "/sys/s.json"], "cannot write in the folder /sys (Permission"),
     ],
 )
 def test_bad_publishing_flags_are_usage_errors(
@@ -526,6 +564,167 @@ def test_bad_publishing_flags_are_usage_errors(
     assert line.startswith("error: ") and expected in line, line
     assert "secret" not in line
     assert not (tmp_path / "inv.duckdb").exists()  # nothing collected
+
+
+def test_a_malformed_url_in_the_environment_is_a_usage_error(
+    tmp_path: Path, night: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INVENTORY_NOTIFY", "https://[hooks.slack.com/services/T/B/secret")
+    result = night()
+    assert result.exit_code == 2, result.output
+    [line] = [x for x in result.stderr.splitlines() if x.strip()]
+    assert line == "error: --notify: not a valid URL (https://[hooks.slack.com/…)"
+    assert not (tmp_path / "inv.duckdb").exists()
+
+
+def test_the_write_probe_leaves_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "textfile"
+    folder.mkdir()
+    where = Publishing.parse(metrics_file=folder / "m.prom", summary_json=folder / "s.json")
+    assert where.metrics_file == folder / "m.prom"
+    assert list(folder.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- a run that raised
+def test_a_run_that_could_not_start_is_published(
+    night: Callable[..., Any], tmp_path: Path, pushgateway: str, hook: Callable[..., Hook]
+) -> None:
+    """GetRegions refused (`--regions discover`): the run is recorded as failed and exits 1
+    with the same message as without publishing flags; it is published all the same, and
+    the last success time of the night before is kept."""
+    prom, summary = tmp_path / "m.prom", tmp_path / "s.json"
+    assert night("--metrics-file", str(prom), "--pushgateway", pushgateway).exit_code == 3
+    success = the_run(tmp_path / "inv.duckdb")["finished_at"].timestamp()
+    night.sim.faults.denied_operations = {"GetRegions"}  # type: ignore[attr-defined]
+    h = hook()
+    db = tmp_path / "second.duckdb"
+    flags = ["--regions", "discover", "--notify", h.url, "--summary-json", str(summary)]
+    result = night(*flags, "--metrics-file", str(prom), "--pushgateway", pushgateway, db=db)
+    assert result.exit_code == 1, result.output
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: GetRegions failed: AccessDeniedException"), line
+    plain = night("--regions", "discover", db=tmp_path / "third.duckdb")  # no publishing
+    assert plain.exit_code == 1
+    run = the_run(db)
+    assert run["status"] == "failed"
+    [plain_line] = [x for x in plain.stderr.splitlines() if x.startswith("error:")]
+    plain_run = the_run(tmp_path / "third.duckdb")["run_id"]
+    assert line.replace(run["run_id"], "RUN") == plain_line.replace(plain_run, "RUN")
+
+    [msg] = h.delivered()
+    assert (msg["run_id"], msg["status"], msg["exit_code"]) == (run["run_id"], "failed", 1)
+    [stopped] = msg["failures"]
+    assert (stopped["operation"], stopped["error_code"], stopped["targets"]) == (
+        "GetRegions",
+        "AccessDeniedException",
+        0,
+    )
+    [stored] = rows(db, "select operation, message from errors")
+    assert stopped["message"] == stored["message"]
+    assert msg["counts"]["api_calls"] == run["api_calls"] > 0
+    assert "stopped by: GetRegions AccessDeniedException" in msg["text"]
+    assert msg["changes"] is None
+
+    written = json.loads(summary.read_text())
+    assert (written["run_id"], written["status"], written["exit_code"]) == (
+        run["run_id"],
+        "failed",
+        1,
+    )
+    assert [(f["operation"], f["error_code"]) for f in written["failures"]] == [
+        ("GetRegions", "AccessDeniedException")
+    ]
+    for got, labels, kept in (
+        (samples(prom.read_text()), {"shard": "all"}, {"shard": "all"}),
+        (
+            gateway_samples(pushgateway),
+            {"shard": "all", **GATEWAY},
+            {"shard": "all", **GATEWAY, "result": "success"},
+        ),
+    ):
+        assert value(got, "last_run_status", status="failed", **labels) == 1
+        assert value(got, "last_run_status", status="partial", **labels) == 0
+        assert value(got, "last_run_exit_code", **labels) == 1
+        assert value(got, "last_success_timestamp_seconds", **kept) == pytest.approx(
+            success, abs=0.01
+        )
+
+
+def test_a_run_refused_before_it_starts_publishes_nothing(
+    night: Callable[..., Any], tmp_path: Path, hook: Callable[..., Hook]
+) -> None:
+    """A run that never got recorded (here: its --run-id is already in the store, exit 2)
+    publishes nothing: the runs table has nothing to say about it."""
+    h = hook()
+    summary = tmp_path / "s.json"
+    assert night("--run-id", "20261129T010000Z-again").exit_code == 3
+    again = night(
+        "--run-id", "20261129T010000Z-again", "--notify", h.url, "--summary-json", str(summary)
+    )
+    assert again.exit_code == 2, again.output
+    assert h.requests == [] and not summary.exists()
+
+
+def test_a_message_that_cannot_be_built_changes_nothing(
+    night: Callable[..., Any],
+    tmp_path: Path,
+    hook: Callable[..., Hook],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug in building the message is one `notify_failed` warning: the exit status and
+    the other publishing steps stay as they were."""
+
+    def broken(*args: Any) -> dict[str, Any]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(message, "build", broken)
+    h = hook()
+    summary = tmp_path / "s.json"
+    result = night("--notify", h.url, "--summary-json", str(summary), "--log-format", "json")
+    assert result.exit_code == 3, result.output
+    events = [json.loads(x) for x in result.stderr.splitlines()]
+    [failed] = [e for e in events if e["event"] == "notify_failed"]
+    assert (failed["reason"], failed["level"]) == ("RuntimeError", "warning")
+    assert failed["target"] == shown_url(h.url) and "s3cr3tt0k3n" not in result.stderr
+    assert h.requests == []
+    assert json.loads(summary.read_text())["status"] == "partial"
+    assert json.loads(result.stdout)["exit_code"] == 3
+
+
+# --------------------------------------------------------------------------- shards
+def test_each_shard_counts_its_own_changes(
+    night: Callable[..., Any], tmp_path: Path, hook: Callable[..., Hook]
+) -> None:
+    """Two shards write one lake from throw-away stores (as in containers): each shard's
+    message counts the changes of its own accounts, read from the lake."""
+    lake = tmp_path / "lake"
+    for k in (0, 1):
+        first = night(
+            "--shard", f"{k}/2", "--run-id", "20261128T010000Z-night", db=tmp_path / f"a{k}.duckdb"
+        )
+        assert first.exit_code in (0, 3), first.output
+    night.sim.set_fleet(night.fleet.evolve(seed=1))  # type: ignore[attr-defined]
+    to_run = "20261129T010000Z-night"
+    got: dict[int, dict[str, Any]] = {}
+    mine: dict[int, set[str]] = {}
+    for k in (0, 1):
+        h = hook()
+        db = tmp_path / f"b{k}.duckdb"
+        result = night("--shard", f"{k}/2", "--run-id", to_run, "--notify", h.url, db=db)
+        assert result.exit_code in (0, 3), result.output
+        [msg] = h.delivered()
+        got[k] = msg["changes"]
+        mine[k] = {r["account_id"] for r in rows(db, "select distinct account_id from scans")}
+    assert mine[0] and mine[1] and not mine[0] & mine[1]
+    oracle = invoke("diff", "--lake", str(lake), "--to", to_run, "--format", "json")
+    want = json.loads(oracle.stdout)
+    assert want["changes"], "the evolved fleet changed nothing"
+    for k in (0, 1):
+        assert got[k]["source"] == "lake"
+        own = [c for c in want["changes"] if c["account_id"] in mine[k]]
+        assert got[k]["changes"] == len(own)
+    assert got[0]["compared"] + got[1]["compared"] == want["compared"]
+    assert got[0]["changes"] + got[1]["changes"] == len(want["changes"])
 
 
 # --------------------------------------------------------------------------- units
@@ -540,6 +739,9 @@ def test_tally_merges_throttles_lowest_rate_and_exact_failures() -> None:
 
 def test_shown_url_hides_paths_and_users() -> None:
     assert shown_url("https://hooks.slack.com/services/T/B/tok") == "https://hooks.slack.com/…"
+    assert (
+        shown_url("https://u:pw@[hooks.slack.com/services/T/B/tok") == "https://[hooks.slack.com/…"
+    )
     assert shown_url("http://u:pw@127.0.0.1:9091") == "http://127.0.0.1:9091"
     assert shown_url("https://h.example/?token=x") == "https://h.example/…"
 

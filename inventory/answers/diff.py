@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -239,9 +239,13 @@ def _check_run(con: duckdb.DuckDBPyConnection, flag: str, run_id: str) -> dt.dat
 
 
 def choose_pairs(
-    con: duckdb.DuckDBPyConnection, from_run: str | None = None, to_run: str | None = None
+    con: duckdb.DuckDBPyConnection,
+    from_run: str | None = None,
+    to_run: str | None = None,
+    accounts: Collection[str] | None = None,
 ) -> tuple[list[Pair], list[Uncompared]]:
-    """Which two scans to compare for each account × region (see the module docstring)."""
+    """Which two scans to compare for each account × region (see the module docstring);
+    `accounts`: only theirs (one shard's, when a lake holds every shard of a run)."""
     if from_run is not None and to_run is not None:
         if from_run == to_run:
             raise UsageError(f"--from and --to are the same run ({from_run}); nothing to compare")
@@ -260,6 +264,8 @@ def choose_pairs(
     in_from: set[tuple[str, str]] = set()
     in_to: dict[tuple[str, str], str | None] = {}
     for account_id, region, run_id, prev_run, is_newest in rows:
+        if accounts is not None and account_id not in accounts:
+            continue
         key = (account_id, region)
         if is_newest:
             newest[key] = (run_id, prev_run)
@@ -308,10 +314,14 @@ def choose_pairs(
 
 
 def diff(
-    con: duckdb.DuckDBPyConnection, from_run: str | None = None, to_run: str | None = None
+    con: duckdb.DuckDBPyConnection,
+    from_run: str | None = None,
+    to_run: str | None = None,
+    accounts: Collection[str] | None = None,
 ) -> Diff:
-    """Every change between the chosen scans of each account × region."""
-    pairs, skipped = choose_pairs(con, from_run, to_run)
+    """Every change between the chosen scans of each account × region (of `accounts` only,
+    when given)."""
+    pairs, skipped = choose_pairs(con, from_run, to_run, accounts)
     result = Diff(from_run, to_run, pairs, skipped)
     if not pairs:
         return result

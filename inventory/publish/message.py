@@ -45,6 +45,23 @@ def failure_groups(tally: Any) -> list[dict[str, Any]]:
     ]
 
 
+def run_failure(summary: Any) -> list[dict[str, Any]]:
+    """The failure that ended the run (an exception: Organizations or GetRegions refused,
+    say) as a group of its own, with its operation; no target failed of it (targets 0)."""
+    e = getattr(summary, "stopped_by", None)
+    if e is None:
+        return []
+    return [
+        {
+            "region": e.region,
+            "operation": e.operation,
+            "error_code": e.error_code,
+            "targets": 0,
+            "message": e.message,
+        }
+    ]
+
+
 def _slack(text: str) -> str:
     """Slack's mrkdwn escapes (&, <, >), control characters made visible."""
     return visible(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -63,6 +80,9 @@ def _text(fields: dict[str, Any], groups: list[dict[str, Any]]) -> str:
         f"{plural(c['retries'], 'retry', 'retries')}, {c['throttled']} throttled",
     ]
     for g in groups[:SHOWN_GROUPS]:
+        if "operation" in g:
+            lines.append(f"stopped by: {g['operation']} {g['error_code']}")
+            continue
         lines.append(f"failed: {g['region']} {g['error_code']}: {plural(g['targets'], 'target')}")
     if len(groups) > SHOWN_GROUPS:
         lines.append(f"… and {len(groups) - SHOWN_GROUPS} more groups of failures")
@@ -91,7 +111,7 @@ def _changes_line(changes: dict[str, Any] | None) -> str:
 def build(summary: Any, shard: str, changes: dict[str, Any] | None) -> dict[str, Any]:
     """The message (a JSON object) of run `summary` (a pipeline.RunSummary)."""
     t = summary.tally
-    groups = failure_groups(t)
+    groups = run_failure(summary) + failure_groups(t)
     fields: dict[str, Any] = {
         "tool": "lightsail-inventory",
         "version": __version__,

@@ -9,6 +9,7 @@ scheme and host are ever shown (`Webhook.shown`), in errors and in logs alike.
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,11 +28,25 @@ _TOPIC_ARN = re.compile(
 def shown_url(url: str) -> str:
     """`scheme://host[:port]/…`: enough to tell which endpoint, never its path or query
     (where webhook tokens live) nor a user or password."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not even a URL (an unclosed '['): cut it by hand
+        return _rough_shown(url)
     host = parts.hostname or "?"
     port = f":{parts.port}" if _port(url) is not None else ""
     rest = "/…" if parts.path.strip("/") or parts.query else ""
     return f"{parts.scheme}://{host}{port}{rest}"
+
+
+def _rough_shown(url: str) -> str:
+    """`scheme://host/…` of a URL urlsplit refuses: what comes before the first '/', '?' or
+    '#' after `//`, a user or password left out."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "?"
+    host = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    host = host.rpartition("@")[2] or "?"
+    return f"{scheme}://{host}" + ("/…" if len(rest) > len(host) else "")
 
 
 def _port(url: str) -> int | None:
@@ -42,8 +57,12 @@ def _port(url: str) -> int | None:
 
 
 def check_http_url(flag: str, url: str) -> str:
-    """`url` when it is an http(s) URL with a host, else a UsageError naming `flag`."""
-    parts = urlsplit(url)
+    """`url` when it is an http(s) URL with a host and no user or password, else a
+    UsageError naming `flag` and showing the URL as `shown_url` does."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed '[' (urlsplit: "Invalid IPv6 URL")
+        raise UsageError(f"{flag}: not a valid URL ({_rough_shown(url)})") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
         what = f"a {scheme}: URL" if scheme else "no URL"
@@ -52,6 +71,12 @@ def check_http_url(flag: str, url: str) -> str:
         parts.port  # noqa: B018 (a bad port raises)
     except ValueError:
         raise UsageError(f"{flag}: bad port in {parts.scheme}://{parts.hostname}:…") from None
+    if parts.username is not None or parts.password is not None:
+        # urllib would not send them, and a password in a flag shows in process lists
+        raise UsageError(
+            f"{flag}: a user or password in the URL ({shown_url(url)}) is not supported; "
+            "give the URL without `user:password@`"
+        )
     return url
 
 
@@ -100,13 +125,19 @@ def parse_notify(value: str) -> Target:
 
 
 def check_file(flag: str, path: Path) -> Path:
-    """A file the run will write: its folder must exist (the tool does not make it) and the
-    path must not be a folder."""
+    """A file the run will write: its folder must exist (the tool does not make it) and take
+    a new file (a probe file is made there and removed), and the path must not be a folder."""
     if path.is_dir():
         raise UsageError(f"{flag} {path}: is a folder; give a file name in it")
     folder = path.parent
     if not folder.is_dir():
         raise UsageError(f"{flag} {path}: the folder {folder} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".inventory-probe-"):
+            pass
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise UsageError(f"{flag} {path}: cannot write in the folder {folder} ({why})") from None
     return path
 
 

@@ -9,6 +9,7 @@ one batch. The run becomes visible only when `finish_run` marks it complete or p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import errno
@@ -64,6 +65,9 @@ class RunSummary:
     parquet_dest: str | None = None
     parquet_files: list[str] = field(default_factory=list)
     signal: int | None = None  # SIGINT / SIGTERM received during the run (see Interrupts)
+    # the exit status of the exception that ended the run (see `ended_by`); None: it returned
+    raised: int | None = None
+    stopped_by: ErrorRecord | None = None  # and its errors row
 
     @property
     def wall_seconds(self) -> float:
@@ -71,6 +75,8 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
+        if self.raised is not None:
+            return self.raised
         if self.signal is not None:
             return 128 + self.signal  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
         return {"complete": 0, "partial": 3}.get(self.status, 1)
@@ -158,13 +164,14 @@ def record_failed_run(
     begun: bool,
     exc: BaseException,
     parquet_dest: str | None = None,
+    record: ErrorRecord | None = None,
 ) -> None:
     """The one way a run that ended by an exception is recorded: 'failed' now, with an
     errors row saying why, rather than left 'running' until the next collect (best effort:
     the store may be what failed). A run that could not start (discovery.DiscoveryFailed:
     Organizations or GetRegions refused) gets its runs row with the calls it made, and goes
     to the lake too; any other keeps its scans and errors but no inventory rows, like an
-    interrupted run."""
+    interrupted run. `record`: its errors row (default: `failure_record(exc)`)."""
     try:
         if not begun:
             store.begin_run(run_id, started, 0, 0, __version__)
@@ -172,7 +179,7 @@ def record_failed_run(
             run_id,
             {
                 "errors": pa.Table.from_pylist(
-                    [error_row(run_id, _failure_record(exc))], schema=schema.ERRORS
+                    [error_row(run_id, record or failure_record(exc))], schema=schema.ERRORS
                 )
             },
         )
@@ -211,7 +218,7 @@ def record_failed_run(
         log.warning("run %s could not be marked failed: %s", run_id, type(again).__name__)
 
 
-def _failure_record(exc: BaseException) -> ErrorRecord:
+def failure_record(exc: BaseException) -> ErrorRecord:
     """The errors row of the exception that ended a run (never a foreign exception's text:
     it may quote an answer)."""
     if isinstance(exc, discovery.DiscoveryFailed):
@@ -235,6 +242,44 @@ def _failure_record(exc: BaseException) -> ErrorRecord:
         message,
         getattr(exc, "attempts", 0),
     )
+
+
+def exit_status(exc: BaseException) -> int:
+    """The exit status the CLI ends with for `exc` (cli._errors_to_exit; an exception it does
+    not handle ends Python with 1, a KeyboardInterrupt with 128 + SIGINT)."""
+    if isinstance(exc, InventoryError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return 128 + signal.SIGINT
+    return 1
+
+
+def ended_by(summary: RunSummary, exc: BaseException, record: ErrorRecord, finished: bool) -> None:
+    """Make `summary` the summary of a run that `exc` ended, and attach it to `exc` (see
+    `summary_of`): the run was recorded (failed, unless it was finished before), so it is
+    published like any run, with the failure first in its failures and the exit status
+    the CLI will end with."""
+    if not finished:
+        summary.status = "failed"
+    summary.finished_at = utcnow()
+    summary.raised = exit_status(exc)
+    summary.stopped_by = record
+    summary.tally.failures.insert(0, record)
+    if isinstance(exc, discovery.DiscoveryFailed):  # its calls are in the runs row too
+        summary.tally.api_calls += exc.api_calls
+        summary.tally.retries += exc.retries
+    with contextlib.suppress(AttributeError):  # an exception without attributes: none
+        setattr(exc, RUN_SUMMARY, summary)
+
+
+RUN_SUMMARY = "run_summary"
+
+
+def summary_of(exc: BaseException) -> RunSummary | None:
+    """The summary `run_collect` attached to the exception that ended a recorded run; None
+    when the run never started (a bad flag, a locked store, preflight: nothing recorded)."""
+    found = getattr(exc, RUN_SUMMARY, None)
+    return found if isinstance(found, RunSummary) else None
 
 
 def preflight(
@@ -502,8 +547,10 @@ async def run_collect(
             except Exception as exc:
                 export_failed(store, summary, exc)
     except BaseException as exc:
+        record = failure_record(exc)
         if not finished:
-            record_failed_run(store, run_id, started, begun, exc, parquet_dest)
+            record_failed_run(store, run_id, started, begun, exc, parquet_dest, record)
+        ended_by(summary, exc, record, finished)
         raise
     finally:
         interrupts.uninstall()
