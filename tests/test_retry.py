@@ -272,7 +272,9 @@ async def test_the_target_deadline_bounds_retries(sim_env: Any) -> None:
     async with Collector(options, fleet.regions, backoff=Backoff(0.02, 0.05)) as c:
         (result,) = [r async for r in c.results([account])]
     assert result.error is not None
-    assert result.error.error_code in {"ServiceException", "ServiceUnavailable"}
+    # the last answer's code, or Timeout when the deadline fell during an attempt (a busy
+    # machine makes that likelier): either way the deadline, not the budget, ended it
+    assert result.error.error_code in {"ServiceException", "ServiceUnavailable", "Timeout"}
     assert "gave up at the 0.4s target deadline" in result.error.message
     # stopped by the deadline, long before the attempt budget
     assert 1 < result.attempts < 100
