@@ -244,3 +244,12 @@ def test_take_lays_out_each_answer_with_its_own_columns() -> None:
     assert [r["period_start"] for r in rows[1:3]] == [WINDOW[0], WINDOW[0] + dt.timedelta(hours=1)]
     assert f.rows["service_utilization"] == 0
     assert f.take()["service_utilization"].num_rows == 0
+
+
+@pytest.mark.parametrize("edge", [-62135596800, 253402300799])
+def test_the_years_1_and_9999_are_in_range_one_second_beyond_is_not(edge: int) -> None:
+    assert fast_points({"metricData": [point(ts=edge)]}) is not None
+    beyond = edge + (1 if edge > 0 else -1)
+    assert fast_points({"metricData": [point(ts=beyond)]}) is None
+    _, found = checked({"metricData": [point(ts=beyond)]})
+    assert "timestamp out of range" in found[0].message

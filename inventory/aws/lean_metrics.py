@@ -22,24 +22,27 @@ import calendar
 import datetime as dt
 import hashlib
 import json
+from functools import cache
 from typing import Any
 
+from botocore.model import OperationModel
 from botocore.parsers import ResponseParserError
 from yarl import URL
 
 from inventory.aws.credentials import current as current_credentials
-from inventory.aws.lean import (
-    CONTENT_TYPE,
-    LeanHTTP,
-    Signer,
-    _operation,
-    env_proxy,
-    request_url,
-)
+from inventory.aws.lean import CONTENT_TYPE, LeanHTTP, Signer, env_proxy, request_url
 
 METRIC_DATA = "GetContainerServiceMetricData"
 POWERS = "GetContainerServicePowers"
 TARGET_PREFIX = "Lightsail_20161128"  # the Lightsail model's targetPrefix
+
+
+@cache
+def operation_model(name: str) -> OperationModel:
+    """The Lightsail model's operation `name` (loaded once): its errors are parsed by it."""
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model("lightsail").operation_model(name)
 
 
 def request_body(params: dict[str, Any]) -> bytes:
@@ -109,4 +112,4 @@ class _Operation:
             "X-Amz-Target": target,
             "User-Agent": user_agent,
         }
-        self.model = _operation("lightsail", name)
+        self.model = operation_model(name)

@@ -44,7 +44,7 @@ from inventory.model import Account, ErrorRecord, TargetResult, utcnow
 from inventory.run.collect import Collector, raw_answer
 from inventory.run.extra import ExtraCalls, ExtraFailed, service_identities
 from inventory.storage import schema
-from inventory.storage.flatten import _MAX_S, _MIN_S, Anomaly, Check, epoch_micros, known_enums
+from inventory.storage.flatten import Anomaly, Check, epoch_micros, known_enums
 
 POWERS = "GetContainerServicePowers"
 METRIC_DATA = "GetContainerServiceMetricData"
@@ -206,7 +206,7 @@ class UsageFetcher:
 class Points:
     """One metric answer's datapoints, checked, as Arrow columns in service_utilization's
     types: what a well-formed answer is kept as from its call to the store (8 bytes a value
-    instead of a dict of Python objects per datapoint, about 130 KB an answer)."""
+    instead of a dict of Python objects per datapoint: about 11 KB an answer against 105)."""
 
     __slots__ = ("average", "maximum", "period_start", "unit")
 
@@ -230,6 +230,9 @@ POINT_COLUMNS = ("period_start", "average", "maximum", "unit")
 # The columns with one value per answer, in the order of _Utilization's keys.
 ANSWER_COLUMNS = tuple(f.name for f in schema.SERVICE_UTILIZATION if f.name not in POINT_COLUMNS)
 _NUMBER_TYPES = frozenset({int, float, type(None)})
+# The timestamps a datetime holds, in epoch seconds (as Check.ts bounds them).
+_MIN_S = int(dt.datetime.min.replace(tzinfo=dt.UTC).timestamp())
+_MAX_S = int(dt.datetime.max.replace(microsecond=0, tzinfo=dt.UTC).timestamp())
 _STRING_TYPES = frozenset({str, type(None)})
 
 
