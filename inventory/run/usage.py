@@ -227,8 +227,21 @@ class Points:
 
 _TYPES = {f.name: f.type for f in schema.SERVICE_UTILIZATION}
 POINT_COLUMNS = ("period_start", "average", "maximum", "unit")
-# The columns with one value per answer, in the order of _Utilization's keys.
-ANSWER_COLUMNS = tuple(f.name for f in schema.SERVICE_UTILIZATION if f.name not in POINT_COLUMNS)
+# The columns with one value per answer, in the order of UsageFlattener.add_metric's keys.
+ANSWER_COLUMNS = (
+    "run_id",
+    "account_id",
+    "region",
+    "service_name",
+    "service_arn",
+    "metric",
+    "status",
+    "window_start",
+    "window_end",
+    "period_seconds",
+    "collected_at",
+)
+assert sorted(ANSWER_COLUMNS + POINT_COLUMNS) == sorted(schema.SERVICE_UTILIZATION.names)
 _NUMBER_TYPES = frozenset({int, float, type(None)})
 # The timestamps a datetime holds, in epoch seconds (as Check.ts bounds them).
 _MIN_S = int(dt.datetime.min.replace(tzinfo=dt.UTC).timestamp())
@@ -412,11 +425,9 @@ class UsageFlattener:
             if not len(points):
                 points, status = None, NO_DATAPOINTS
         start, end = (epoch_micros(t) for t in window)
-        key = (run_id, account, region, m.service_name, m.service_arn, m.metric, status)
-        collected = epoch_micros(m.collected_at)
-        if points is None:
-            points = _null_point()
-        self._utilization.add((*key, start, end, PERIOD_S, collected), points)
+        key: tuple[Any, ...] = (run_id, account, region, m.service_name, m.service_arn)
+        key += (m.metric, status, start, end, PERIOD_S, epoch_micros(m.collected_at))
+        self._utilization.add(key, _null_point() if points is None else points)
         return anomalies
 
     def checked_points(self, m: MetricAnswer, chk: Check) -> Points:
