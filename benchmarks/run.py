@@ -25,7 +25,10 @@ each is `[label:]opt=value[+opt=value...]`, where `opt` becomes `--opt value` on
 command line (`opt=true` a bare flag `--opt`, `opt=false` `--no-opt`), and `env.NAME=value`
 sets an environment variable for that run only (for levers toggled by environment), and
 `patch=NAME` runs it with benchmarks/experiments/NAME/sitecustomize.py loaded (a lever tried
-before it exists in the collector). `base` (or an empty variant) runs collect as it is.
+before it exists in the collector), and `checkout=PATH` runs the collector of another
+checkout of this repository (e.g. `git worktree add /tmp/main main`): before and after a
+change in one run, against the same simulator. `base` (or an empty variant) runs collect as
+it is.
 
     python -m benchmarks.run --fleets 1000 --no-peer \
         --variants "base;workers=1;prefetch:workers=1+patch=prefetch_roles"
@@ -50,7 +53,7 @@ import threading
 import time
 import urllib.request
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +287,7 @@ class Variant:
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     concurrency: int | None = None  # when the variant sets it, for the network bound
+    checkout: Path | None = None  # another checkout's collector (`checkout=PATH`)
 
 
 def parse_variants(text: str | None) -> list[Variant]:
@@ -311,6 +315,11 @@ def parse_variants(text: str | None) -> list[Variant]:
                     raise SystemExit(f"--variants: no experiment {folder}/sitecustomize.py")
                 v.env["PYTHONPATH"] = os.pathsep.join([str(folder), str(ROOT)])
                 continue
+            if key == "checkout":
+                v.checkout = Path(value).resolve()
+                if not (v.checkout / "inventory" / "__main__.py").is_file():
+                    raise SystemExit(f"--variants: {value!r} is not a checkout (no inventory/)")
+                continue
             opt = "--" + key.strip("-").replace("_", "-")
             if value.lower() == "true":
                 v.args.append(opt)
@@ -329,7 +338,7 @@ def parse_variants(text: str | None) -> list[Variant]:
 
 def usage_variant(base: Variant) -> Variant:
     """`base` with `collect --usage`: the side-by-side run that prices the feature."""
-    return Variant(f"{base.label}+usage", [*base.args, "--usage"], dict(base.env), base.concurrency)
+    return replace(base, label=f"{base.label}+usage", args=[*base.args, "--usage"])
 
 
 def usage_notes(runs: list[Run], base: str) -> list[str]:
@@ -475,12 +484,15 @@ def run_ours(
     if profile_to is not None:
         full = profiled(args.profiler, profile_to, ["inventory", *cmd])
     env = _child_env({**sim.env(), **variant.env, "COLUMNS": "120"})
+    root = variant.checkout or ROOT
+    if variant.checkout is not None:  # its package first: cwd and PYTHONPATH
+        env["PYTHONPATH"] = env["PYTHONPATH"].replace(str(ROOT), str(root))
     quiet = wait_for_quiet(args.quiet_wait) if args.quiet_wait > 0 else -1.0
     st0, sim0 = sim.stats(), sim.cpu_s()
     res = run_measured(
         full,
         env=env,
-        cwd=ROOT,
+        cwd=root,
         log_dir=work,
         name=f"ours-{_slug(variant.label)}-{repeat}",
         timeout=args.run_timeout,

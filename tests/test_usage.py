@@ -34,7 +34,7 @@ from inventory.run.usage import (
 )
 from inventory.simulator import Faults, Fleet, Simulator
 from inventory.simulator.fleet import DISABLED_PROFILE, POWER_SPECS, USAGE_PROFILES
-from inventory.storage import lakequery
+from inventory.storage import lakequery, schema
 from inventory.storage.fingerprint import Fingerprinter
 from inventory.storage.flatten import Flattener
 from inventory.storage.store import Store
@@ -249,23 +249,32 @@ def test_without_usage_no_usage_call_is_made(tmp_path: Path, make_simulator: Mak
             assert store.query_rows(f"SELECT count(*) FROM {table}")[1] == [(0,)]
 
 
+@pytest.mark.parametrize("usage_rows", [500, 10**9])
 def test_usage_rows_are_flushed_per_batch(
-    make_simulator: MakeSimulator, monkeypatch: pytest.MonkeyPatch
+    make_simulator: MakeSimulator, monkeypatch: pytest.MonkeyPatch, usage_rows: int
 ) -> None:
     """Memory is bounded by the batch: the builder hands its usage rows to the sink once
-    FLUSH_ROWS are pending, so no batch holds more than FLUSH_ROWS plus one target's rows."""
+    FLUSH_USAGE_ROWS are pending, so no batch holds more than that plus one target's rows;
+    they do not count towards FLUSH_ROWS (inventory rows: a write per 20,000 datapoints made
+    the store's writes most of --usage's CPU)."""
     fleet = Fleet(6, seed=3, regions=R2)
     make_simulator(fleet=fleet)
     monkeypatch.setattr(builder_mod, "FLUSH_ROWS", 500)
+    monkeypatch.setattr(builder_mod, "FLUSH_USAGE_ROWS", usage_rows)
+    monkeypatch.setattr(builder_mod, "FLUSH_SECONDS", 3600.0)
     # a target's rows at most: per service and metric, one per hour of the window (+1 for
     # a window that does not start on a sample)
     per_target = max(len(fleet.services(a, r)) for a in fleet.account_ids for r in R2)
     per_target *= len(METRICS) * (14 * 24 + 1)
     batches: list[int] = []
+    inventory_rows: list[int] = []
 
     async def sink(tables: dict[str, Any]) -> None:
         batches.append(
             tables["service_utilization"].num_rows if "service_utilization" in tables else 0
+        )
+        inventory_rows.extend(
+            t.num_rows for name, t in tables.items() if name in schema.INVENTORY_TABLES
         )
 
     async def collect() -> int:
@@ -276,8 +285,13 @@ def test_usage_rows_are_flushed_per_batch(
         return b.tally.targets_ok
 
     assert asyncio.run(collect()) == len(fleet.account_ids) * len(R2)
-    assert sum(batches) > 3 * 500 and len([n for n in batches if n]) >= 3
-    assert max(batches) <= 500 + per_target + len(POWER_SPECS)
+    assert sum(batches) > 3 * 500
+    if usage_rows == 500:
+        assert len([n for n in batches if n]) >= 3
+        assert max(batches) <= 500 + per_target + len(POWER_SPECS)
+    else:  # fewer than FLUSH_ROWS inventory rows: the usage rows alone never flush
+        assert 0 < sum(inventory_rows) < 500
+        assert [n for n in batches if n] == [sum(batches)]
 
 
 # --------------------------------------------------------------------------- the simulator

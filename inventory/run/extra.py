@@ -3,9 +3,9 @@
 
 Every such call goes through retry.attempts with the collector's policy (pacing, retries,
 the stop, counting in runs.api_calls and runs.retries), signed with the account's role from
-the collector's broker, through the region's aiobotocore client (in both engines: the lean
-engine covers the one hot call only), within a deadline the feature's calls of one target
-share. A failure is an `ExtraFailed`, never an exception: it becomes one `errors` row and
+the collector's broker, through the region's aiobotocore client (in both engines; the lean
+engine covers the hot call and, for --usage, GetContainerServiceMetricData: a caller may pass
+its own client), within a deadline the feature's calls of one target share. A failure is an `ExtraFailed`, never an exception: it becomes one `errors` row and
 never fails the target.
 """
 
@@ -100,15 +100,17 @@ class ExtraCalls:
         params: dict[str, Any],
         deadline: Deadline,
         service_name: str | None = None,
+        client: Any = None,
     ) -> tuple[Any, int] | ExtraFailed:
-        """(answer, attempts) of one call through retry.attempts, or its ExtraFailed."""
+        """(answer, attempts) of one call through retry.attempts, or its ExtraFailed;
+        `client` (with the method) instead of the region's aiobotocore client: a lean one."""
         c = self.collector
         broker = c.broker
         assert broker is not None
         budget = Budget(c.options.max_attempts)
         try:
             out = await attempts(
-                getattr(c.botocore_clients[region], method),
+                getattr(client or c.botocore_clients[region], method),
                 params,
                 self.policy,
                 budget=budget,

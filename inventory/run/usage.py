@@ -16,9 +16,14 @@ For every account × region whose GetContainerServices succeeded, the collector 
   `errors` row (operation GetContainerServiceMetricData) and one row 'failed'.
 
 The calls take the --deep path (extra.ExtraCalls): same pacing, retries, credentials,
-counters and stop; the usage calls of one target share one deadline of the target's length;
-a refusal (AccessDenied) of the metric call ends it for the account × region (one errors
-row counts the services skipped, each of which still gets its 'failed' rows).
+counters and stop (with the lean engine, through lean_metrics.py rather than aiobotocore); the
+usage calls of one target share one deadline of the target's length; a refusal
+(AccessDenied) of the metric call ends it for the account × region (one errors row counts
+the services skipped, each of which still gets its 'failed' rows).
+
+A metric answer is 336 datapoints at 14 days: a well-formed one is read a column at a time
+(fast_points) and kept as Arrow columns from its call to the store; anything irregular is
+read value by value (UsageFlattener.checked_points), each problem an errors row.
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from inventory.aws.lean import USER_AGENT
+from inventory.aws.lean_metrics import LeanUsageClient
 from inventory.aws.retry import Deadline
 from inventory.model import Account, ErrorRecord, TargetResult, utcnow
 from inventory.run.collect import Collector, raw_answer
@@ -57,7 +65,7 @@ class MetricAnswer:
     service_arn: str
     metric: str
     status: str  # OK (answer to flatten) | DISABLED | FAILED
-    answer: Any
+    answer: Any  # the answer as json.loads read it, or its Points (compact())
     collected_at: dt.datetime
     attempts: int
 
@@ -79,6 +87,18 @@ def usage_window(days: int, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]
     return end - dt.timedelta(days=days), end
 
 
+def lean_usage_clients(collector: Collector) -> dict[str, LeanUsageClient]:
+    """Per region, the usage calls on the lean path when the collector runs the lean engine
+    (lean_metrics.py: a millisecond of CPU less per call); else none (aiobotocore's)."""
+    http = collector.lean_http
+    if http is None:
+        return {}
+    return {
+        region: LeanUsageClient(http, region, client.meta.endpoint_url, USER_AGENT)
+        for region, client in collector.botocore_clients.items()
+    }
+
+
 def _disabled(svc: Mapping[str, Any]) -> bool:
     return svc.get("state") == "DISABLED" or svc.get("isDisabled") is True
 
@@ -93,6 +113,7 @@ class UsageFetcher:
         # json.loads does (a datetime per timestamp); the flattener reads either.
         for client in collector.botocore_clients.values():
             client.meta.events.register(RAW_METRIC_DATA_EVENT, raw_answer)
+        self._lean = lean_usage_clients(collector)
         self.window = usage_window(collector.options.usage_days, now or utcnow())
         self._powers: dict[str, int | bool] = {}  # region -> True (got) | accounts tried
 
@@ -124,6 +145,7 @@ class UsageFetcher:
                     self._params(name, metric),
                     deadline,
                     name,
+                    self._lean.get(result.region),
                 )
                 if isinstance(got, ExtraFailed):
                     failed.append(got)
@@ -133,7 +155,9 @@ class UsageFetcher:
                     )
                     continue
                 answer, tries = got
-                usage.metrics.append(MetricAnswer(name, arn, metric, OK, answer, utcnow(), tries))
+                usage.metrics.append(
+                    MetricAnswer(name, arn, metric, OK, compact(answer), utcnow(), tries)
+                )
         result.anomalies.extend(
             f.error(result.account.id, result.region, len(services)) for f in failed
         )
@@ -160,7 +184,13 @@ class UsageFetcher:
             return []
         self._powers[region] = True  # in flight: the others do not ask too
         got = await self.calls.call(
-            account, region, POWERS, "get_container_service_powers", {}, deadline
+            account,
+            region,
+            POWERS,
+            "get_container_service_powers",
+            {},
+            deadline,
+            client=self._lean.get(region),
         )
         if isinstance(got, ExtraFailed):
             self._powers[region] = int(tried) + 1
@@ -173,20 +203,159 @@ class UsageFetcher:
 # --------------------------------------------------------------------------- flattening
 
 
+class Points:
+    """One metric answer's datapoints, checked, as Arrow columns in service_utilization's
+    types: what a well-formed answer is kept as from its call to the store (8 bytes a value
+    instead of a dict of Python objects per datapoint: about 11 KB an answer against 105)."""
+
+    __slots__ = ("average", "maximum", "period_start", "unit")
+
+    def __init__(
+        self, period_start: list[Any], average: list[Any], maximum: list[Any], unit: list[Any]
+    ) -> None:
+        self.period_start = pa.array(period_start, _TYPES["period_start"])
+        self.average = pa.array(average, _TYPES["average"])
+        self.maximum = pa.array(maximum, _TYPES["maximum"])
+        self.unit = pa.array(unit, _TYPES["unit"])
+
+    def __len__(self) -> int:
+        return len(self.period_start)
+
+    def column(self, name: str) -> pa.Array:
+        return getattr(self, name)
+
+
+_TYPES = {f.name: f.type for f in schema.SERVICE_UTILIZATION}
+POINT_COLUMNS = ("period_start", "average", "maximum", "unit")
+# The columns with one value per answer, in the order of UsageFlattener.add_metric's keys.
+ANSWER_COLUMNS = (
+    "run_id",
+    "account_id",
+    "region",
+    "service_name",
+    "service_arn",
+    "metric",
+    "status",
+    "window_start",
+    "window_end",
+    "period_seconds",
+    "collected_at",
+)
+assert sorted(ANSWER_COLUMNS + POINT_COLUMNS) == sorted(schema.SERVICE_UTILIZATION.names)
+_NUMBER_TYPES = frozenset({int, float, type(None)})
+# The timestamps a datetime holds, in epoch seconds (as Check.ts bounds them).
+_MIN_S = int(dt.datetime.min.replace(tzinfo=dt.UTC).timestamp())
+_MAX_S = int(dt.datetime.max.replace(microsecond=0, tzinfo=dt.UTC).timestamp())
+_STRING_TYPES = frozenset({str, type(None)})
+
+
+def compact(answer: object) -> object:
+    """`answer`'s Points when it is well-formed, else `answer` itself (the flattener then
+    checks it value by value and records each problem)."""
+    points = fast_points(answer)
+    return answer if points is None else points
+
+
+def fast_points(answer: object) -> Points | None:
+    """The datapoints of a well-formed answer, checked a column at a time (the set of types
+    in a column, its range, the sum of its numbers) instead of a value at a time; the same
+    values the checked path (`UsageFlattener.add_metric`) gives. None at the first
+    irregularity of any kind: a datapoint not an object or without its timestamp, a value of
+    another type, a timestamp out of range, a number not finite, a unit not ASCII."""
+    data = answer.get("metricData") if answer.__class__ is dict else None
+    if data.__class__ is not list or set(map(type, data)) - {dict}:
+        return None
+    times = [p.get("timestamp") for p in data]
+    if set(map(type, times)) - {int, float}:
+        return None
+    try:  # round(): ValueError for NaN, OverflowError for ±inf (int * 10**6 is exact)
+        period_start = [round(t * 1_000_000) for t in times]
+    except (ValueError, OverflowError):
+        return None
+    if times and (min(times) < _MIN_S or max(times) > _MAX_S):
+        return None
+    average = _numbers([p.get("average") for p in data])
+    maximum = _numbers([p.get("maximum") for p in data])
+    unit = [p.get("unit") for p in data]
+    if average is None or maximum is None or not _ascii_strings(unit):
+        return None
+    return Points(period_start, average, maximum, unit)
+
+
+def _numbers(values: list[Any]) -> list[Any] | None:
+    """`values` as floats (None kept) when each is a finite number or None, else None. The
+    sum is finite only when every term is (a huge but finite sum just takes the slow path)."""
+    kinds = set(map(type, values))
+    if kinds - _NUMBER_TYPES:
+        return None
+    present = [v for v in values if v is not None] if type(None) in kinds else values
+    try:
+        if not math.isfinite(sum(present)):
+            return None
+        if int in kinds:  # as the checked path stores them (_num: float(v))
+            return [None if v is None else float(v) for v in values]
+    except OverflowError:  # an int beyond a float's range
+        return None
+    return values
+
+
+def _ascii_strings(values: list[Any]) -> bool:
+    if set(map(type, values)) - _STRING_TYPES:
+        return False
+    return all(v is None or v.isascii() for v in set(values))
+
+
+def _null_point() -> Points:
+    """The one row of an answer without datapoints (disabled, failed, no_datapoints)."""
+    return Points([None], [None], [None], [None])
+
+
+class _Utilization:
+    """service_utilization's buffered rows as runs: per answer its constant columns once
+    (ANSWER_COLUMNS) and its datapoints as Arrow columns. take() decodes the runs in Arrow:
+    no Python object per row and column."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[Any, ...]] = []
+        self.points: list[Points] = []
+        self.ends: list[int] = []  # cumulative rows: the run ends
+        self.rows = 0
+
+    def add(self, key: tuple[Any, ...], points: Points) -> None:
+        self.rows += len(points)
+        self.keys.append(key)
+        self.points.append(points)
+        self.ends.append(self.rows)
+
+    def table(self) -> pa.Table:
+        target = schema.SERVICE_UTILIZATION
+        if not self.rows:
+            return target.empty_table()
+        ends = pa.array(self.ends, pa.int32())
+        columns: dict[str, pa.Array] = {}
+        for name, values in zip(ANSWER_COLUMNS, zip(*self.keys, strict=True), strict=True):
+            runs = pa.RunEndEncodedArray.from_arrays(ends, pa.array(values, _TYPES[name]))
+            columns[name] = pc.run_end_decode(runs)
+        for name in POINT_COLUMNS:
+            columns[name] = pa.concat_arrays([p.column(name) for p in self.points])
+        return pa.Table.from_arrays([columns[f.name] for f in target], schema=target)
+
+
 class UsageFlattener:
     """UsageAnswers -> rows of container_powers and service_utilization. Never raises on an
-    answer's shape: a bad part becomes NULL (or is left out) and an errors row."""
+    answer's shape: a bad part becomes NULL (or is left out) and an errors row. A well-formed
+    answer takes the fast path (`fast_points`), any other the checked one, value by value."""
 
     def __init__(self) -> None:
         self._enums = known_enums()
         self._powers: list[tuple[Any, ...]] = []
-        self._utilization: list[tuple[Any, ...]] = []
+        self._utilization = _Utilization()
 
     @property
     def rows(self) -> dict[str, int]:
         return {
             "container_powers": len(self._powers),
-            "service_utilization": len(self._utilization),
+            "service_utilization": self._utilization.rows,
         }
 
     def add_result(self, run_id: str, result: TargetResult) -> list[ErrorRecord]:
@@ -247,36 +416,24 @@ class UsageFlattener:
         m: MetricAnswer,
     ) -> list[Anomaly]:
         anomalies: list[Anomaly] = []
+        points: Points | None = None
+        status = m.status
+        if status == OK:
+            points = m.answer if isinstance(m.answer, Points) else fast_points(m.answer)
+            if points is None:
+                points = self.checked_points(m, Check(anomalies, self._enums))
+            if not len(points):
+                points, status = None, NO_DATAPOINTS
         start, end = (epoch_micros(t) for t in window)
-        collected = epoch_micros(m.collected_at)
+        key: tuple[Any, ...] = (run_id, account, region, m.service_name, m.service_arn)
+        key += (m.metric, status, start, end, PERIOD_S, epoch_micros(m.collected_at))
+        self._utilization.add(key, _null_point() if points is None else points)
+        return anomalies
 
-        def row(period_start: Any, average: Any, maximum: Any, unit: Any, status: str) -> None:
-            self._utilization.append(
-                (
-                    run_id,
-                    account,
-                    region,
-                    m.service_name,
-                    m.service_arn,
-                    m.metric,
-                    period_start,
-                    average,
-                    maximum,
-                    unit,
-                    status,
-                    start,
-                    end,
-                    PERIOD_S,
-                    collected,
-                )
-            )
-
-        if m.status != OK:
-            row(None, None, None, None, m.status)
-            return anomalies
-        chk = Check(anomalies, self._enums)
+    def checked_points(self, m: MetricAnswer, chk: Check) -> Points:
+        """The slow path: every value checked on its own, each problem an anomaly."""
         chk.svc = {"containerServiceName": m.service_name}
-        points = 0
+        columns: tuple[list[Any], ...] = ([], [], [], [])
         for i, p in enumerate(_list(m.answer, "metricData", chk)):
             path = f"{m.metric}.metricData[{i}]"
             if not isinstance(p, dict):
@@ -286,19 +443,18 @@ class UsageFlattener:
             if at is None:  # a datapoint without its time says nothing
                 continue
             unit = chk.str_(p, "unit", path)
-            row(at, _num(chk, p, "average", path), _num(chk, p, "maximum", path), unit, OK)
-            points += 1
-        if not points:
-            row(None, None, None, None, NO_DATAPOINTS)
-        return anomalies
+            row = (at, _num(chk, p, "average", path), _num(chk, p, "maximum", path), unit)
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        return Points(*columns)
 
     def take(self) -> dict[str, pa.Table]:
         """The buffered rows as Arrow tables (schema.py's schemas), then empty buffers."""
         out = {
             "container_powers": _table(self._powers, schema.CONTAINER_POWERS),
-            "service_utilization": _table(self._utilization, schema.SERVICE_UTILIZATION),
+            "service_utilization": self._utilization.table(),
         }
-        self._powers, self._utilization = [], []
+        self._powers, self._utilization = [], _Utilization()
         return out
 
 
@@ -322,8 +478,12 @@ def _num(chk: Check, d: Mapping[str, Any], key: str, path: str) -> float | None:
     v = d.get(key)
     if v is None:
         return None
-    if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
-        return float(v)
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        try:
+            if math.isfinite(v):
+                return float(v)
+        except OverflowError:  # an int beyond a float's range (json.loads reads any digits)
+            pass
     chk.bad(f"{path}.{key}", "number", v)
     return None
 
