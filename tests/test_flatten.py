@@ -452,6 +452,8 @@ BAD_CASES: list[tuple[str, Any, str, str, str, Any]] = [
         None,
     ),
     ("createdAt", float("nan"), UNEXPECTED_SHAPE, "out of range", "cs.created_at", None),
+    # an integer too big for a float (JSON allows any): out of range, not an OverflowError
+    ("createdAt", 10**400, UNEXPECTED_SHAPE, "out of range", "cs.created_at", None),
     (
         "url",
         "\ud800x",

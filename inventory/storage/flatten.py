@@ -314,7 +314,8 @@ class Check:
             return None
         t = v.__class__
         if t is int or t is float:
-            if not (math.isfinite(v) and _MIN_S <= v <= _MAX_S):
+            # an int is compared as it is: math.isfinite overflows on one too big for a float
+            if not ((t is int or math.isfinite(v)) and _MIN_S <= v <= _MAX_S):
                 self.note(UNEXPECTED_SHAPE, _join(prefix, key), "timestamp out of range")
                 return None
             return v * 1_000_000 if t is int else round(v * 1_000_000)
