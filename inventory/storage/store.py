@@ -76,7 +76,7 @@ _DUCKDB_MAGIC = b"DUCK"  # bytes 8..12 of every DuckDB database file
 # connection checkpoints, which rewrites the tables' last, partly filled row groups; with
 # DuckDB's defaults (a thread per core, 80% of the RAM) that spiked a collect of 10,000
 # dense accounts by up to 100 MB on every batch. One thread and a small buffer pool (DuckDB
-# evicts what it has written) keep the spikes near 40 MB, for the same CPU. Below about
+# evicts what it has written) keep them near 50 MB, for the same CPU. Below about
 # 20 MB a commit fails ("could not allocate block"): 32 MB keeps a margin, and a batch far
 # bigger than it still goes in (tests/test_store.py; figures in benchmarks/README.md).
 STREAMING_SETTINGS = (("threads", 1), ("memory_limit", "32MB"))
