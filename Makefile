@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 RUNTIME := .venv-runtime
 RUNTIME_STAMP := $(RUNTIME)/.installed
 
-.PHONY: install runtime demo test lint bench bench-quick clean
+.PHONY: install runtime demo test lint bench bench-quick bench-memory clean
 
 install: $(STAMP)
 
@@ -49,6 +49,11 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python -m benchmarks.run --fleets 100 --quick $(BENCH_ARGS)
+
+# the memory target: 10,000 dense accounts (about 10 services each), Parquet export included
+bench-memory: install
+	$(BIN)/python -m benchmarks.run --fleets 10000 --no-peer --no-floor --parquet \
+		--services-per-account 10 $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(RUNTIME) data/*.duckdb* data/demo-parquet data/parquet

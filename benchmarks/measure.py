@@ -31,6 +31,7 @@ class ProcResult:
     sys_s: float
     maxrss_mb: float  # ru_maxrss of the child (the largest single process of its tree)
     tree_peak_rss_mb: float  # peak of the summed RSS of the child and its descendants (sampled)
+    tree_peak_at_s: float  # when that peak was sampled, seconds after the start
     children_cpu_s: float  # RUSAGE_CHILDREN delta around the run (cross-check)
     machine_busy_s: float  # CPU the whole machine spent meanwhile (all processes, all cores)
     stdout: str
@@ -113,12 +114,15 @@ class _Sampler(threading.Thread):
     def __init__(self, pid: int, interval: float) -> None:
         super().__init__(daemon=True)
         self.pid, self.interval = pid, interval
-        self.peak = 0
+        self.peak, self.peak_at = 0, 0.0
         self.stop = threading.Event()
 
     def run(self) -> None:
+        t0 = time.perf_counter()
         while not self.stop.is_set():
-            self.peak = max(self.peak, tree_rss(self.pid))
+            rss = tree_rss(self.pid)
+            if rss > self.peak:
+                self.peak, self.peak_at = rss, time.perf_counter() - t0
             self.stop.wait(self.interval)
 
 
@@ -166,6 +170,7 @@ def run_measured(
         sys_s=usage.ru_stime,
         maxrss_mb=usage.ru_maxrss / 1024,  # Linux: kilobytes
         tree_peak_rss_mb=max(sampler.peak / 2**20, usage.ru_maxrss / 1024),
+        tree_peak_at_s=sampler.peak_at,
         children_cpu_s=children_cpu,
         machine_busy_s=busy,
         stdout=out_path.read_text(errors="replace"),

@@ -394,6 +394,7 @@ class Run:
     children_cpu_s: float
     maxrss_mb: float
     tree_peak_rss_mb: float
+    tree_peak_at_s: float  # when the tree's RSS peaked (after the start): the export is last
     api_calls: int
     concurrency: int
     net_bound_s: float
@@ -465,13 +466,16 @@ def run_ours(
 ) -> Run:
     db = work / f"ours-{_slug(variant.label)}-{repeat}.duckdb"
     concurrency = variant.concurrency or args.concurrency
+    lake = work / f"lake-{_slug(variant.label)}-{repeat}"
+    # --parquet exports every variant but one that says `parquet=false` (--no-parquet)
+    export = args.parquet and "--no-parquet" not in variant.args
     cmd = [
         "collect",
         "--config",
         str(work / "accounts.toml"),
         "--db",
         str(db),
-        "--no-parquet",
+        *(["--parquet-dir", str(lake)] if export else []),
         "--rate",
         f"{args.rate:g}",
         "--regions",
@@ -480,6 +484,8 @@ def run_ours(
     if variant.concurrency is None:
         cmd += ["--concurrency", str(args.concurrency)]
     cmd += args.collector_args + variant.args
+    if not export and "--no-parquet" not in cmd:
+        cmd.append("--no-parquet")
     full = [sys.executable, "-m", "inventory", *cmd]
     if profile_to is not None:
         full = profiled(args.profiler, profile_to, ["inventory", *cmd])
@@ -694,6 +700,7 @@ def _make_run(
         children_cpu_s=res.children_cpu_s,
         maxrss_mb=res.maxrss_mb,
         tree_peak_rss_mb=res.tree_peak_rss_mb,
+        tree_peak_at_s=res.tree_peak_at_s,
         concurrency=concurrency,
         net_bound_s=calls * latency_ms / 1000 / max(1, concurrency),
         sim_cpu_s=sim_cpu,
@@ -981,6 +988,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--regions", default=None, help="comma list (default: every region)")
     p.add_argument("--sim-arg", action="append", default=[], help="extra simulator option")
     p.add_argument(
+        "--services-per-account",
+        type=float,
+        default=None,
+        help="the simulator's mean services per member account (its default: 1.5); "
+        "10 makes the dense fleet of the memory target",
+    )
+    p.add_argument(
+        "--parquet",
+        action="store_true",
+        help="our collector also exports the run to a local Parquet lake (a folder in the "
+        "run's temporary directory) instead of --no-parquet: the export's memory and time count",
+    )
+    p.add_argument(
         "--verify-signatures",
         action="store_true",
         help="let the simulator check every signature (off by default: the floor sends "
@@ -1070,6 +1090,8 @@ def main(argv: list[str] | None = None) -> int:
             work.mkdir()
             t0 = time.perf_counter()
             sim_args, huge = list(args.sim_arg), None
+            if args.services_per_account is not None:
+                sim_args += ["--services-per-account", f"{args.services_per_account:g}"]
             if not args.verify_signatures:
                 sim_args.append("--no-verify-signatures")
             if args.huge_answer_mb > 0:
@@ -1204,7 +1226,8 @@ def _progress(r: Run) -> None:
     print(
         f"  {r.label:<24} {r.workers} proc  wall {r.wall_s:7.2f}s  cpu {r.cpu_s:7.2f}s  "
         f"{_f(d['cpu_ms_per_call'], '{:.2f}')} ms/call  {r.api_calls} calls  "
-        f"rss {r.maxrss_mb:.0f} MB  {status}",
+        f"rss {r.maxrss_mb:.0f} MB (tree {r.tree_peak_rss_mb:.0f} MB at "
+        f"{r.tree_peak_at_s:.0f}s)  {status}",
         flush=True,
     )
 

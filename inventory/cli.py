@@ -336,10 +336,11 @@ def collect(
     from inventory.plan import runid
     from inventory.publish.ends import publish
     from inventory.publish.targets import Publishing
-    from inventory.run.builder import tune_gc_for_collect
+    from inventory.run.builder import tune_gc_for_collect, tune_memory_for_collect
     from inventory.run.pipeline import run_collect, summary_of
 
     tune_gc_for_collect()
+    tune_memory_for_collect()
     level = LogLevel.warning if quiet else log_level or LogLevel.info
     with logs.configured(log_format.value, level.level), _fatal_logged(log_format):
         if quiet and log_level is not None:

@@ -21,7 +21,7 @@ from helpers import stopped_at
 
 from inventory.errors import StoreError, StoreLocked
 from inventory.storage import schema
-from inventory.storage.store import Store
+from inventory.storage.store import READ_BATCH_ROWS, STREAMING_SETTINGS, Store
 
 T0 = dt.datetime(2026, 11, 27, 5, 36, 50, tzinfo=dt.UTC)
 REPO = Path(__file__).resolve().parents[1]
@@ -403,6 +403,35 @@ def test_read_run_streams_the_schema_exactly(store: Store) -> None:
     assert store.read_run("other", "container_services").read_all().num_rows == 0
 
 
+def test_a_batch_larger_than_the_streaming_memory_limit_is_stored_and_streamed_back(
+    store: Store,
+) -> None:
+    # an append's connection has a small memory_limit (STREAMING_SETTINGS): one huge answer
+    # makes a batch bigger than it, which DuckDB must still take, and read_run gives it back
+    # in batches of at most READ_BATCH_ROWS rows
+    limit_mb = int(dict(STREAMING_SETTINGS)["memory_limit"].removesuffix("MB"))
+    n = 80_000
+    table = pa.table(
+        {
+            "account_id": pa.array(["000000000001"] * n),
+            "region": pa.array(["us-east-1"] * n),
+            "service_name": pa.array([f"svc-{i:06d}" for i in range(n)]),
+            "collected_at": pa.array([T0] * n, pa.timestamp("us", tz="UTC")),
+            "extra": pa.array([f"{i:06d}" * 170 for i in range(n)]),  # 1 KB each, distinct
+        }
+    )
+    assert table.nbytes > limit_mb * 2**20
+    store.begin_run("big", T0, 1, 1, "test")
+    assert store.append("big", {"container_services": table}) == {"container_services": n}
+    sizes = [b.num_rows for b in store.read_run("big", "container_services")]
+    assert sum(sizes) == n and max(sizes) <= READ_BATCH_ROWS
+    got = store.query(
+        "SELECT count(DISTINCT service_name), min(extra), max(length(extra)) "
+        "FROM container_services WHERE run_id = 'big'"
+    ).to_pylist()[0]
+    assert list(got.values()) == [n, "000000" * 170, 1020]
+
+
 def test_reader_cannot_write(db: Path) -> None:
     Store.open(db).close()
     with Store.open(db, read_only=True) as r:
@@ -534,7 +563,7 @@ def test_newer_schema_is_not_written(db: Path) -> None:
 
 HOLD_WRITER = """
 import sys, time
-from inventory.storage.store import Store
+from inventory.storage.store import READ_BATCH_ROWS, STREAMING_SETTINGS, Store
 s = Store.open(sys.argv[1])
 print("ready", flush=True)
 sys.stdin.readline()
@@ -618,7 +647,7 @@ def test_reader_works_between_writer_flushes(db: Path) -> None:
         import sys
         sys.path.insert(0, {str(REPO / "tests")!r})
         from test_store import services, scan, T0
-        from inventory.storage.store import Store
+        from inventory.storage.store import READ_BATCH_ROWS, STREAMING_SETTINGS, Store
         s = Store.open({str(db)!r})
         s.begin_run("r1", T0, 1, 5, "test")
         for i in range(5):
@@ -673,7 +702,7 @@ def test_reader_waits_then_fails_clearly_while_the_file_is_held(
     proc = child(
         f"""
         import sys
-        from inventory.storage.store import Store
+        from inventory.storage.store import READ_BATCH_ROWS, STREAMING_SETTINGS, Store
         s = Store.open({str(db)!r})
         with s.connection():
             print("holding", flush=True)
@@ -731,7 +760,7 @@ def test_sigkill_mid_append_leaves_earlier_runs_intact(db: Path) -> None:
         sys.path.insert(0, {str(REPO / "tests")!r})
         from test_store import services, scan, at
         from inventory import testhook
-        from inventory.storage.store import Store
+        from inventory.storage.store import READ_BATCH_ROWS, STREAMING_SETTINGS, Store
         s = Store.open({str(db)!r})
         s.begin_run("r2", at(60), 1, 6, "test")
         for i in range(6):

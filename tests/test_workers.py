@@ -94,6 +94,20 @@ def test_memory_is_bounded_by_the_batch_not_the_fleet(make_simulator, tmp_path, 
     assert peaks[120][1] <= max(2 * peaks[30][1], 1 << 20)
 
 
+def test_a_collect_allocates_arrow_memory_from_the_system_allocator() -> None:
+    """tune_memory_for_collect: Arrow's buffers come from (and go back to) malloc, not
+    pyarrow's default pool, which keeps freed memory (benchmarks/README.md, memory)."""
+    before = pa.default_memory_pool()
+    try:
+        builder.tune_memory_for_collect()
+        assert pa.default_memory_pool().backend_name == "system"
+        held = pa.system_memory_pool().bytes_allocated()
+        column = pa.array(range(1_000_000), pa.int64())
+        assert pa.system_memory_pool().bytes_allocated() - held >= column.nbytes
+    finally:
+        pa.set_memory_pool(before)
+
+
 def test_default_workers_need_enough_accounts() -> None:
     assert pipeline.default_workers(10) == 1
     assert pipeline.default_workers(99) == 1

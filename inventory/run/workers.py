@@ -66,9 +66,10 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _early_stop)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    from inventory.run.builder import tune_gc_for_collect
+    from inventory.run.builder import tune_gc_for_collect, tune_memory_for_collect
 
     tune_gc_for_collect()
+    tune_memory_for_collect()
     try:
         asyncio.run(_work(q, plan, accounts, run_id, key, index))
     except BaseException:

@@ -72,6 +72,16 @@ RUN_STATUSES = ("complete", "partial", "failed")
 APPENDABLE = tuple(name for name in schema.TABLES if name != "runs")
 LATEST_VIEWS = {f"latest_{name}": name for name in schema.INVENTORY_TABLES}
 _DUCKDB_MAGIC = b"DUCK"  # bytes 8..12 of every DuckDB database file
+# DuckDB settings of the connections that append a batch or stream a run's table out (a
+# collect's own work, done thousands of times in one long process). Closing each append's
+# connection checkpoints, which rewrites the tables' last, partly filled row groups; with
+# DuckDB's defaults (a thread per core, 80% of the RAM) that spiked a collect of 10,000
+# dense accounts by up to 100 MB on every batch. One thread and a small buffer pool (DuckDB
+# evicts what it has written) keep them near 50 MB, for the same CPU. Below about
+# 20 MB a commit fails ("could not allocate block"): 32 MB keeps a margin, and a batch far
+# bigger than it still goes in (tests/test_store.py; figures in benchmarks/README.md).
+STREAMING_SETTINGS = (("threads", 1), ("memory_limit", "32MB"))
+READ_BATCH_ROWS = 8_192  # rows per Arrow batch of read_run: the export's memory follows it
 _POLL = 0.1
 
 # finish_run's counters, in runs-table order. None leaves the column as begin_run set it
@@ -644,6 +654,7 @@ class Store:
         if not prepared:
             return {}
         with self.connection() as con:
+            _streaming(con)
             con.execute("BEGIN")
             try:
                 self._check_running(con, run_id)
@@ -822,7 +833,9 @@ class Store:
             cols = [d[0] for d in cur.description or []]
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
-    def read_run(self, run_id: str, table: str, batch_size: int = 65_536) -> pa.RecordBatchReader:
+    def read_run(
+        self, run_id: str, table: str, batch_size: int = READ_BATCH_ROWS
+    ) -> pa.RecordBatchReader:
         """Stream the rows of `table` for run `run_id` as Arrow batches with the schema.py
         schema exactly (columns in schema order; one a migration has not added yet is NULL).
 
@@ -834,6 +847,7 @@ class Store:
 
         def batches() -> Iterator[pa.RecordBatch]:
             with self.connection() as con:
+                _streaming(con)
                 cols = select_list(con, table)
                 reader = con.sql(
                     f"SELECT {cols} FROM {table} WHERE run_id = $id", params={"id": run_id}
@@ -845,6 +859,12 @@ class Store:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _streaming(con: duckdb.DuckDBPyConnection) -> None:
+    """STREAMING_SETTINGS on `con`'s database (its own: `connection` opens and closes one)."""
+    for name, value in STREAMING_SETTINGS:
+        con.execute(f"SET {name} = '{value}'")
 
 
 def _abandon(con: duckdb.DuckDBPyConnection, run_id: str, now: dt.datetime) -> None:
