@@ -917,3 +917,20 @@ def test_many_services_roundtrip() -> None:
         [],
         None,
     ]
+
+
+def test_empty_answers_between_others_keep_the_context_aligned() -> None:
+    """An empty answer (most targets) adds no row and no anomaly, and the context columns
+    of the answers around it stay theirs."""
+    other = TargetContext("r", CTX.collected_at, "022222222222", None, "us-west-2")
+    flat = Flattener(FP)
+    assert flat.add(other, []) == []
+    assert flat.rows == {"container_services": 0, "deployments": 0, "containers": 0}
+    assert flat.add(CTX, [BARE]) == []
+    assert flat.add(other, []) == []
+    assert flat.add(other, [BARE]) == []
+    got = rows(flat.take(), "container_services")
+    assert [(r["account_id"], r["region"]) for r in got] == [
+        ("011111111111", "eu-west-2"),
+        ("022222222222", "us-west-2"),
+    ]

@@ -652,6 +652,8 @@ class Flattener:
     def add(self, ctx: TargetContext, services: object) -> list[Anomaly]:
         """Buffer the rows of one account × region answer; return its anomalies (never raises
         on the answer's shape)."""
+        if isinstance(services, list) and not services:
+            return []  # most targets have no services: no rows, nothing to check
         anomalies: list[Anomaly] = []
         chk = Check(anomalies, self._enums)
         counts = self._counts()
@@ -692,6 +694,8 @@ class Flattener:
         after = self._counts()
         for bufs, n0, n1 in zip((self._cs, self._dep, self._con), before, after, strict=True):
             n = n1 - n0
+            if not n:
+                continue
             for name, v in zip(_CTX_COLS, values, strict=True):
                 col = bufs.get(name)
                 if isinstance(col, list):
