@@ -619,3 +619,26 @@ def test_signer_dates_now_without_a_clock_passed() -> None:
         assert before <= got["X-Amz-Date"] <= after
         when = dt.datetime.strptime(got["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
         assert Signer(url, "eu-west-2").headers(creds, base, now=when) == got
+
+
+
+def test_signing_keys_are_botocores_for_each_region_of_one_key_id() -> None:
+    """The day's key is shared by a key id's regions: every region's derived key still
+    signs exactly as botocore's SigV4Auth.signature does (its own key derivation)."""
+    import hmac
+    from types import SimpleNamespace
+
+    from botocore.auth import SigV4Auth
+    from botocore.credentials import Credentials
+
+    from inventory.aws.lean import SigningKeys
+
+    keys = SigningKeys()
+    request = SimpleNamespace(context={"timestamp": "20261129T120000Z"})
+    regions = [("us-east-1", "lightsail"), ("eu-west-2", "lightsail"), ("us-east-1", "sts")]
+    for region, service in regions:
+        theirs = SigV4Auth(Credentials("AKID1", "s1"), service, region)
+        key = keys.key("AKID1", "s1", "20261129", region, service)
+        ours = hmac.new(key, b"string to sign", "sha256").hexdigest()
+        assert ours == theirs.signature("string to sign", request)
+    assert len(keys) == 1

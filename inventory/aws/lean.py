@@ -127,13 +127,15 @@ def trim(value: str) -> str:
 
 class SigningKeys:
     """SigV4's derived signing keys, shared by every region's signer: one entry per access
-    key id holding its secret, its day and a key per (region, service). A new day or
-    another secret for the same key id replaces the entry; past MAX_SIGNING_KEYS entries
-    the oldest goes; `forget` drops a key id's entry (its account is done)."""
+    key id holding its secret, its day, the day's key (HMAC of the secret and the day: the
+    same for every region, so a new region costs three HMACs, not four) and a key per
+    (region, service). A new day or another secret for the same key id replaces the entry;
+    past MAX_SIGNING_KEYS entries the oldest goes; `forget` drops a key id's entry (its
+    account is done)."""
 
     def __init__(self, limit: int = MAX_SIGNING_KEYS):
         self.limit = limit
-        self._keys: dict[str, tuple[str, str, dict[tuple[str, str], bytes]]] = {}
+        self._keys: dict[str, tuple[str, str, bytes, dict[tuple[str, str], bytes]]] = {}
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -143,13 +145,14 @@ class SigningKeys:
         if entry is None or entry[1] != day or entry[0] != secret:
             if entry is None and len(self._keys) >= self.limit:
                 del self._keys[next(iter(self._keys))]
-            entry = self._keys[access_key] = (secret, day, {})
-        derived = entry[2].get((region, service))
+            day_key = hmac.digest(("AWS4" + secret).encode(), day.encode(), "sha256")
+            entry = self._keys[access_key] = (secret, day, day_key, {})
+        derived = entry[3].get((region, service))
         if derived is None:
-            derived = hmac.digest(("AWS4" + secret).encode(), day.encode(), "sha256")
+            derived = entry[2]
             for part in (region, service, "aws4_request"):
                 derived = hmac.digest(derived, part.encode(), "sha256")
-            entry[2][(region, service)] = derived
+            entry[3][(region, service)] = derived
         return derived
 
     def forget(self, access_key: str) -> None:
