@@ -621,7 +621,6 @@ def test_signer_dates_now_without_a_clock_passed() -> None:
         assert Signer(url, "eu-west-2").headers(creds, base, now=when) == got
 
 
-
 def test_signing_keys_are_botocores_for_each_region_of_one_key_id() -> None:
     """The day's key is shared by a key id's regions: every region's derived key still
     signs exactly as botocore's SigV4Auth.signature does (its own key derivation)."""
@@ -642,3 +641,44 @@ def test_signing_keys_are_botocores_for_each_region_of_one_key_id() -> None:
         ours = hmac.new(key, b"string to sign", "sha256").hexdigest()
         assert ours == theirs.signature("string to sign", request)
     assert len(keys) == 1
+
+
+async def test_an_answer_that_stalls_mid_body_times_out_at_the_call_timeout() -> None:
+    """The lean session has no read timeout of its own: retry.attempts' call timeout bounds
+    the whole call, the body's reading included (a server that sends its headers and half
+    a body, then nothing, for a minute)."""
+    from inventory.aws.retry import CallCounter, Policy, attempts
+
+    stalled: list[asyncio.StreamWriter] = []
+
+    async def half_then_silence(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\n"
+            b'Content-Length: 100\r\n\r\n{"containerServices": ['
+        )
+        await writer.drain()
+        stalled.append(writer)
+        await asyncio.sleep(60)
+
+    server = await asyncio.start_server(half_then_silence, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    policy = Policy(CallCounter(), max_attempts=1, timeout=0.3, deadline=30.0, sign=creds_mod.use)
+    try:
+        async with LeanHTTP(limit=1, timeout=0.3) as http:
+            lean = LeanLightsailClient(http, "us-east-1", f"http://127.0.0.1:{port}", "test")
+            out = await attempts(
+                lean.get_container_services, {}, policy, credentials=_base, on_expired=None
+            )
+    finally:
+        for writer in stalled:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert stalled, "the server never got the request"
+    assert out.failure is not None and out.failure.code == "Timeout", out.failure
+    assert out.attempts == 1 and out.answer is None
+
+
+async def _base(_end: float) -> ReadOnlyCredentials:
+    return BASE

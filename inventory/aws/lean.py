@@ -220,14 +220,14 @@ class Signer:
             + hashlib.sha256(request.encode()).hexdigest()
         )
         key = self.keys.key(creds.access_key, creds.secret_key, day, self.region, self.service)
-        signature = hmac.new(key, to_sign.encode(), "sha256")
+        signature = hmac.digest(key, to_sign.encode(), "sha256")  # no HMAC object to build
         out = dict(base)
         out["X-Amz-Date"] = amz_date
         if token:
             out["X-Amz-Security-Token"] = token
         out["Authorization"] = (
             f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
-            f"SignedHeaders={signed}, Signature={signature.hexdigest()}"
+            f"SignedHeaders={signed}, Signature={signature.hex()}"
         )
         return out
 
@@ -270,7 +270,10 @@ class LeanHTTP:
         self.keys = SigningKeys()  # the derived signing keys of every region's signer
         self._limit = limit
         self.max_answer_bytes = max_answer_bytes
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+        # No sock_read timeout: every call runs inside retry.attempts' asyncio.timeout of
+        # the same length (the call timeout, or less of the deadline), which bounds the
+        # whole call; aiohttp's would only add a timer rescheduled on every chunk read.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout)
         self._verify = verify
         self.session: aiohttp.ClientSession | None = None
 
