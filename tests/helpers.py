@@ -97,3 +97,40 @@ def s3_keys(s3: Any, prefix: str = "") -> list[str]:
     """Every key in the `s3` fixture's bucket under `prefix`, sorted."""
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix=prefix)
     return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
+
+
+class _Sent(Exception):
+    def __init__(self, request: Any):
+        self.request = request
+
+
+def botocore_request(
+    service: str,
+    call: Callable[[Any], Any],
+    creds: Any,
+    region: str,
+    endpoint: str | None = None,
+) -> tuple[Any, Any]:
+    """(the request, the client): what botocore's own `service` client signs and would send
+    for `call(client)` with `creds` (a ReadOnlyCredentials), caught before it leaves, to
+    compare the lean clients' requests with."""
+    import botocore.session
+
+    client = botocore.session.get_session().create_client(
+        service,
+        region_name=region,
+        aws_access_key_id=creds.access_key,
+        aws_secret_access_key=creds.secret_key,
+        aws_session_token=creds.token,
+        **({"endpoint_url": endpoint} if endpoint else {}),
+    )
+
+    def capture(request: Any, **_: Any) -> None:
+        raise _Sent(request)
+
+    client.meta.events.register(f"before-send.{service}", capture)
+    try:
+        call(client)
+    except _Sent as sent:
+        return sent.request, client
+    raise AssertionError(f"botocore's {service} client sent nothing")

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError
+from helpers import botocore_request
 
 from inventory.aws import credentials as creds_mod
 from inventory.aws.lean import LeanHTTP, LeanLightsailClient
@@ -150,13 +151,6 @@ def test_proxy_from_the_environment(monkeypatch) -> None:
     assert env_proxy("http://127.0.0.1:8123/") == (None, None)
 
 
-class _Sent(Exception):
-    """Raised from botocore's before-send hook: the request it would have sent."""
-
-    def __init__(self, request: Any):
-        self.request = request
-
-
 @pytest.mark.parametrize(
     "endpoint",
     [
@@ -171,27 +165,12 @@ def test_request_url_and_headers_are_botocores(endpoint: str) -> None:
     botocore's client sends to, with the same signature (session token included)."""
     import datetime as dt
 
-    import botocore.session
-
     from inventory.aws.lean import USER_AGENT
 
     creds = ReadOnlyCredentials("ASIAEXAMPLEKEY", "wJalrXUtnFEMI/K7MDENG/EXAMPLE", "FwoG//tok==")
-    client = botocore.session.get_session().create_client(
-        "lightsail",
-        region_name="eu-west-2",
-        endpoint_url=endpoint,
-        aws_access_key_id=creds.access_key,
-        aws_secret_access_key=creds.secret_key,
-        aws_session_token=creds.token,
+    theirs, _ = botocore_request(
+        "lightsail", lambda c: c.get_container_services(), creds, "eu-west-2", endpoint
     )
-
-    def capture(request: Any, **_: Any) -> None:
-        raise _Sent(request)
-
-    client.meta.events.register("before-send.lightsail", capture)
-    with pytest.raises(_Sent) as sent:
-        client.get_container_services()
-    theirs = sent.value.request
     lean = LeanLightsailClient(LeanHTTP(limit=1, timeout=1.0), "eu-west-2", endpoint, USER_AGENT)
     assert lean.url == theirs.url
     when = dt.datetime.strptime(theirs.headers["X-Amz-Date"].decode(), "%Y%m%dT%H%M%SZ")
@@ -338,8 +317,6 @@ def test_assume_role_request_is_botocores(
     signature and session token."""
     import datetime as dt
 
-    import botocore.session
-
     from inventory.aws.lean import USER_AGENT, LeanSTSClient
 
     if regional is not None:
@@ -349,22 +326,9 @@ def test_assume_role_request_is_botocores(
     monkeypatch.delenv("AWS_ENDPOINT_URL_STS", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     creds = ReadOnlyCredentials("ASIAEXAMPLEKEY", "wJalrXUtnFEMI/K7MDENG/EXAMPLE", "FwoG//tok==")
-    client = botocore.session.get_session().create_client(
-        "sts",
-        region_name=region,
-        aws_access_key_id=creds.access_key,
-        aws_secret_access_key=creds.secret_key,
-        aws_session_token=creds.token,
-        **({"endpoint_url": endpoint} if endpoint else {}),
+    theirs, client = botocore_request(
+        "sts", lambda c: c.assume_role(**STS_PARAMS), creds, region, endpoint
     )
-
-    def capture(request: Any, **_: Any) -> None:
-        raise _Sent(request)
-
-    client.meta.events.register("before-send.sts", capture)
-    with pytest.raises(_Sent) as sent:
-        client.assume_role(**STS_PARAMS)
-    theirs = sent.value.request
     lean = LeanSTSClient(
         LeanHTTP(limit=1, timeout=1.0),
         client.meta.endpoint_url,

@@ -12,11 +12,11 @@ import datetime as dt
 import hashlib
 from typing import Any
 
-import botocore.session
 import pytest
 from botocore import xform_name
 from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError
+from helpers import botocore_request
 
 from inventory.aws import credentials as creds_mod
 from inventory.aws.lean import USER_AGENT, LeanHTTP
@@ -44,11 +44,6 @@ def params(name: str, metric: str = "CPUUtilization") -> dict[str, Any]:
     }
 
 
-class _Sent(Exception):
-    def __init__(self, request: Any):
-        self.request = request
-
-
 @pytest.mark.parametrize(
     ("operation", "asked"),
     [("GetContainerServiceMetricData", params("web-1")), ("GetContainerServicePowers", {})],
@@ -57,22 +52,13 @@ def test_request_is_botocores(operation: str, asked: dict[str, Any]) -> None:
     """Body, X-Amz-Target, Content-Type and the signature over them: botocore's."""
     creds = ReadOnlyCredentials("ASIAEXAMPLEKEY", "wJalrXUtnFEMI/K7MDENG/EXAMPLE", "FwoG//tok==")
     endpoint = "https://lightsail.eu-west-2.amazonaws.com"
-    client = botocore.session.get_session().create_client(
+    theirs, _ = botocore_request(
         "lightsail",
-        region_name="eu-west-2",
-        endpoint_url=endpoint,
-        aws_access_key_id=creds.access_key,
-        aws_secret_access_key=creds.secret_key,
-        aws_session_token=creds.token,
+        lambda c: getattr(c, xform_name(operation))(**asked),
+        creds,
+        "eu-west-2",
+        endpoint,
     )
-
-    def capture(request: Any, **_: Any) -> None:
-        raise _Sent(request)
-
-    client.meta.events.register("before-send.lightsail", capture)
-    with pytest.raises(_Sent) as sent:
-        getattr(client, xform_name(operation))(**asked)
-    theirs = sent.value.request
     body = request_body(asked)
     assert body == theirs.body
     lean = LeanUsageClient(LeanHTTP(limit=1, timeout=1.0), "eu-west-2", endpoint, USER_AGENT)

@@ -378,15 +378,7 @@ class LeanLightsailClient:
         _, body = await self._http.post(
             self._wire_url, BODY, headers, self._proxy, self._proxy_auth
         )
-        try:
-            answer = json.loads(body)
-        except ValueError as exc:
-            raise ResponseParserError(f"GetContainerServices: answer is not JSON: {exc}") from None
-        if not isinstance(answer, dict):
-            raise ResponseParserError(
-                f"GetContainerServices: answer is a JSON {type(answer).__name__}, expected an object"
-            )
-        return answer
+        return json_object("GetContainerServices", body)
 
 
 def sts_signing_region(endpoint_url: str, region_name: str) -> str:
@@ -502,3 +494,17 @@ class LeanSTSClient:
             _operation("sts", STS_OPERATION),
         )
         return parse_assume_role(status, answer)
+
+
+def json_object(operation: str, body: bytes) -> dict[str, Any]:
+    """An answer's JSON object (json.loads: botocore's parser costs ten times as much); a body
+    that is not one is botocore's ResponseParserError, as the botocore engine would raise."""
+    try:
+        answer = json.loads(body)
+    except ValueError as exc:
+        raise ResponseParserError(f"{operation}: answer is not JSON: {exc}") from None
+    if not isinstance(answer, dict):
+        raise ResponseParserError(
+            f"{operation}: answer is a JSON {type(answer).__name__}, expected an object"
+        )
+    return answer

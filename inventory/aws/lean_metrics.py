@@ -26,11 +26,17 @@ from functools import cache
 from typing import Any
 
 from botocore.model import OperationModel
-from botocore.parsers import ResponseParserError
 from yarl import URL
 
 from inventory.aws.credentials import current as current_credentials
-from inventory.aws.lean import CONTENT_TYPE, LeanHTTP, Signer, env_proxy, request_url
+from inventory.aws.lean import (
+    CONTENT_TYPE,
+    LeanHTTP,
+    Signer,
+    env_proxy,
+    json_object,
+    request_url,
+)
 
 METRIC_DATA = "GetContainerServiceMetricData"
 POWERS = "GetContainerServicePowers"
@@ -89,15 +95,7 @@ class LeanUsageClient:
         _, answer = await self._http.post(
             self._wire_url, body, headers, self._proxy, self._proxy_auth, op.model
         )
-        try:
-            out = json.loads(answer)
-        except ValueError as exc:
-            raise ResponseParserError(f"{operation}: answer is not JSON: {exc}") from None
-        if not isinstance(out, dict):
-            raise ResponseParserError(
-                f"{operation}: answer is a JSON {type(out).__name__}, expected an object"
-            )
-        return out
+        return json_object(operation, answer)
 
 
 class _Operation:
